@@ -1,0 +1,122 @@
+"""``convkit.process``: filter one image of any common kind and get the same kind back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import engine
+from .chain import chain
+
+__all__ = ["process", "resolve_device"]
+
+_NP_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when present, else CPU; anything else as torch reads it."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Invalid device {device!r}. Expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but CUDA is not available here")
+    return dev
+
+
+def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,
+            alpha: bool | None = None) -> Any:
+    """Filter ``image`` and return an image of the same kind, shape and dtype (pooling aside).
+
+    Args:
+        image: a numpy array (H, W) or (H, W, C) of uint8, uint16 or float32; a ``PIL.Image``;
+            or a torch tensor (C, H, W) / (B, C, H, W) of uint8, uint16 or float.
+        spec_or_module: a chain spec string (``"gaussian(sigma=2) | sharpen"``), a module, or a
+            list of both.
+        device: "cpu", "cuda", "cuda:N", or None/"auto" (CUDA when present).
+        alpha: whether the last channel is alpha (passed through). Default: for numpy arrays and
+            tensors, True with 2 or 4 channels; for PIL images, from the mode.
+
+    Integer images are filtered on the [0, 1] scale and rounded to nearest, saturating to the
+    dtype's range; float images come back unclamped.
+    """
+    module = chain(spec_or_module) if not isinstance(spec_or_module, nn.Module) else spec_or_module
+    dev = resolve_device(device)
+    module = module.to(dev).eval()
+    if _is_pil(image):
+        return _process_pil(image, module, dev, alpha)
+    if isinstance(image, np.ndarray):
+        return _process_numpy(image, module, dev, alpha)
+    if isinstance(image, torch.Tensor):
+        return _process_tensor(image, module, dev, alpha)
+    raise TypeError(
+        "image should be a numpy array, a PIL.Image or a torch.Tensor. "
+        f"Got {type(image).__name__}"
+    )
+
+
+def _is_pil(image: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(image, Image.Image)
+
+
+def _default_alpha(channels: int, alpha: bool | None) -> bool:
+    return channels in (2, 4) if alpha is None else bool(alpha)
+
+
+def _run(module: nn.Module, x: torch.Tensor, dev: torch.device, alpha: bool) -> torch.Tensor:
+    with torch.inference_mode():
+        return engine.apply(module, x.to(dev), alpha=alpha).cpu()
+
+
+def _process_tensor(x: torch.Tensor, module, dev, alpha) -> torch.Tensor:
+    if x.dim() not in (3, 4):
+        raise ValueError(f"image tensor should be (C,H,W) or (B,C,H,W). Got shape {tuple(x.shape)}")
+    batch = x if x.dim() == 4 else x.unsqueeze(0)
+    out = _run(module, batch, dev, _default_alpha(batch.shape[1], alpha)).to(x.device)
+    return out if x.dim() == 4 else out.squeeze(0)
+
+
+def _process_numpy(a: np.ndarray, module, dev, alpha) -> np.ndarray:
+    if a.dtype.type not in _NP_DTYPES:
+        raise TypeError(f"numpy image should be uint8, uint16 or float32. Got {a.dtype}")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"numpy image should be (H,W) or (H,W,C). Got shape {a.shape}")
+    hwc = a[:, :, None] if a.ndim == 2 else a
+    x = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).unsqueeze(0)
+    out = _run(module, x, dev, _default_alpha(hwc.shape[2], alpha))
+    res = out[0].permute(1, 2, 0).contiguous().numpy()
+    return res[:, :, 0] if a.ndim == 2 else res
+
+
+def _process_pil(img, module, dev, alpha):
+    from PIL import Image
+
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode == "CMYK":
+        img = img.convert("RGB")
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "I;16", "F"):
+        raise ValueError(
+            f"PIL image mode {img.mode!r} is not supported. Expected L, LA, RGB, RGBA, P, 1, "
+            "CMYK, I;16 or F"
+        )
+    a = np.array(img)
+    if img.mode == "I;16":
+        a = a.astype(np.uint16)
+    alpha = img.mode in ("LA", "RGBA") if alpha is None else alpha
+    out = _process_numpy(a, module, dev, alpha)
+    if img.mode == "I;16":
+        return Image.fromarray(out, mode="I;16")
+    return Image.fromarray(out, mode=img.mode)

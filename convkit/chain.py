@@ -1,0 +1,108 @@
+"""Filter chains: a spec string <-> :class:`Chain`, an ``nn.Sequential`` of filters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from torch import nn
+
+from .modules import Filter
+from .registry import get_filter, get_info
+from .spec import Call, format_value, parse
+
+__all__ = ["Chain", "chain", "build_call", "MODEL_SUFFIXES"]
+
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".convkit")
+
+
+class Chain(nn.Sequential):
+    """Filters applied in turn. ``str(chain)`` is a spec string that parses to the same chain.
+
+    Shape: input (B, C, H, W) or (C, H, W) float; output float, the input's size unless the
+    chain pools.
+
+    >>> c = chain("gaussian(sigma=2) | sharpen(amount=1.5)")
+    >>> str(c)
+    'gaussian(sigma=2.0) | sharpen(amount=1.5)'
+    """
+
+    @property
+    def negative(self) -> str:
+        """Integer mapping of the result: that of the last filter that sets one, else clip."""
+        for m in reversed(list(self)):
+            neg = getattr(m, "negative", None)
+            if neg is not None:
+                return neg
+        return "clip"
+
+    def spec(self) -> str:
+        parts = []
+        for m in self:
+            if not isinstance(m, Filter):
+                raise ValueError(f"{type(m).__name__} has no spec string; only convkit filters do")
+            parts.append(m.spec())
+        return " | ".join(parts)
+
+    def __str__(self) -> str:
+        try:
+            return self.spec()
+        except (ValueError, NotImplementedError):
+            return nn.Sequential.__repr__(self)
+
+
+def build_call(call: Call) -> nn.Module:
+    """Build one parsed element (a registered name, or a kernel / model file)."""
+    if call.path is not None:
+        return _from_path(call.path)
+    info = get_info(call.name)
+    params = info.check_params(tuple(call.args), call.kwargs)
+    return get_filter(call.name, **params)
+
+
+def _from_path(path: str) -> nn.Module:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".toml":
+        return get_filter("kernel", path=path)
+    if suffix in MODEL_SUFFIXES:
+        from .learn.files import load_model
+
+        return load_model(path)
+    raise ValueError(
+        f"{path}: expected a filter name, a kernel file (.toml) or a model file "
+        f"({', '.join(MODEL_SUFFIXES)})"
+    )
+
+
+def chain(spec: str | nn.Module | Iterable[str | nn.Module]) -> Chain:
+    """Build a :class:`Chain` from a spec string, a module, or a list of modules and strings.
+
+    Raises ValueError naming the position of a parse error, an unknown filter (with the valid
+    names) or a bad parameter (with its valid range).
+    """
+    if isinstance(spec, Chain):
+        return spec
+    if isinstance(spec, str):
+        return Chain(*[build_call(c) for c in parse(spec)])
+    if isinstance(spec, nn.Module):
+        return Chain(spec)
+    if isinstance(spec, Iterable):
+        mods: list[nn.Module] = []
+        for item in spec:
+            if isinstance(item, str):
+                mods.extend(chain(item))
+            elif isinstance(item, nn.Module):
+                mods.append(item)
+            else:
+                raise TypeError(
+                    f"chain items should be spec strings or nn.Modules. Got {type(item).__name__}"
+                )
+        if not mods:
+            raise ValueError("a chain should hold at least one filter. Got an empty list")
+        return Chain(*mods)
+    raise TypeError(f"spec should be a string, an nn.Module or a list. Got {type(spec).__name__}")
+
+
+def path_spec(path: str) -> str:
+    """How a file element prints in a spec."""
+    return format_value(path)

@@ -1,0 +1,278 @@
+"""Plain functions on float tensors: padding in every border mode, depthwise correlation,
+pooling, median, and the integer <-> float conversions.
+
+Conventions (the README states them for users):
+
+* Images are float tensors of shape (B, C, H, W) or (C, H, W); [0, 1] is the usual range.
+* Filtering is cross-correlation (no kernel flip), as ``nn.Conv2d`` and ``cv2.filter2D``.
+  A kernel of height kh and width kw is anchored at row kh // 2, column kw // 2 (OpenCV's
+  default anchor), so even sizes take one more pixel from the top/left than from the bottom/right.
+* Each channel is filtered on its own (depthwise, ``groups = C``).
+* Borders: ``reflect`` = OpenCV BORDER_REFLECT_101 (``dcb|abcd|cba``), ``symmetric`` = OpenCV
+  BORDER_REFLECT (``cba|abcd|dcb``), ``replicate``, ``circular`` (wrap) and ``constant``
+  (``value``, on the image's own scale). Padding wider than the image repeats the rule, exactly
+  as OpenCV's ``borderInterpolate`` does, so an image smaller than the kernel is fine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .kernels import check_border
+
+__all__ = [
+    "pad",
+    "filter2d",
+    "sep_filter2d",
+    "avg_pool",
+    "max_pool",
+    "median_blur",
+    "gaussian_kernel1d",
+    "gaussian_ksize",
+    "to_float",
+    "to_integer",
+    "check_image",
+]
+
+
+def check_image(x: object, what: str = "input") -> tuple[Tensor, bool]:
+    """Validate a float image; return it as (B, C, H, W) and whether a batch dim was added."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} should be a torch.Tensor (B,C,H,W). Got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what} should be a floating point tensor (B,C,H,W); convert integer images with "
+            f"convkit.process or x.float() / 255. Got dtype {x.dtype}"
+        )
+    if x.dim() == 3:
+        return x.unsqueeze(0), True
+    if x.dim() != 4:
+        raise ValueError(
+            f"{what} should have shape (B,C,H,W) or (C,H,W). Got {x.dim()}-D shape "
+            f"{tuple(x.shape)}"
+        )
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"{what} should not be empty. Got shape {tuple(x.shape)}")
+    return x, False
+
+
+def border_index(n: int, before: int, after: int, border: str, device=None) -> Tensor:
+    """Source indices for a padded axis of length ``before + n + after``.
+
+    Follows OpenCV's ``borderInterpolate`` for every mode (constant is handled by the caller).
+    """
+    p = torch.arange(-before, n + after, device=device)
+    if border == "replicate":
+        return p.clamp_(0, n - 1)
+    if border == "circular":
+        return p.remainder_(n)
+    if border == "reflect":  # REFLECT_101: period 2n - 2 (a single pixel repeats)
+        if n == 1:
+            return torch.zeros_like(p)
+        q = p.remainder(2 * n - 2)
+        return torch.where(q >= n, 2 * n - 2 - q, q)
+    if border == "symmetric":  # REFLECT: period 2n
+        q = p.remainder(2 * n)
+        return torch.where(q >= n, 2 * n - 1 - q, q)
+    raise ValueError(f"border_index: no index rule for border {border!r}")
+
+
+def pad(
+    x: Tensor, top: int, bottom: int, left: int, right: int, border: str = "reflect",
+    value: float = 0.0,
+) -> Tensor:
+    """Pad the last two dims of ``x`` with a border mode (see the module docstring).
+
+    Any pad width works, also one larger than the image.
+    """
+    check_border(border)
+    if top == bottom == left == right == 0:
+        return x
+    h, w = x.shape[-2], x.shape[-1]
+    if border == "constant":
+        return F.pad(x, (left, right, top, bottom), mode="constant", value=value)
+    # torch's own padding is fastest; it covers reflect/circular only while pads fit the image.
+    if border == "replicate" or (
+        border == "reflect" and max(top, bottom) < h and max(left, right) < w
+    ) or (border == "circular" and max(top, bottom) <= h and max(left, right) <= w):
+        if x.dim() == 4:
+            return F.pad(x, (left, right, top, bottom), mode=border)
+        return F.pad(x.unsqueeze(0), (left, right, top, bottom), mode=border).squeeze(0)
+    rows = border_index(h, top, bottom, border, x.device)
+    cols = border_index(w, left, right, border, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def kernel_pads(kh: int, kw: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) padding that anchors a kh x kw kernel at (kh//2, kw//2)."""
+    return kh // 2, kh - 1 - kh // 2, kw // 2, kw - 1 - kw // 2
+
+
+def _depthwise(x: Tensor, kernel: Tensor) -> Tensor:
+    c = x.shape[1]
+    weight = kernel.to(dtype=x.dtype, device=x.device).expand(c, 1, *kernel.shape[-2:])
+    return F.conv2d(x, weight, groups=c)
+
+
+def filter2d(
+    x: Tensor, kernel: Tensor, border: str = "reflect", value: float = 0.0
+) -> Tensor:
+    """Cross-correlate every channel of ``x`` with one 2-D kernel; output size = input size.
+
+    Args:
+        x: float image (B, C, H, W) or (C, H, W).
+        kernel: (kh, kw) float tensor, any sides (odd or even).
+        border: border mode; value: fill of the constant border.
+
+    Returns:
+        float tensor of the same shape; equals ``cv2.filter2D(x, -1, kernel, borderType=...)``
+        up to float rounding.
+
+    >>> x = torch.zeros(1, 1, 3, 3); x[0, 0, 1, 1] = 1
+    >>> filter2d(x, torch.tensor([[0., 0., 0.], [0., 0., 1.], [0., 0., 0.]]))[0, 0]
+    tensor([[0., 0., 0.],
+            [1., 0., 0.],
+            [0., 0., 0.]])
+    """
+    x4, added = check_image(x)
+    kernel = _check_kernel(kernel)
+    xp = pad(x4, *kernel_pads(*kernel.shape), border=border, value=value)
+    out = _depthwise(xp, kernel)
+    return out.squeeze(0) if added else out
+
+
+def sep_filter2d(
+    x: Tensor, kx: Tensor, ky: Tensor, border: str = "reflect", value: float = 0.0
+) -> Tensor:
+    """Separable correlation: the row kernel ``kx`` (kw,) then the column kernel ``ky`` (kh,).
+
+    Equals ``filter2d(x, ky[:, None] * kx[None, :])`` up to float rounding (also at the borders,
+    since both passes pad the same way) and ``cv2.sepFilter2D``.
+    """
+    x4, added = check_image(x)
+    kx, ky = kx.reshape(-1), ky.reshape(-1)
+    top, bottom, left, right = kernel_pads(ky.numel(), kx.numel())
+    out = _depthwise(pad(x4, 0, 0, left, right, border, value), kx.view(1, -1))
+    out = _depthwise(pad(out, top, bottom, 0, 0, border, value), ky.view(-1, 1))
+    return out.squeeze(0) if added else out
+
+
+def _check_kernel(kernel: Tensor) -> Tensor:
+    if not isinstance(kernel, Tensor):
+        raise TypeError(f"kernel should be a torch.Tensor (kh, kw). Got {type(kernel).__name__}")
+    if kernel.dim() != 2 or kernel.numel() == 0:
+        raise ValueError(f"kernel should be 2-D and not empty. Got shape {tuple(kernel.shape)}")
+    return kernel
+
+
+def pool_pads(h: int, w: int, size: int, stride: int) -> tuple[int, int]:
+    """Bottom and right padding so that windows cover every pixel (ceil mode)."""
+
+    def need(n: int) -> int:
+        if n <= size:
+            return size - n
+        return (math.ceil((n - size) / stride) * stride + size) - n
+
+    return need(h), need(w)
+
+
+def _pool(x: Tensor, size: int, stride: int | None, border: str, value: float, op) -> Tensor:
+    x4, added = check_image(x)
+    stride = stride or size
+    ph, pw = pool_pads(x4.shape[-2], x4.shape[-1], size, stride)
+    out = op(pad(x4, 0, ph, 0, pw, border, value), size, stride)
+    return out.squeeze(0) if added else out
+
+
+def avg_pool(
+    x: Tensor, size: int, stride: int | None = None, border: str = "reflect", value: float = 0.0
+) -> Tensor:
+    """Mean of each ``size`` x ``size`` window, stepping by ``stride`` (default ``size``).
+
+    Output side: ``ceil((n - size) / stride) + 1`` (1 when n <= size). Windows that run past the
+    bottom/right edge read the border mode's pixels; when the image is a multiple of the stride
+    this equals ``nn.AvgPool2d(size, stride)`` exactly.
+    """
+    return _pool(x, size, stride, border, value, lambda t, k, s: F.avg_pool2d(t, k, s))
+
+
+def max_pool(
+    x: Tensor, size: int, stride: int | None = None, border: str = "reflect", value: float = 0.0
+) -> Tensor:
+    """Max of each window; sizes as :func:`avg_pool`."""
+    return _pool(x, size, stride, border, value, lambda t, k, s: F.max_pool2d(t, k, s))
+
+
+def median_blur(
+    x: Tensor, size: int, border: str = "reflect", value: float = 0.0, rows_per_chunk: int = 0
+) -> Tensor:
+    """Median of each ``size`` x ``size`` neighbourhood (the lower median for even sizes).
+
+    Works in row chunks so that memory stays near ``size**2`` times one chunk, not the image.
+    With ``border="replicate"`` it equals ``cv2.medianBlur``.
+    """
+    x4, added = check_image(x)
+    b, c, h, w = x4.shape
+    top, bottom, left, right = kernel_pads(size, size)
+    xp = pad(x4, top, bottom, left, right, border, value)
+    k = size * size
+    if rows_per_chunk <= 0:
+        # about 64 MB of unfolded values per chunk
+        rows_per_chunk = max(1, (16 << 20) // max(1, b * c * w * k))
+    out = torch.empty_like(x4)
+    for r0 in range(0, h, rows_per_chunk):
+        r1 = min(h, r0 + rows_per_chunk)
+        band = xp[..., r0 : r1 + size - 1, :]
+        win = band.unfold(-2, size, 1).unfold(-2, size, 1)  # (b, c, rows, w, size, size)
+        out[..., r0:r1, :] = win.reshape(b, c, r1 - r0, w, k).median(dim=-1).values
+    return out.squeeze(0) if added else out
+
+
+def gaussian_ksize(sigma: float) -> int:
+    """OpenCV's kernel side for 8-bit images: round(6 * sigma + 1), made odd."""
+    k = int(math.floor(sigma * 6 + 1 + 0.5))  # cvRound of a positive number
+    return k | 1
+
+
+def gaussian_kernel1d(ksize: int, sigma: float, dtype=torch.float64) -> Tensor:
+    """Normalised Gaussian taps ``exp(-(i - (ksize-1)/2)**2 / (2 sigma**2))``, as
+    ``cv2.getGaussianKernel(ksize, sigma)`` for sigma > 0."""
+    i = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
+    g = torch.exp(-(i * i) / (2 * sigma * sigma))
+    return (g / g.sum()).to(dtype)
+
+
+_INT_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.int16: 32767.0, torch.int32: 65535.0}
+
+
+def to_float(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """An integer image to float on the [0, 1] scale (x / 255 for uint8, x / 65535 for uint16).
+
+    Float input is returned as it is (cast to ``dtype``).
+    """
+    if x.is_floating_point():
+        return x.to(dtype)
+    if x.dtype not in (torch.uint8, torch.uint16):
+        raise TypeError(f"integer images should be uint8 or uint16. Got {x.dtype}")
+    return x.to(dtype) / _INT_MAX[x.dtype]
+
+
+def to_integer(x: Tensor, dtype: torch.dtype, negative: str = "clip") -> Tensor:
+    """A float image on the [0, 1] scale to ``dtype``, rounding to nearest (ties to even) and
+    saturating like OpenCV's ``saturate_cast``.
+
+    ``negative`` maps a signed response first: ``clip`` (negatives become 0), ``abs`` (absolute
+    value) or ``offset`` (add mid-grey, 128/255, so that zero response is grey).
+    """
+    if negative == "abs":
+        x = x.abs()
+    elif negative == "offset":
+        x = x + 128.0 / 255.0
+    elif negative != "clip":
+        raise ValueError(f"Invalid negative {negative!r}. Expected one of abs, offset, clip.")
+    top = _INT_MAX[dtype]
+    return torch.round(x * top).clamp_(0, top).to(dtype)

@@ -1,0 +1,205 @@
+"""Kernel specs: the TOML files in ``filters/``, loaded and validated.
+
+This module does not import torch, so that ``convkit list`` and ``--help`` stay fast.
+
+TOML schema (one file per named kernel)::
+
+    name = "sharpen"                 # registry name: lower case, digits, underscores
+    description = "one line"
+    weights = [[0, -1, 0],           # rows of numbers, any rectangle (odd or even sides)
+               [-1, 5, -1],
+               [0, -1, 0]]
+    scale = 1                        # optional: the weights are divided by it
+                                     # (default: their sum, or 1 when they sum to 0)
+    offset = 0                       # optional: added after scaling, in 8-bit grey levels
+    border = "reflect"               # optional default border mode
+    signed = false                   # optional: the output is a signed response (written to an
+                                     # integer image as its absolute value by default)
+    type = "kernel"                  # optional: "kernel" or "gradient" (weights are d/dx;
+                                     # d/dy is their transpose)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+BORDERS = ("reflect", "replicate", "constant", "circular", "symmetric")
+KERNEL_TYPES = ("kernel", "gradient")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_KEYS = {"name", "description", "weights", "scale", "offset", "border", "signed", "type"}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A named kernel as data. ``weights`` are the raw rows; ``scale`` is resolved (never 0)."""
+
+    name: str
+    description: str
+    weights: tuple[tuple[float, ...], ...]
+    scale: float
+    offset: float = 0.0
+    border: str = "reflect"
+    signed: bool = False
+    type: str = "kernel"
+    source: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.weights), len(self.weights[0])
+
+    def normalized(self) -> list[list[float]]:
+        """The weights divided by ``scale``: the kernel that is actually applied."""
+        return [[w / self.scale for w in row] for row in self.weights]
+
+
+def check_border(border: Any) -> str:
+    if border not in BORDERS:
+        raise ValueError(f"Invalid border {border!r}. Expected one of {', '.join(BORDERS)}.")
+    return border
+
+
+def check_weights(weights: Any, what: str = "kernel") -> tuple[tuple[float, ...], ...]:
+    """Validate a kernel given as rows of numbers (a 1-D list is one row).
+
+    Returns the rows as tuples of floats. Raises ValueError for an empty kernel, rows of unequal
+    length, or non-finite numbers, and TypeError for anything that is not numbers.
+    """
+    if hasattr(weights, "tolist"):  # numpy array or torch tensor
+        weights = weights.tolist()
+    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
+        weights = [[weights]]
+    if not isinstance(weights, Sequence) or isinstance(weights, (str, bytes)):
+        raise TypeError(f"{what}: weights should be rows of numbers. Got {type(weights).__name__}")
+    if len(weights) == 0:
+        raise ValueError(f"{what}: weights should not be empty. Got []")
+    if all(_is_number(w) for w in weights):
+        weights = [weights]
+    rows = []
+    for i, row in enumerate(weights):
+        if not isinstance(row, Sequence) or isinstance(row, (str, bytes)):
+            raise TypeError(f"{what}: row {i} should be a list of numbers. Got {row!r}")
+        if not all(_is_number(w) for w in row):
+            raise TypeError(f"{what}: row {i} should hold only numbers. Got {list(row)!r}")
+        rows.append(tuple(float(w) for w in row))
+    if any(len(r) == 0 for r in rows):
+        raise ValueError(f"{what}: weights should not be empty. Got an empty row")
+    widths = sorted({len(r) for r in rows})
+    if len(widths) > 1:
+        raise ValueError(
+            f"{what}: all rows should have the same length. Got lengths {[len(r) for r in rows]}"
+        )
+    bad = [w for r in rows for w in r if not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"{what}: weights should be finite numbers. Got {bad[0]}")
+    return tuple(rows)
+
+
+def resolve_scale(weights: tuple[tuple[float, ...], ...], scale: Any, what: str = "kernel") -> float:
+    """``scale`` as given, or the sum of the weights, or 1 when they sum to 0."""
+    if scale is None:
+        total = math.fsum(w for row in weights for w in row)
+        return 1.0 if abs(total) < 1e-12 else total
+    if not _is_number(scale) or not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"{what}: scale should be a finite non-zero number. Got {scale!r}")
+    return float(scale)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def parse_spec(data: dict[str, Any], source: str, default_name: str | None = None) -> KernelSpec:
+    """Build a KernelSpec from a parsed TOML table; errors name ``source``."""
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown key {unknown[0]!r}. Expected keys: {', '.join(sorted(_KEYS))}"
+        )
+    if "weights" not in data:
+        raise ValueError(f"{source}: missing 'weights' (rows of numbers)")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(
+            f"{source}: name should be lower case letters, digits and underscores. Got {name!r}"
+        )
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ValueError(f"{source}: description should be a string. Got {description!r}")
+    try:
+        weights = check_weights(data["weights"], what=source)
+        scale = resolve_scale(weights, data.get("scale"), what=source)
+        check_border(data.get("border", "reflect"))
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+    offset = data.get("offset", 0.0)
+    if not _is_number(offset) or not math.isfinite(offset):
+        raise ValueError(f"{source}: offset should be a finite number. Got {offset!r}")
+    signed = data.get("signed", False)
+    if not isinstance(signed, bool):
+        raise ValueError(f"{source}: signed should be true or false. Got {signed!r}")
+    ktype = data.get("type", "kernel")
+    if ktype not in KERNEL_TYPES:
+        raise ValueError(f"{source}: type should be one of {', '.join(KERNEL_TYPES)}. Got {ktype!r}")
+    if ktype == "gradient" and len(weights) != len(weights[0]):
+        raise ValueError(f"{source}: a gradient kernel should be square. Got {len(weights)}x"
+                         f"{len(weights[0])}")
+    return KernelSpec(
+        name=name,
+        description=description,
+        weights=weights,
+        scale=scale,
+        offset=float(offset),
+        border=data.get("border", "reflect"),
+        signed=signed,
+        type=ktype,
+        source=source,
+    )
+
+
+def load_spec(path: str | Path) -> KernelSpec:
+    """Load one kernel TOML file. Errors are ValueError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such kernel file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read kernel file ({e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    default_name = re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
+    if not NAME_RE.match(default_name):
+        default_name = "kernel"
+    return parse_spec(data, str(path), default_name=default_name)
+
+
+def builtin_dir() -> Path:
+    """The folder holding the shipped ``*.toml`` files (the wheel's or the repository's)."""
+    try:
+        shipped = Path(str(resources.files("convkit.filters")))
+        if shipped.is_dir() and any(shipped.glob("*.toml")):
+            return shipped
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "filters"
+
+
+def builtin_specs() -> dict[str, KernelSpec]:
+    """Every shipped kernel spec by name."""
+    specs = {}
+    for path in sorted(builtin_dir().glob("*.toml")):
+        spec = load_spec(path)
+        specs[spec.name] = spec
+    return specs

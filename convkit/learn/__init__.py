@@ -1,0 +1,1 @@
+"""Learned filters: LeNet-style conv nets trained on a folder of images."""

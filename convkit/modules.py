@@ -1,0 +1,258 @@
+"""``nn.Module`` filters. Kernels live in buffers: not learnable, moved by ``.to(device)``, saved in
+``state_dict`` and built once, never per call. Outputs stay differentiable w.r.t. the input.
+
+Every module takes a float image (B, C, H, W) or (C, H, W) and returns float, unclamped. Integer
+images go through :func:`convkit.process`, which converts, filters and rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as KF
+from .kernels import check_border, check_weights, resolve_scale
+
+__all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median"]
+
+
+class Filter(nn.Module):
+    """Base of convkit's modules.
+
+    Attributes read by the rest of convkit:
+        spec_name / spec_params: how the module prints in a chain spec (set by the registry).
+        negative: how a signed response is written to an integer image, or None to inherit from
+            the filter before it in a chain (see :func:`convkit.functional.to_integer`).
+        reach: (top, bottom, left, right) pixels of context the output needs from the input.
+        stride: the factor by which the module shrinks the image (1 = same size).
+    """
+
+    spec_name: str | None = None
+    spec_params: dict | None = None
+    negative: str | None = None
+    stride: int = 1
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return (0, 0, 0, 0)
+
+    def spec(self) -> str:
+        from .spec import format_call
+
+        if self.spec_name is None:
+            return format_call(*self._own_spec())
+        return format_call(self.spec_name, self.spec_params or {})
+
+    def _own_spec(self) -> tuple[str, dict]:
+        raise NotImplementedError(f"{type(self).__name__} has no spec string")
+
+    def extra_repr(self) -> str:
+        return self.spec()
+
+
+class Kernel2d(Filter):
+    """A fixed 2-D kernel applied to each channel by cross-correlation (depthwise conv).
+
+    ``out = correlate(x, weights / scale) + offset / 255``, with the border mode's padding so that
+    the output has the input's size. A kernel of size (kh, kw) is anchored at (kh // 2, kw // 2),
+    as in OpenCV. ``strength`` s blends with the identity in the same single kernel:
+    ``identity + s * (K - identity)`` (the offset is scaled by s too).
+
+    Args:
+        weights: rows of numbers (any rectangle), a numpy array or a 2-D tensor.
+        scale: divides the weights; default their sum, or 1 when they sum to 0.
+        offset: added after scaling, in 8-bit grey levels (128 = mid-grey on the [0, 1] scale).
+        border: reflect (default), replicate, constant, circular or symmetric.
+        value: fill of the constant border, in 8-bit grey levels.
+        strength: 0 = identity, 1 = the kernel.
+        negative: integer mapping of a signed response (abs, offset, clip), or None.
+        separable: optional exact (column, row) factors with ``col[:, None] * row[None, :]``
+            equal to the scaled kernel (before strength); the engine may use them.
+
+    Shape:
+        input (B, C, H, W) or (C, H, W), float; output the same shape.
+
+    >>> k = Kernel2d([[0, -1, 0], [-1, 5, -1], [0, -1, 0]])
+    >>> k(torch.ones(1, 3, 4, 4)).shape
+    torch.Size([1, 3, 4, 4])
+    """
+
+    weight: Tensor
+
+    def __init__(
+        self,
+        weights,
+        *,
+        scale: float | None = None,
+        offset: float = 0.0,
+        border: str = "reflect",
+        value: float = 0.0,
+        strength: float = 1.0,
+        negative: str | None = None,
+        separable: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        super().__init__()
+        rows = check_weights(weights, what="Kernel2d")
+        self.raw_weights = [list(r) for r in rows]
+        self.scale = resolve_scale(rows, scale, what="Kernel2d")
+        self.offset = float(offset)
+        self.border = check_border(border)
+        self.value = float(value)
+        self.strength = float(strength)
+        self.negative = negative
+        k = torch.tensor(rows, dtype=torch.float64) / self.scale
+        kh, kw = k.shape
+        self.anchor = (kh // 2, kw // 2)
+        if self.strength != 1.0:
+            ident = torch.zeros_like(k)
+            ident[self.anchor] = 1.0
+            k = ident + self.strength * (k - ident)
+        self.register_buffer("weight", k.float(), persistent=True)
+        self.bias = self.strength * self.offset / 255.0
+        self.separable = None
+        if separable is not None and self.strength == 1.0:
+            col = torch.as_tensor(separable[0], dtype=torch.float64).float()
+            row = torch.as_tensor(separable[1], dtype=torch.float64).float()
+            self.register_buffer("col", col, persistent=False)
+            self.register_buffer("row", row, persistent=False)
+            self.separable = True
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return KF.kernel_pads(*self.weight.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = KF.filter2d(x, self.weight, self.border, self.value / 255.0)
+        return out + self.bias if self.bias else out
+
+    def _own_spec(self) -> tuple[str, dict]:
+        params: dict = {"weights": self.raw_weights}
+        if self.scale != resolve_scale(check_weights(self.raw_weights), None):
+            params["scale"] = self.scale
+        for key, default in (("offset", 0.0), ("strength", 1.0), ("value", 0.0)):
+            if getattr(self, key) != default:
+                params[key] = getattr(self, key)
+        if self.border != "reflect":
+            params["border"] = self.border
+        if self.negative is not None:
+            params["negative"] = self.negative
+        return "kernel", params
+
+
+class GradientMagnitude(Filter):
+    """``sqrt(gx**2 + gy**2)`` of a derivative kernel ``kx`` (d/dx) and its transpose (d/dy).
+
+    The per-pixel magnitude is never negative. Shape as :class:`Kernel2d`.
+    """
+
+    def __init__(self, kx, *, border: str = "reflect", value: float = 0.0) -> None:
+        super().__init__()
+        rows = check_weights(kx, what="GradientMagnitude")
+        k = torch.tensor(rows, dtype=torch.float32)
+        self.register_buffer("kx", k)
+        self.register_buffer("ky", k.t().contiguous())
+        self.border = check_border(border)
+        self.value = float(value)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return KF.kernel_pads(*self.kx.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        v = self.value / 255.0
+        gx = KF.filter2d(x, self.kx, self.border, v)
+        gy = KF.filter2d(x, self.ky, self.border, v)
+        return torch.sqrt(gx * gx + gy * gy)
+
+
+class Unsharp(Filter):
+    """Unsharp mask with a threshold: ``x + amount * d`` where ``|d| >= threshold``, else ``x``;
+    ``d = x - gaussian(x)``. With threshold 0 this is linear (the registry then builds a
+    single :class:`Kernel2d`). ``threshold`` is in 8-bit grey levels."""
+
+    def __init__(self, blur: Kernel2d, amount: float, threshold: float) -> None:
+        super().__init__()
+        self.blur = blur
+        self.amount = float(amount)
+        self.threshold = float(threshold)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return self.blur.reach
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = x - self.blur(x)
+        keep = d.abs() >= self.threshold / 255.0
+        return x + self.amount * d * keep
+
+
+class Pool2d(Filter):
+    """Average or max pooling over ``size`` x ``size`` windows stepping by ``stride``.
+
+    Output side ``ceil((n - size) / stride) + 1`` (1 when the image is smaller than the
+    window); windows running off the bottom/right edge read the border mode's pixels. On an
+    image whose sides are multiples of the stride it equals ``nn.AvgPool2d`` / ``nn.MaxPool2d``.
+    """
+
+    def __init__(
+        self, mode: str, size: int, stride: int | None = None, border: str = "reflect",
+        value: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if mode not in ("avg", "max"):
+            raise ValueError(f"Invalid pooling mode {mode!r}. Expected avg or max.")
+        self.mode = mode
+        self.size = int(size)
+        self.stride = int(stride or size)
+        self.border = check_border(border)
+        self.value = float(value)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return (0, self.size - 1, 0, self.size - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        op = KF.avg_pool if self.mode == "avg" else KF.max_pool
+        return op(x, self.size, self.stride, self.border, self.value / 255.0)
+
+
+class Median(Filter):
+    """Median of each ``size`` x ``size`` neighbourhood, per channel (non-linear).
+
+    Anchored like a kernel of that size; the lower median for even sizes.
+    """
+
+    def __init__(self, size: int, border: str = "reflect", value: float = 0.0) -> None:
+        super().__init__()
+        self.size = int(size)
+        self.border = check_border(border)
+        self.value = float(value)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return KF.kernel_pads(self.size, self.size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return KF.median_blur(x, self.size, self.border, self.value / 255.0)
+
+
+class Sequence2(Filter):
+    """Two or more filters applied in turn as one registry entry (e.g. ``edges``)."""
+
+    def __init__(self, *mods: Filter) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(mods)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        total = [0, 0, 0, 0]
+        for m in self.parts:
+            total = [a + b for a, b in zip(total, m.reach, strict=True)]
+        return tuple(total)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for m in self.parts:
+            x = m(x)
+        return x

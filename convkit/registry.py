@@ -1,0 +1,308 @@
+"""Filter registry: name -> parameters + builder.
+
+The registry itself does not import torch: the CLI lists filters and builds its options from it,
+and only the chosen filter's builder (a ``"module:function"`` string) is imported when a filter is
+built. Kernels named in ``filters/*.toml`` are registered from the files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .kernels import BORDERS, KernelSpec, builtin_specs, check_weights, load_spec
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One filter parameter.
+
+    kind: "float", "int", "bool", "choice", "matrix" (rows of numbers), "path" or "str".
+    ``low``/``high`` bound numbers; ``low_open`` makes the lower bound strict (sigma > 0).
+    A default of None means "not given" (for example gaussian's ksize).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def check(self, value: Any, where: str) -> Any:
+        if value is None and self.default is None:
+            return None
+        kind = self.kind
+        if kind in ("float", "int"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{where}: {self.name} should be a number. Got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: {self.name} should be a finite number. Got {value!r}")
+            if kind == "int":
+                if value != int(value):
+                    raise ValueError(f"{where}: {self.name} should be an integer. Got {value!r}")
+                value = int(value)
+            else:
+                value = float(value)
+            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+                op = ">" if self.low_open else ">="
+                raise ValueError(f"{where}: {self.name} should be {op} {_num(self.low)}. Got {value}")
+            if self.high is not None and value > self.high:
+                raise ValueError(f"{where}: {self.name} should be <= {_num(self.high)}. Got {value}")
+            return value
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise TypeError(f"{where}: {self.name} should be true or false. Got {value!r}")
+            return value
+        if kind == "choice":
+            if value not in self.choices:
+                raise ValueError(
+                    f"{where}: invalid {self.name} {value!r}. Expected one of "
+                    f"{', '.join(self.choices)}."
+                )
+            return value
+        if kind == "matrix":
+            rows = check_weights(value, what=f"{where}: {self.name}")
+            return [list(r) for r in rows]
+        if kind in ("path", "str"):
+            if isinstance(value, Path):
+                value = str(value)
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{where}: {self.name} should be a non-empty string. Got {value!r}")
+            return value
+        raise AssertionError(kind)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+@dataclass(frozen=True)
+class FilterInfo:
+    """A registered filter: its parameters and the dotted path of its builder."""
+
+    name: str
+    description: str
+    params: tuple[Param, ...]
+    builder: str
+    spec: KernelSpec | None = None
+    example: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def check_params(self, args: tuple = (), kwargs: dict | None = None) -> dict[str, Any]:
+        """Validate ``args``/``kwargs`` against the parameters; return the given ones, checked.
+
+        Positional values fill parameters in order. Only parameters that were given appear in
+        the result, so that a chain prints back as it was written.
+        """
+        kwargs = dict(kwargs or {})
+        names = [p.name for p in self.params]
+        if len(args) > len(names):
+            raise ValueError(
+                f"{self.name}: takes at most {len(names)} positional values. Got {len(args)}"
+            )
+        for name, value in zip(names, args, strict=False):
+            if name in kwargs:
+                raise ValueError(f"{self.name}: {name} given twice")
+            kwargs[name] = value
+        out = {}
+        for key, value in kwargs.items():
+            if key not in names:
+                expected = ", ".join(names) if names else "no parameters"
+                raise ValueError(f"{self.name}: unknown parameter {key!r}. Expected: {expected}")
+            out[key] = self.param(key).check(value, self.name)
+        return out
+
+    def build(self, **params: Any):
+        """Check ``params`` and build the module (imports torch)."""
+        checked = self.check_params((), params)
+        module_name, func_name = self.builder.split(":")
+        builder = getattr(importlib.import_module(module_name), func_name)
+        module = builder(self, **checked)
+        module.spec_name = self.name
+        module.spec_params = checked
+        return module
+
+
+# --- shared parameters ---------------------------------------------------------------------
+BORDER = Param(
+    "border", "choice", "reflect",
+    "border mode: reflect (OpenCV REFLECT_101), replicate, constant, circular, symmetric "
+    "(OpenCV REFLECT)",
+    choices=BORDERS,
+)
+VALUE = Param("value", "float", 0.0, "fill value of the constant border, in 8-bit grey levels")
+STRENGTH = Param("strength", "float", 1.0, "0 = identity, 1 = the filter, above 1 exaggerates")
+NEGATIVE = Param(
+    "negative", "choice", "abs",
+    "how a signed response is written to an integer image: abs, offset (+128) or clip",
+    choices=("abs", "offset", "clip"),
+)
+LINEAR = (STRENGTH, BORDER, VALUE)
+
+_B = "convkit.builders:"
+
+_BUILTINS: tuple[FilterInfo, ...] = (
+    FilterInfo(
+        "box", "Box (mean) blur over a size x size square, as cv2.blur.",
+        (Param("size", "int", 3, "side of the square", low=1), *LINEAR),
+        _B + "box", example="convkit box --size 5 photo.jpg",
+    ),
+    FilterInfo(
+        "gaussian", "Gaussian blur, as cv2.GaussianBlur (ksize from sigma as OpenCV chooses it).",
+        (
+            Param("sigma", "float", 1.0, "standard deviation in pixels", low=0, low_open=True),
+            Param("ksize", "int", None, "kernel side (odd); default round(6*sigma+1) made odd",
+                  low=1),
+            *LINEAR,
+        ),
+        _B + "gaussian", example="convkit gaussian --sigma 2 photo.jpg",
+    ),
+    FilterInfo(
+        "unsharp", "Unsharp mask: x + amount * (x - gaussian(x)), only where the difference "
+        "exceeds threshold.",
+        (
+            Param("sigma", "float", 1.0, "blur standard deviation in pixels", low=0,
+                  low_open=True),
+            Param("amount", "float", 1.0, "strength of the high-pass added back"),
+            Param("threshold", "float", 0.0, "minimum difference, in 8-bit grey levels", low=0),
+            Param("ksize", "int", None, "blur kernel side; default from sigma", low=1),
+            BORDER, VALUE,
+        ),
+        _B + "unsharp", example="convkit unsharp --sigma 2 --amount 1.5 photo.jpg",
+    ),
+    FilterInfo(
+        "edges", "Visible edge map: Sobel gradient magnitude of a lightly smoothed image.",
+        (Param("sigma", "float", 1.0, "pre-smoothing sigma in pixels", low=0, low_open=True),
+         BORDER, VALUE),
+        _B + "edges", example="convkit edges photo.jpg",
+    ),
+    FilterInfo(
+        "median", "Median of each size x size neighbourhood (non-linear; lower median for even "
+        "sizes).",
+        (Param("size", "int", 3, "side of the square", low=1), BORDER, VALUE),
+        _B + "median", example="convkit median --size 5 photo.jpg",
+    ),
+    FilterInfo(
+        "avgpool", "Average pooling: shrinks the image by stride.",
+        (
+            Param("size", "int", 2, "window side", low=1),
+            Param("stride", "int", None, "step between windows (default: size)", low=1),
+            BORDER, VALUE,
+        ),
+        _B + "avgpool", example="convkit avgpool --size 2 photo.jpg",
+    ),
+    FilterInfo(
+        "maxpool", "Max pooling: shrinks the image by stride.",
+        (
+            Param("size", "int", 2, "window side", low=1),
+            Param("stride", "int", None, "step between windows (default: size)", low=1),
+            BORDER, VALUE,
+        ),
+        _B + "maxpool", example="convkit maxpool --size 2 photo.jpg",
+    ),
+    FilterInfo(
+        "kernel", "A custom kernel: weights as rows of numbers, or a TOML file (path).",
+        (
+            Param("weights", "matrix", None, "rows of numbers, e.g. [[0,-1,0],[-1,5,-1],[0,-1,0]]"),
+            Param("path", "path", None, "a kernel TOML file (see filters/ for the schema)"),
+            Param("scale", "float", None, "divide the weights by this (default: their sum, or 1)"),
+            Param("offset", "float", None, "added after scaling, in 8-bit grey levels"),
+            Param("negative", "choice", None, NEGATIVE.help, choices=NEGATIVE.choices),
+            Param("strength", "float", 1.0, STRENGTH.help),
+            Param("border", "choice", None, BORDER.help, choices=BORDERS),
+            VALUE,
+        ),
+        _B + "kernel",
+        example="convkit kernel --weights '[[0,-1,0],[-1,5,-1],[0,-1,0]]' photo.jpg",
+    ),
+    FilterInfo(
+        "learned", "A learned filter saved by `convkit train` (a model file).",
+        (Param("path", "path", None, "the model file written by convkit train"),),
+        "convkit.learn.files:build_learned", example="convkit learned --path model.pt photo.jpg",
+    ),
+)
+
+
+def _from_spec(spec: KernelSpec) -> FilterInfo:
+    """Registry entry for a kernel file; a few built-ins add their own parameters."""
+    if spec.type == "gradient":
+        params = (
+            Param("dx", "int", 0, "order of the x derivative (0 or 1); 0 and dy 0 = magnitude",
+                  low=0, high=1),
+            Param("dy", "int", 0, "order of the y derivative (0 or 1)", low=0, high=1),
+            NEGATIVE, *LINEAR,
+        )
+        return FilterInfo(spec.name, spec.description, params, _B + "gradient", spec,
+                          example=f"convkit {spec.name} --dx 1 photo.jpg")
+    if spec.name == "sharpen":
+        params = (Param("amount", "float", 1.0, "strength of the high-pass"), *LINEAR)
+        return FilterInfo(spec.name, spec.description, params, _B + "sharpen", spec,
+                          example="convkit sharpen --amount 1.5 photo.jpg")
+    params = (NEGATIVE, *LINEAR) if spec.signed else LINEAR
+    return FilterInfo(spec.name, spec.description, params, _B + "named_kernel", spec,
+                      example=f"convkit {spec.name} photo.jpg")
+
+
+_REGISTRY: dict[str, FilterInfo] = {}
+
+
+def _ensure_loaded() -> None:
+    if _REGISTRY:
+        return
+    for info in _BUILTINS:
+        _REGISTRY[info.name] = info
+    for spec in builtin_specs().values():
+        if spec.name in _REGISTRY:
+            raise ValueError(f"{spec.source}: an entry is already registered under {spec.name!r}")
+        _REGISTRY[spec.name] = _from_spec(spec)
+
+
+def register_filter(info: FilterInfo) -> FilterInfo:
+    """Add a filter to the registry; a name that is taken is refused."""
+    _ensure_loaded()
+    if info.name in _REGISTRY:
+        raise ValueError(f"An entry is already registered under the name {info.name!r}")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def register_toml(path: str | Path) -> str:
+    """Register a user's kernel TOML file under its ``name``; returns the name."""
+    return register_filter(_from_spec(load_spec(path))).name
+
+
+def list_filters() -> list[str]:
+    """Sorted names of every registered filter."""
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def get_info(name: str) -> FilterInfo:
+    _ensure_loaded()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"Unknown filter {name!r}. Expected one of: {', '.join(list_filters())}")
+    return _REGISTRY[name]
+
+
+def get_filter(name: str, **params: Any):
+    """Build the filter ``name`` as an ``nn.Module``; bad names or values raise ValueError.
+
+    >>> import convkit
+    >>> convkit.get_filter("gaussian", sigma=2.0)
+    Kernel2d(gaussian(sigma=2.0), 13x13, border=reflect)
+    """
+    return get_info(name).build(**params)

@@ -21,8 +21,8 @@ _LAZY = {
     "Median": ("modules", "Median"),
     "Pool2d": ("modules", "Pool2d"),
     "Unsharp": ("modules", "Unsharp"),
-    "Chain": ("chain", "Chain"),
-    "chain": ("chain", "chain"),
+    "Chain": ("chains", "Chain"),
+    "chain": ("chains", "chain"),
     "process": ("api", "process"),
     "functional": ("functional", None),
 }

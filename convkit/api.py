@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import engine
-from .chain import chain
+from .chains import chain
 
 __all__ = ["process", "resolve_device"]
 

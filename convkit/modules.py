@@ -164,7 +164,10 @@ class GradientMagnitude(Filter):
         v = self.value / 255.0
         gx = KF.filter2d(x, self.kx, self.border, v)
         gy = KF.filter2d(x, self.ky, self.border, v)
-        return torch.sqrt(gx * gx + gy * gy)
+        sq = gx * gx + gy * gy
+        # sqrt has an infinite slope at 0; flat regions get a zero gradient instead of NaN.
+        nonzero = sq > 0
+        return torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
 
 
 class Unsharp(Filter):

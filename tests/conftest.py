@@ -1,0 +1,64 @@
+"""Shared fixtures: devices, dtypes and real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+DEVICES = ("cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda]))
+
+# convkit border name -> OpenCV border type (filter2D refuses WRAP: see cv_filter2d)
+CV_BORDERS = {
+    "reflect": cv2.BORDER_REFLECT_101,
+    "replicate": cv2.BORDER_REPLICATE,
+    "constant": cv2.BORDER_CONSTANT,
+    "symmetric": cv2.BORDER_REFLECT,
+    "circular": cv2.BORDER_WRAP,
+}
+
+
+def cv_filter2d(img: np.ndarray, kernel, border: str, value: float = 0.0) -> np.ndarray:
+    """OpenCV's correlation with convkit's anchor (kh//2, kw//2) for every border mode.
+
+    filter2D has no WRAP and no fill value, so circular and constant pre-pad with
+    copyMakeBorder and filter only the interior.
+    """
+    kernel = np.asarray(kernel, dtype=np.float32)
+    kh, kw = kernel.shape
+    if border not in ("circular", "constant"):
+        return cv2.filter2D(img, -1, kernel, borderType=CV_BORDERS[border])
+    top, left = kh // 2, kw // 2
+    padded = cv2.copyMakeBorder(
+        img, top, kh - 1 - top, left, kw - 1 - left, CV_BORDERS[border], value=(value,) * 4
+    )
+    out = cv2.filter2D(padded, -1, kernel, anchor=(left, top), borderType=cv2.BORDER_CONSTANT)
+    return out[top : top + img.shape[0], left : left + img.shape[1]]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real RGB photo, uint8 (H, W, 3), cropped small to keep tests fast."""
+    from PIL import Image
+
+    path = SAMPLES / "astronaut.png"
+    if not path.exists():
+        pytest.skip("samples/astronaut.png is missing")
+    img = np.asarray(Image.open(path).convert("RGB"))
+    return np.ascontiguousarray(img[100:260, 150:350])
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,235 @@
+"""Registry, chain specs, kernel files and bad input: the messages users read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import convkit
+from convkit import kernels, spec
+from convkit.registry import get_info
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def test_list_filters_sorted_and_complete():
+    names = convkit.list_filters()
+    assert names == sorted(names)
+    for expected in ["sharpen", "box", "gaussian", "unsharp", "sobel", "scharr", "prewitt",
+                     "laplacian", "edges", "emboss", "smooth", "smooth_more", "detail",
+                     "edge_enhance", "edge_enhance_more", "contour", "find_edges", "blur5",
+                     "avgpool", "maxpool", "median", "kernel"]:
+        assert expected in names
+
+
+def test_unknown_filter_names_choices():
+    with pytest.raises(ValueError, match=r"Unknown filter 'sharpn'\. Expected one of: .*sharpen"):
+        convkit.get_filter("sharpn")
+
+
+@pytest.mark.parametrize(
+    "name,params,message",
+    [
+        ("gaussian", {"sigma": 0}, r"gaussian: sigma should be > 0\. Got 0"),
+        ("gaussian", {"sigma": -1.5}, r"sigma should be > 0\. Got -1\.5"),
+        ("box", {"size": 0}, r"box: size should be >= 1\. Got 0"),
+        ("avgpool", {"size": 2, "stride": 0}, r"stride should be >= 1\. Got 0"),
+        ("box", {"size": 2.5}, r"size should be an integer\. Got 2\.5"),
+        ("gaussian", {"sigmaa": 1}, r"unknown parameter 'sigmaa'\. Expected: sigma, ksize"),
+        ("sharpen", {"border": "mirror"}, r"invalid border 'mirror'\. Expected one of reflect"),
+        ("kernel", {}, r"exactly one of weights"),
+        ("kernel", {"weights": []}, r"should not be empty"),
+        ("kernel", {"weights": [[1, 2], [3]]}, r"same length\. Got lengths \[2, 1\]"),
+        ("kernel", {"weights": [[1, float("nan")]]}, r"finite"),
+        ("sobel", {"dx": 1, "dy": 1}, r"not both"),
+        ("sobel", {"dx": 2}, r"dx should be <= 1\. Got 2"),
+    ],
+)
+def test_bad_parameters(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        convkit.get_filter(name, **params)
+
+
+def test_bad_types():
+    with pytest.raises(TypeError, match="sigma should be a number. Got 'big'"):
+        convkit.get_filter("gaussian", sigma="big")
+    with pytest.raises(TypeError, match="row 0 should hold only numbers"):
+        convkit.Kernel2d([["a"]])
+
+
+def test_module_input_guards():
+    m = convkit.get_filter("sharpen")
+    with pytest.raises(TypeError, match="floating point tensor.*Got dtype torch.uint8"):
+        m(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(B,C,H,W\) or \(C,H,W\)\. Got 5-D"):
+        m(torch.zeros(1, 1, 3, 4, 4))
+    with pytest.raises(TypeError, match="should be a torch.Tensor"):
+        m(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="should not be empty"):
+        m(torch.zeros(1, 1, 0, 4))
+
+
+def test_process_kinds_round_trip(rng):
+    img = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    t = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+    a = convkit.process(img, "sharpen")
+    b = convkit.process(t, "sharpen")
+    c = convkit.process(Image.fromarray(img), "sharpen")
+    assert b.dtype == torch.uint8 and b.shape == (3, 12, 10)
+    np.testing.assert_array_equal(a, b.permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(a, np.asarray(c))
+    with pytest.raises(TypeError, match="numpy array, a PIL.Image or a torch.Tensor"):
+        convkit.process([1, 2], "sharpen")
+    with pytest.raises(TypeError, match="uint8, uint16 or float32. Got int64"):
+        convkit.process(np.zeros((3, 3), np.int64), "sharpen")
+
+
+# --- chain specs ----------------------------------------------------------------------------
+
+
+def test_chain_round_trip_and_parameters():
+    c = convkit.chain("gaussian(sigma=2) | sharpen(amount=1.5) | sobel(dx=1, border=replicate)")
+    assert isinstance(c, torch.nn.Sequential)
+    assert len(c) == 3
+    text = str(c)
+    assert text == "gaussian(sigma=2.0) | sharpen(amount=1.5) | sobel(dx=1, border=replicate)"
+    again = convkit.chain(text)
+    assert str(again) == text
+    x = torch.rand(1, 3, 12, 12)
+    torch.testing.assert_close(c(x), again(x))
+    assert c.negative == "abs"
+
+
+def test_chain_from_list_and_positional():
+    c = convkit.chain([convkit.Kernel2d([[1, 2, 1]]), "box(3) | median"])
+    assert str(c) == "kernel(weights=[[1.0, 2.0, 1.0]]) | box(size=3) | median"
+    k = convkit.chain("kernel(weights=[[0,-1,0],[-1,5,-1],[0,-1,0]], border=symmetric)")
+    np.testing.assert_array_equal(k[0].weight.numpy(), convkit.get_filter("sharpen").weight)
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("gaussian(sigma=2", "position 16: expected ')'"),
+        ("gaussian(sigma=2) |", "position 19: expected a filter name"),
+        ("gaussian(sigma=2) sharpen", "position 18: expected '|' or the end"),
+        ("gaussian(=2)", "position 9"),
+        ("kernel(weights=[[1,2],[3,4])", "expected ']'"),
+        ("kernel(path=\"unterminated)", "unterminated string"),
+        ("", "expected a filter name"),
+    ],
+)
+def test_chain_parse_errors_say_where(text, where):
+    with pytest.raises(ValueError, match="invalid chain") as e:
+        convkit.chain(text)
+    assert where in str(e.value)
+
+
+def test_chain_unknown_filter_in_spec():
+    with pytest.raises(ValueError, match="Unknown filter 'shapren'"):
+        convkit.chain("gaussian | shapren")
+
+
+_word = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_word)
+def test_any_string_parses_or_raises_value_error(text):
+    try:
+        c = convkit.chain(text)
+    except ValueError:
+        return
+    assert str(convkit.chain(str(c))) == str(c)
+
+
+_value = st.recursive(
+    st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+              st.booleans(), st.text(min_size=1, max_size=12)),
+    lambda inner: st.lists(inner, max_size=4), max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_value)
+def test_spec_values_round_trip(value):
+    text = spec.format_call("f", {"p": value})
+    (call,) = spec.parse(text)
+    assert call.kwargs["p"] == value
+
+
+# --- kernel files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(kernels.builtin_dir().glob("*.toml")), ids=lambda p: p.stem)
+def test_every_toml_loads_and_runs(path):
+    s = kernels.load_spec(path)
+    assert s.name == path.stem
+    assert s.description
+    m = convkit.get_filter(s.name)
+    out = m(torch.rand(1, 3, 9, 9))
+    assert out.shape == (1, 3, 9, 9)
+    assert get_info(s.name).spec == s
+
+
+def test_user_toml_loads_like_builtin(tmp_path, rng):
+    p = tmp_path / "my_sharp.toml"
+    p.write_text('name = "my_sharp"\ndescription = "mine"\n'
+                 'weights = [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]\nborder = "replicate"\n')
+    img = rng.integers(0, 256, (15, 13, 3), dtype=np.uint8)
+    a = convkit.process(img, f"kernel(path={p})")
+    b = convkit.process(img, str(p))
+    c = convkit.process(img, "sharpen(border=replicate)")
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, c)
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("weights = [[1, 2], [3]]", "same length"),
+        ("weights = []", "should not be empty"),
+        ("weights = [[1, 'a']]", "only numbers"),
+        ("weights = [[1, nan]]", "finite"),
+        ("weights = [[1]]\nscale = 0", "scale should be a finite non-zero number"),
+        ("weights = [[1]]\nborder = 'mirror'", "Invalid border 'mirror'"),
+        ("weights = [[1]]\ncolour = 1", "unknown key 'colour'"),
+        ("name = 'x'", "missing 'weights'"),
+        ("weights = [[1]", "not valid TOML"),
+    ],
+)
+def test_bad_toml_files(tmp_path, body, message):
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(ValueError, match=message) as e:
+        kernels.load_spec(p)
+    assert str(p) in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_toml_file(tmp_path):
+    with pytest.raises(ValueError, match="no such kernel file"):
+        convkit.chain(f"kernel(path={tmp_path / 'nope.toml'})")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_toml_text_loads_or_raises_value_error(tmp_path_factory, text):
+    p = tmp_path_factory.mktemp("toml") / "k.toml"
+    p.write_text(text, encoding="utf-8")
+    try:
+        s = kernels.load_spec(p)
+    except ValueError:
+        return
+    assert len(s.weights) >= 1
+
+
+def test_register_toml_refuses_duplicates(tmp_path):
+    p = tmp_path / "sharpen.toml"
+    p.write_text("weights = [[1]]")
+    with pytest.raises(ValueError, match="already registered under the name 'sharpen'"):
+        convkit.register_toml(p)

@@ -101,7 +101,9 @@ def check_weights(weights: Any, what: str = "kernel") -> tuple[tuple[float, ...]
     return tuple(rows)
 
 
-def resolve_scale(weights: tuple[tuple[float, ...], ...], scale: Any, what: str = "kernel") -> float:
+def resolve_scale(
+    weights: tuple[tuple[float, ...], ...], scale: Any, what: str = "kernel"
+) -> float:
     """``scale`` as given, or the sum of the weights, or 1 when they sum to 0."""
     if scale is None:
         total = math.fsum(w for row in weights for w in row)
@@ -149,7 +151,9 @@ def parse_spec(data: dict[str, Any], source: str, default_name: str | None = Non
         raise ValueError(f"{source}: signed should be true or false. Got {signed!r}")
     ktype = data.get("type", "kernel")
     if ktype not in KERNEL_TYPES:
-        raise ValueError(f"{source}: type should be one of {', '.join(KERNEL_TYPES)}. Got {ktype!r}")
+        raise ValueError(
+            f"{source}: type should be one of {', '.join(KERNEL_TYPES)}. Got {ktype!r}"
+        )
     if ktype == "gradient" and len(weights) != len(weights[0]):
         raise ValueError(f"{source}: a gradient kernel should be square. Got {len(weights)}x"
                          f"{len(weights[0])}")

@@ -53,9 +53,13 @@ class Param:
                 value = float(value)
             if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
                 op = ">" if self.low_open else ">="
-                raise ValueError(f"{where}: {self.name} should be {op} {_num(self.low)}. Got {value}")
+                raise ValueError(
+                    f"{where}: {self.name} should be {op} {_num(self.low)}. Got {value}"
+                )
             if self.high is not None and value > self.high:
-                raise ValueError(f"{where}: {self.name} should be <= {_num(self.high)}. Got {value}")
+                raise ValueError(
+                    f"{where}: {self.name} should be <= {_num(self.high)}. Got {value}"
+                )
             return value
         if kind == "bool":
             if not isinstance(value, bool):

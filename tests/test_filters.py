@@ -303,7 +303,8 @@ def test_buffers_not_parameters_and_state_dict():
 
 def test_gradients_reach_input():
     x = torch.rand(1, 2, 9, 9, dtype=torch.float64, requires_grad=True)
-    for spec in ["sharpen", "gaussian(sigma=1)", "sobel", "avgpool", "box(size=4, border=symmetric)"]:
+    specs = ["sharpen", "gaussian(sigma=1)", "sobel", "avgpool", "box(size=4, border=symmetric)"]
+    for spec in specs:
         m = convkit.chain(spec).double()
         assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-4)
 

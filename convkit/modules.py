@@ -49,7 +49,17 @@ class Filter(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no spec string")
 
     def extra_repr(self) -> str:
-        return self.spec()
+        try:
+            return self.spec()
+        except NotImplementedError:
+            return ""
+
+    def _common(self, params: dict) -> dict:
+        if getattr(self, "border", "reflect") != "reflect":
+            params["border"] = self.border
+        if getattr(self, "value", 0.0) != 0.0:
+            params["value"] = self.value
+        return params
 
 
 class Kernel2d(Filter):
@@ -220,6 +230,12 @@ class Pool2d(Filter):
         op = KF.avg_pool if self.mode == "avg" else KF.max_pool
         return op(x, self.size, self.stride, self.border, self.value / 255.0)
 
+    def _own_spec(self) -> tuple[str, dict]:
+        params = {"size": self.size}
+        if self.stride != self.size:
+            params["stride"] = self.stride
+        return f"{self.mode}pool", self._common(params)
+
 
 class Median(Filter):
     """Median of each ``size`` x ``size`` neighbourhood, per channel (non-linear).
@@ -239,6 +255,9 @@ class Median(Filter):
 
     def forward(self, x: Tensor) -> Tensor:
         return KF.median_blur(x, self.size, self.border, self.value / 255.0)
+
+    def _own_spec(self) -> tuple[str, dict]:
+        return "median", self._common({"size": self.size})
 
 
 class Sequence2(Filter):

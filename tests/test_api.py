@@ -233,3 +233,10 @@ def test_register_toml_refuses_duplicates(tmp_path):
     p.write_text("weights = [[1]]")
     with pytest.raises(ValueError, match="already registered under the name 'sharpen'"):
         convkit.register_toml(p)
+
+
+def test_modules_built_directly_print_as_specs():
+    c = convkit.chain([convkit.Median(5, border="replicate"), convkit.Pool2d("max", 3, 2)])
+    assert str(c) == "median(size=5, border=replicate) | maxpool(size=3, stride=2)"
+    x = torch.rand(1, 1, 11, 11)
+    torch.testing.assert_close(convkit.chain(str(c))(x), c(x))

@@ -1,56 +1,459 @@
-"""Running a filter (chain) on an image tensor of any dtype: the integer in/out rules.
+"""The execution engine: runs a filter (chain) on an image batch of any dtype, fast.
 
-``apply(module, x)`` is the single place where integer images become float and back:
-uint8/uint16 -> float32 on the [0, 1] scale -> module -> the module's ``negative`` mapping ->
-round to nearest (ties to even) -> saturate to the dtype's range (OpenCV's saturate_cast).
-An alpha channel, when flagged, bypasses the filters; only the resampling of pooling touches it.
+``apply(module, x)`` is the single place where integer images become float and back. The result
+is the one the core defines (see :mod:`convkit.functional`): uint8/uint16 -> float on the [0, 1]
+scale -> module -> the module's ``negative`` mapping -> round to nearest (ties to even) ->
+saturate to the dtype's range (OpenCV's saturate_cast). How it is computed is the engine's
+choice, and results never depend on it beyond float rounding (1 grey level on integer images):
+
+1. The module is flattened into a cached *plan* (:mod:`convkit.fusion`); consecutive linear
+   kernels are fused into one where that is exact at every pixel (any kernels for ``circular``;
+   for ``reflect``/``symmetric`` when every kernel but the last is odd-sized and mirror
+   symmetric; never for ``replicate``/``constant``).
+2. Each linear kernel runs by one *method*: ``direct`` (2-D correlation), ``separable`` (two
+   1-D passes, rank 1 by SVD or the exact factors of gaussian/box), ``lowrank`` (a sum of
+   separable passes, for kernels of small SVD rank), ``fft`` (torch only) or ``box`` (running
+   sums, O(1) per pixel, for kernels whose taps are all equal).
+3. Each operation runs on a *backend*: ``opencv`` (CPU; uint8, uint16 and float32 planes, see
+   :mod:`convkit.fastpath`; integer conversion folded into the kernel, so an integer image goes
+   in and out in one pass) or ``torch`` (any device and dtype; channels_last on the CPU).
+
+Method rule (``method=None``), measured on a 2-core x86 machine (AVX2), one 1920x1080 plane;
+``python benchmarks/bench_filters.py --methods`` prints the measurements behind it. ``taps`` is
+kh*kw, ``r`` the SVD rank.
+
+==========================  ===================================  ===========================
+kernel                      opencv backend (CPU)                 torch backend (CUDA, CPU)
+==========================  ===================================  ===========================
+all taps equal (box)        box (cv2.boxFilter) from 2x2 on      box (running sums) if taps
+                                                                 >= 121, else separable
+rank 1, both sides > 1      separable if taps >= 9               separable if taps >= 9
+taps <= 25                  direct (filter2D)                    direct
+r * (kh + kw) <= taps / 2   lowrank                              lowrank
+taps >= 121 (else direct)   direct on float32 (OpenCV's DFT)     fft if taps >= 225
+==========================  ===================================  ===========================
+
+The opencv backend is used on the CPU for uint8, uint16 and float32 images when the input
+needs no gradient; torch otherwise (or when ``backend="torch"``). Median filters use
+cv2.medianBlur (uint8 at odd sizes; uint16/float32 at sizes 3 and 5), the gradient magnitude
+two OpenCV passes and cv2.magnitude; pooling and learned filters run their own ``forward``.
+
+Overrides, innermost first: a ``method`` attribute on a :class:`~convkit.Kernel2d` (that kernel
+is then never fused), ``apply(..., method=, backend=, fuse=)``, and the context manager
+:func:`options`. A method that cannot run a kernel (``separable`` on a rank-2 kernel, ``box`` on
+unequal taps) raises ValueError. On CUDA, ``options(compile=True)`` (or CONVKIT_COMPILE=1) runs
+small direct kernels through one ``torch.compile``'d function that reads the integer image and
+writes the integer result in a single pass.
 """
 
 from __future__ import annotations
 
+import contextvars
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fastpath
 from . import functional as KF
-from .modules import Pool2d
+from .fusion import GradientOp, LinearOp, MedianOp, ModuleOp, Plan, get_plan
 
-__all__ = ["apply"]
+__all__ = ["apply", "apply_tiled", "options", "explain", "choose_method", "METHODS", "BACKENDS"]
+
+METHODS = ("direct", "separable", "lowrank", "fft", "box")
+BACKENDS = ("auto", "torch", "opencv")
+_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0}
+OFFSET = 128.0 / 255.0
+
+# --- the rule's thresholds (see the table above) ----------------------------------------------
+CV_DIRECT_MAX_TAPS = 25
+SEP_MIN_TAPS = 9
+LOWRANK_FACTOR = 2  # lowrank when rank * (kh + kw) * LOWRANK_FACTOR <= taps
+T_BOX_MIN_TAPS = 121
+T_FFT_MIN_TAPS = 225
+COMPILE_MAX_TAPS = 49
 
 
-def _negative(module: nn.Module) -> str:
-    neg = getattr(module, "negative", None)
-    return neg if isinstance(neg, str) else "clip"
+@dataclass(frozen=True)
+class Options:
+    method: str | None = None
+    backend: str = "auto"
+    fuse: bool = True
+    compile: bool = os.environ.get("CONVKIT_COMPILE", "") not in ("", "0")
+    channels_last: bool | None = None  # None: on the CPU only
 
 
-def _alpha_path(module: nn.Module) -> list[nn.Module]:
-    """The size-changing steps of a chain, which the alpha channel must follow too."""
-    mods = list(module) if isinstance(module, nn.Sequential) else [module]
-    return [m for m in mods if isinstance(m, Pool2d)]
+_OPTIONS: contextvars.ContextVar[Options] = contextvars.ContextVar(
+    "convkit_engine_options", default=Options()  # noqa: B039 (frozen, immutable)
+)
 
 
-def apply(module: nn.Module, x: Tensor, *, alpha: bool = False) -> Tensor:
-    """Filter a batch ``x`` (B, C, H, W) of uint8, uint16 or float; return the same dtype.
+def _checked(method: str | None, backend: str | None) -> None:
+    if method is not None and method not in METHODS:
+        raise ValueError(f"Invalid method {method!r}. Expected one of {', '.join(METHODS)}.")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"Invalid backend {backend!r}. Expected one of {', '.join(BACKENDS)}.")
 
-    Float input is filtered as it is (no clamping). With ``alpha=True`` the last channel is
-    alpha: it is passed through unchanged (pooled only when the chain pools).
+
+@contextmanager
+def options(*, method: str | None = None, backend: str | None = None, fuse: bool | None = None,
+            compile: bool | None = None, channels_last: bool | None = None) -> Iterator[None]:
+    """Set engine options for the calls inside the ``with`` block (this thread/task only).
+
+    >>> with options(method="direct", backend="torch"):
+    ...     pass  # every apply() here uses torch's direct correlation
     """
+    _checked(method, backend)
+    cur = _OPTIONS.get()
+    new = replace(
+        cur,
+        method=method if method is not None else cur.method,
+        backend=backend if backend is not None else cur.backend,
+        fuse=cur.fuse if fuse is None else bool(fuse),
+        compile=cur.compile if compile is None else bool(compile),
+        channels_last=cur.channels_last if channels_last is None else channels_last,
+    )
+    token = _OPTIONS.set(new)
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+# --- the rule ---------------------------------------------------------------------------------
+def choose_method(op: LinearOp, backend: str) -> str:
+    """The method the rule picks for ``op`` on ``backend`` ("opencv" or "torch")."""
+    kh, kw = op.shape
+    taps = kh * kw
+    if op.box_weight is not None and kh > 1 and kw > 1:
+        if backend == "opencv" or taps >= T_BOX_MIN_TAPS:
+            return "box"
+    if op.rank == 1 and kh > 1 and kw > 1 and taps >= SEP_MIN_TAPS:
+        return "separable"
+    if taps <= CV_DIRECT_MAX_TAPS:
+        return "direct"
+    if op.rank * (kh + kw) * LOWRANK_FACTOR <= taps:
+        return "lowrank"
+    if backend == "torch" and taps >= T_FFT_MIN_TAPS:
+        return "fft"
+    return "direct"
+
+
+def _check_method(op: LinearOp, method: str) -> None:
+    if method == "separable" and op.rank != 1:
+        raise ValueError(
+            f"method='separable' needs a rank-1 kernel; {op.name} ({op.shape[0]}x{op.shape[1]}) "
+            f"has rank {op.rank}. Use lowrank or direct."
+        )
+    if method == "box" and op.box_weight is None:
+        raise ValueError(
+            f"method='box' needs a kernel whose taps are all equal; {op.name} has unequal taps"
+        )
+
+
+# --- torch methods ----------------------------------------------------------------------------
+def _depthwise(x: Tensor, w: Tensor, cl: bool) -> Tensor:
+    c = x.shape[1]
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, w.expand(c, 1, *w.shape[-2:]), groups=c)
+
+
+def _next_fast(n: int) -> int:
+    """Smallest m >= n whose prime factors are 2, 3, 5 and 7 (fast FFT sizes)."""
+    m = n
+    while True:
+        r = m
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+def _torch_method(op: LinearOp, x: Tensor, method: str, s: float, fill: float,
+                  cl: bool) -> Tensor:
+    """``correlate(pad(x), kernel * s)`` by ``method`` (x float, any device)."""
+    t, b, l, r = op.pads
+    kh, kw = op.shape
+    dev, dt = x.device, x.dtype
+    if method == "direct":
+        w = op.cached(("t", dev, dt, s, "2d"),
+                      lambda: torch.as_tensor(op.kernel * s, dtype=dt, device=dev)[None, None])
+        return _depthwise(KF.pad(x, t, b, l, r, op.border, fill), w, cl)
+    if method in ("separable", "lowrank"):
+        terms = op.cached(("t", dev, dt, s, "sep"), lambda: [
+            (torch.as_tensor(c * s, dtype=dt, device=dev).view(1, 1, -1, 1),
+             torch.as_tensor(rw, dtype=dt, device=dev).view(1, 1, 1, -1), float(rw.sum()))
+            for c, rw in op.svd])
+        acc = None
+        for col, row, row_sum in terms:
+            y = _depthwise(KF.pad(x, 0, 0, l, r, op.border, fill), row, cl)
+            # a constant border after the row pass is the fill seen through the row kernel
+            y = _depthwise(KF.pad(y, t, b, 0, 0, op.border, fill * row_sum), col, cl)
+            acc = y if acc is None else acc.add_(y)
+        return acc
+    if method == "fft":
+        ft = torch.float64 if dt == torch.float64 else torch.float32
+        xp = KF.pad(x, t, b, l, r, op.border, fill).to(ft)
+        hp, wp = xp.shape[-2:]
+        size = (_next_fast(hp), _next_fast(wp))
+        kf = op.cached(("t", dev, ft, s, "fft", size), lambda: torch.fft.rfft2(
+            torch.as_tensor(op.kernel[::-1, ::-1] * s, dtype=ft, device=dev), s=size))
+        y = torch.fft.irfft2(torch.fft.rfft2(xp, s=size) * kf, s=size)
+        return y[..., kh - 1:hp, kw - 1:wp].to(dt)
+    if method == "box":
+        # running sums in float64: exact enough for any image range and size
+        xp = KF.pad(x, t, b, l, r, op.border, fill).to(torch.float64)
+        c = F.pad(xp.cumsum(-1), (1, 0))
+        y = c[..., kw:] - c[..., :-kw]
+        c = F.pad(y.cumsum(-2), (0, 0, 1, 0))
+        y = c[..., kh:, :] - c[..., :-kh, :]
+        return y.mul_(op.box_weight * s).to(dt)
+    raise AssertionError(method)
+
+
+def _finalize(y: Tensor, dtype: torch.dtype, top: float, negative: str) -> Tensor:
+    """Pixel-unit float result -> integer image: negative mapping, round half even, saturate."""
+    if negative == "abs":
+        y = y.abs_()
+    elif negative == "offset":
+        y = y.add_(OFFSET * top)
+    elif negative != "clip":
+        raise ValueError(f"Invalid negative {negative!r}. Expected one of abs, offset, clip.")
+    return y.round_().clamp_(0, top).to(dtype)
+
+
+_COMPILED: dict = {}
+
+
+def _shift_add(x: Tensor, k: Tensor, pads: tuple[int, int, int, int], border: str, fill: float,
+               bias: float, top: float, negative: str, integer_out: bool) -> Tensor:
+    """Direct correlation written as a sum of shifted images, so that torch.compile fuses the
+    integer->float conversion, padding, all taps and the rounding into one kernel."""
+    xf = x.to(torch.float32)
+    xp = KF.pad(xf, *pads, border, fill)
+    h, w = x.shape[-2:]
+    kh, kw = k.shape
+    acc = xp[..., 0:h, 0:w] * k[0, 0]
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                acc = acc + xp[..., i:i + h, j:j + w] * k[i, j]
+    acc = acc + bias
+    if not integer_out:
+        return acc
+    if negative == "abs":
+        acc = acc.abs()
+    elif negative == "offset":
+        acc = acc + OFFSET * top
+    return acc.round().clamp(0, top).to(torch.uint8 if top == 255.0 else torch.uint16)
+
+
+def _compiled_direct(op: LinearOp, x: Tensor, s: float, fill: float, bias: float, top: float,
+                     negative: str | None) -> Tensor:
+    fn = _COMPILED.get("shift_add")
+    if fn is None:
+        fn = _COMPILED["shift_add"] = torch.compile(_shift_add, dynamic=False)
+    k = op.cached(("t", x.device, torch.float32, s, "2d-flat"),
+                  lambda: torch.as_tensor(op.kernel * s, dtype=torch.float32, device=x.device))
+    return fn(x, k, op.pads, op.border, fill, bias, top, negative or "clip", negative is not None)
+
+
+# --- running one operation ----------------------------------------------------------------------
+@dataclass
+class _Step:
+    """Where one operation of a plan runs: for explain() and for the tests."""
+
+    name: str
+    backend: str
+    method: str
+
+
+def _backend_for(op, x: Tensor, opts: Options) -> str:
+    if isinstance(op, ModuleOp):
+        return "torch"
+    cv_ok = (x.device.type == "cpu" and not x.requires_grad and fastpath.supports(op, x.dtype))
+    if opts.backend == "opencv":
+        if not cv_ok:
+            why = ("it runs on the CPU only" if x.device.type != "cpu" else
+                   "the input needs a gradient" if x.requires_grad else
+                   f"it takes uint8, uint16 or float32 planes (and odd median sizes); got "
+                   f"{x.dtype}")
+            raise ValueError(f"backend='opencv' cannot run {op.name}: {why}")
+        return "opencv"
+    if opts.backend == "torch" or not cv_ok:
+        return "torch"
+    return "opencv"
+
+
+def _method_for(op: LinearOp, backend: str, opts: Options) -> str:
+    method = op.method or opts.method or choose_method(op, backend)
+    if method not in METHODS:
+        raise ValueError(f"Invalid method {method!r} on {op.name}. Expected one of "
+                         f"{', '.join(METHODS)}.")
+    _check_method(op, method)
+    if backend == "opencv" and method == "fft":
+        raise ValueError("method='fft' runs on the torch backend; use backend='torch' (OpenCV "
+                         "uses its own DFT for large kernels under method='direct')")
+    return method
+
+
+def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float,
+            negative: str | None, opts: Options, trace: list | None) -> Tensor:
+    """One operation: x (integer in pixel units, or float on the [0, 1] scale) -> float on the
+    [0, 1] scale (``negative`` None) or the final integer image."""
+    backend = _backend_for(op, x, opts)
+    cl = opts.channels_last if opts.channels_last is not None else x.device.type == "cpu"
+
+    if isinstance(op, LinearOp):
+        if (op.method or opts.method) == "fft" and opts.backend == "auto":
+            backend = "torch"  # fft is a torch method; only an explicit opencv refuses it
+        method = _method_for(op, backend, opts)
+        if trace is not None:
+            trace.append(_Step(op.name, backend, method))
+        if backend == "opencv":
+            return fastpath.linear(x, op, method, in_max, out_dtype, out_max, negative)
+        s = out_max / in_max
+        fill = op.value * in_max
+        bias = op.bias * out_max
+        if (opts.compile and method == "direct" and op.shape[0] * op.shape[1] <= COMPILE_MAX_TAPS
+                and not x.requires_grad and (negative is None or x.dtype == out_dtype)
+                and (x.dtype in _MAX or x.dtype == torch.float32)):
+            return _compiled_direct(op, x, s, fill, bias, out_max, negative)
+        xf = x if x.is_floating_point() else x.to(torch.float32)
+        y = _torch_method(op, xf, method, s, fill, cl)
+        if bias:
+            y = y.add_(bias)
+        return y if negative is None else _finalize(y, out_dtype, out_max, negative)
+
+    if isinstance(op, MedianOp):
+        if trace is not None:
+            trace.append(_Step(op.name, backend, "median"))
+        if backend == "opencv":
+            return fastpath.median(x, op, in_max, out_dtype, out_max, negative)
+        xf = KF.to_float(x) if not x.is_floating_point() else x
+        y = KF.median_blur(xf, op.size, op.border, op.value)
+        return y if negative is None else _finalize(y.mul_(out_max), out_dtype, out_max,
+                                                    negative)
+
+    if isinstance(op, GradientOp):
+        if trace is not None:
+            trace.append(_Step(op.name, backend, "gradient"))
+        if backend == "opencv":
+            return fastpath.gradient(
+                x, op, in_max, out_dtype, out_max, negative,
+                lambda lin: _method_for(lin, "opencv", replace(opts, method=None)))
+        xf = x if x.is_floating_point() else x.to(torch.float32)
+        s = out_max / in_max
+        g = [_torch_method(lin, xf, _method_for(lin, "torch", replace(opts, method=None)), s,
+                           lin.value * in_max, cl) for lin in (op.gx, op.gy)]
+        y = torch.sqrt(g[0] * g[0] + g[1] * g[1])
+        return y if negative is None else _finalize(y, out_dtype, out_max, negative)
+
+    # ModuleOp: the module's own forward on the [0, 1] scale
+    if trace is not None:
+        trace.append(_Step(op.name, "torch", "module"))
+    xf = KF.to_float(x) if not x.is_floating_point() else x
+    y = op.module(xf)
+    if negative is None:
+        return y
+    return KF.to_integer(y, out_dtype, negative)
+
+
+def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Tensor:
+    integer = not x.is_floating_point()
+    if not plan.ops:
+        return x.clone()
+    cur, in_max = x, (_MAX[x.dtype] if integer else 1.0)
+    n = len(plan.ops)
+    for i, op in enumerate(plan.ops):
+        if i == n - 1 and integer:
+            out_dtype, out_max, negative = x.dtype, _MAX[x.dtype], plan.negative
+        else:
+            out_dtype = cur.dtype if cur.is_floating_point() else torch.float32
+            out_max, negative = 1.0, None
+        cur = _run_op(op, cur, in_max, out_dtype, out_max, negative, opts, trace)
+        in_max = 1.0
+    if cur.device.type == "cpu" and not cur.is_contiguous():
+        cur = cur.contiguous()  # channels_last results go back to NCHW
+    return cur
+
+
+def _merge(method: str | None, backend: str | None, fuse: bool | None) -> Options:
+    _checked(method, backend)
+    opts = _OPTIONS.get()
+    if method is not None or backend is not None or fuse is not None:
+        opts = replace(opts, method=method or opts.method, backend=backend or opts.backend,
+                       fuse=opts.fuse if fuse is None else bool(fuse))
+    return opts
+
+
+def _split_alpha(x: Tensor, alpha: bool) -> tuple[Tensor, Tensor | None]:
     if x.dim() != 4:
         raise ValueError(f"apply expects a batch (B,C,H,W). Got shape {tuple(x.shape)}")
-    integer = not x.is_floating_point()
-    if integer and x.dtype not in (torch.uint8, torch.uint16):
+    if not x.is_floating_point() and x.dtype not in _MAX:
         raise TypeError(f"integer images should be uint8 or uint16. Got {x.dtype}")
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"apply expects a non-empty image. Got shape {tuple(x.shape)}")
     if alpha and x.shape[1] < 2:
         raise ValueError("alpha=True needs at least 2 channels")
-    colour, a = (x[:, :-1], x[:, -1:]) if alpha else (x, None)
-    out = module(KF.to_float(colour) if integer else colour)
-    if integer:
-        out = KF.to_integer(out, x.dtype, _negative(module))
-    if a is None:
-        return out
-    steps = _alpha_path(module)
-    if steps:
-        af = KF.to_float(a) if integer else a
-        for m in steps:
-            af = m(af)
-        a = KF.to_integer(af, x.dtype) if integer else af
-    return torch.cat([out, a.to(out.dtype)], dim=1)
+    return (x[:, :-1], x[:, -1:]) if alpha else (x, None)
+
+
+def apply(module: nn.Module, x: Tensor, *, alpha: bool = False, method: str | None = None,
+          backend: str | None = None, fuse: bool | None = None) -> Tensor:
+    """Filter a batch ``x`` (B, C, H, W) of uint8, uint16 or float; return the same dtype.
+
+    Args:
+        module: a convkit filter, a :class:`~convkit.Chain`, or any ``nn.Module`` on float
+            images (a learned filter).
+        x: uint8/uint16 (filtered on the [0, 1] scale, rounded half to even and saturated) or
+            float (filtered as it is, unclamped), on the module's device.
+        alpha: the last channel is alpha: passed through unchanged (pooled when the chain pools).
+        method, backend, fuse: override the engine's choices for this call (see the module
+            docstring); None keeps the defaults set by :func:`options`.
+
+    Returns:
+        (B, C, H', W') of ``x``'s dtype; H', W' = H, W unless the chain pools.
+    """
+    colour, a = _split_alpha(x, alpha)
+    opts = _merge(method, backend, fuse)
+    plan = get_plan(module, opts.fuse)
+    integer = not x.is_floating_point()
+    grad = torch.is_grad_enabled() and colour.requires_grad
+    with nullcontext() if grad else torch.no_grad():
+        out = _run(plan, colour, opts)
+        if a is None:
+            return out
+        if plan.alpha_steps:
+            af = KF.to_float(a) if integer else a
+            for m in plan.alpha_steps:
+                af = m(af)
+            a = KF.to_integer(af, x.dtype) if integer else af
+        return torch.cat([out, a.to(out.dtype)], dim=1)
+
+
+def explain(module: nn.Module, x: Tensor, *, method: str | None = None,
+            backend: str | None = None, fuse: bool | None = None) -> list[tuple[str, str, str]]:
+    """Run ``module`` on ``x`` as :func:`apply` would and return, per executed operation,
+    ``(name, backend, method)``: which kernels were fused and how each one ran."""
+    colour, _ = _split_alpha(x, False)
+    opts = _merge(method, backend, fuse)
+    trace: list = []
+    with torch.no_grad():
+        _run(get_plan(module, opts.fuse), colour, opts, trace)
+    return [(s.name, s.backend, s.method) for s in trace]
+
+
+def apply_tiled(module: nn.Module, x: Tensor, **kwargs):
+    """Filter one huge image in tiles with a halo; see :func:`convkit.tiling.apply_tiled`."""
+    from .tiling import apply_tiled as _tiled
+
+    return _tiled(module, x, **kwargs)
+

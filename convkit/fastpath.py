@@ -1,0 +1,232 @@
+"""OpenCV fast path on the CPU: the plan's operations run on each (H, W) plane of a (B, C, H, W)
+tensor, without a transpose (every plane of a contiguous CHW tensor is a contiguous 2-D array).
+
+Semantics are the core's (see :mod:`convkit.functional`), not OpenCV's defaults:
+
+* Scale: an integer plane is in pixel units (0..255 or 0..65535), a float plane on the [0, 1]
+  scale. The conversion is folded into the kernel (``kernel * out_max / in_max``) and the bias
+  into OpenCV's ``delta``, so an integer image goes in and out in one pass.
+* Rounding: OpenCV's ``saturate_cast`` rounds to nearest, ties to even, and saturates, as
+  :func:`convkit.functional.to_integer`. The ``negative`` mapping is applied before rounding:
+  ``offset`` joins ``delta``; ``abs`` goes through a signed (16S or 32F) result and
+  ``convertScaleAbs`` (``|round(y)| == round(|y|)`` for ties-to-even).
+* Borders: reflect = BORDER_REFLECT_101, symmetric = BORDER_REFLECT, replicate, constant with
+  fill 0 are passed to OpenCV; ``circular`` (filter2D has no BORDER_WRAP) and ``constant`` with
+  another fill pre-pad with ``copyMakeBorder`` (which follows the same rules as
+  :func:`convkit.functional.pad`, also for pads wider than the image) and filter the interior.
+* medianBlur always replicates: other borders pre-pad. It takes uint8 at any odd size, uint16
+  and float32 at sizes 3 and 5 only.
+
+Results equal the torch path's up to float rounding (at most 1 grey level on integer images).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from .fusion import GradientOp, LinearOp, MedianOp
+
+__all__ = ["supports", "linear", "median", "gradient", "CV_DTYPES"]
+
+CV_DTYPES = (torch.uint8, torch.uint16, torch.float32)
+_DEPTH = {torch.uint8: cv2.CV_8U, torch.uint16: cv2.CV_16U, torch.float32: cv2.CV_32F}
+_BORDER = {
+    "reflect": cv2.BORDER_REFLECT_101,
+    "symmetric": cv2.BORDER_REFLECT,
+    "replicate": cv2.BORDER_REPLICATE,
+    "constant": cv2.BORDER_CONSTANT,
+    "circular": cv2.BORDER_WRAP,
+}
+OFFSET = 128.0 / 255.0
+
+# Above this many taps filter2D on integer planes is slow (it stays in the spatial domain);
+# on float32 planes OpenCV switches to its DFT, so large kernels convert the plane first.
+FLOAT_DIRECT_MIN_TAPS = 121
+
+CV_METHODS = ("direct", "separable", "lowrank", "box")
+
+
+def supports(op, dtype: torch.dtype) -> bool:
+    """Whether OpenCV can run ``op`` on planes of ``dtype``."""
+    if dtype not in CV_DTYPES:
+        return False
+    if isinstance(op, (LinearOp, GradientOp)):
+        return True
+    if isinstance(op, MedianOp):
+        if op.size % 2 == 0:
+            return False
+        return dtype == torch.uint8 or op.size in (3, 5)
+    return False
+
+
+def _prepad(src: np.ndarray, pads, border: str, fill: float):
+    """(source, OpenCV border, crop) so that OpenCV reads convkit's border pixels."""
+    if border == "circular" or (border == "constant" and fill != 0):
+        t, b, l, r = pads
+        padded = cv2.copyMakeBorder(src, t, b, l, r, _BORDER[border], value=(fill,) * 4)
+        return padded, cv2.BORDER_CONSTANT, (t, l, src.shape[0], src.shape[1])
+    return src, _BORDER[border], None
+
+
+def _crop(a: np.ndarray, crop) -> np.ndarray:
+    if crop is None:
+        return a
+    t, l, h, w = crop
+    return a[t:t + h, l:l + w]
+
+
+def _store(tmp: np.ndarray, dst: np.ndarray, negative: str | None, alpha: float = 1.0,
+           delta: float = 0.0) -> None:
+    """``dst = map(tmp * alpha + delta)``; for integer ``dst``: round half even, saturate.
+
+    ``negative`` None means a float result (no mapping)."""
+    if dst.dtype == np.float32:
+        cv2.addWeighted(tmp, alpha, tmp, 0.0, delta, dst=dst, dtype=cv2.CV_32F)
+        return
+    depth = cv2.CV_8U if dst.dtype == np.uint8 else cv2.CV_16U
+    if negative == "abs":
+        if depth == cv2.CV_8U:
+            cv2.convertScaleAbs(tmp, dst=dst, alpha=alpha, beta=delta)
+            return
+        tmp = cv2.addWeighted(tmp, alpha, tmp, 0.0, delta, dtype=cv2.CV_32F)
+        np.abs(tmp, out=tmp)
+        alpha, delta = 1.0, 0.0
+    cv2.addWeighted(tmp, alpha, tmp, 0.0, delta, dst=dst, dtype=depth)
+
+
+def _plans(x: Tensor):
+    """(B*C planes of x as numpy) — x must be a contiguous CPU tensor."""
+    n = x.numpy()
+    return n.reshape(-1, *n.shape[-2:])
+
+
+def _out(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
+    out = torch.empty(x.shape, dtype=dtype)
+    return out, _plans(out)
+
+
+# --- linear kernels ---------------------------------------------------------------------------
+def _kernels(op: LinearOp, s: float):
+    """float32 kernels scaled by s, built once per scale."""
+
+    def make():
+        k = (op.kernel * s).astype(np.float32)
+        terms = [((c * s).astype(np.float32).reshape(-1, 1), r.astype(np.float32).reshape(1, -1))
+                 for c, r in op.svd]
+        return k, terms
+
+    return op.cached(("cv", s), make)
+
+
+def _filter(src, op: LinearOp, method: str, ddepth: int, s: float, delta: float, bt: int,
+            dst=None):
+    """One plane through ``method``; returns the result (ddepth), written to ``dst`` if given
+    (direct and separable only)."""
+    k, terms = _kernels(op, s)
+    if method == "direct":
+        return cv2.filter2D(src, ddepth, k, dst=dst, delta=delta, borderType=bt)
+    if method == "separable":
+        col, row = terms[0]
+        return cv2.sepFilter2D(src, ddepth, row, col, dst=dst, delta=delta, borderType=bt)
+    if method == "lowrank":
+        acc = None
+        for col, row in terms:
+            t = cv2.sepFilter2D(src, cv2.CV_32F, row, col, delta=delta if acc is None else 0.0,
+                                borderType=bt)
+            acc = t if acc is None else cv2.add(acc, t, dst=acc)
+        return acc
+    raise AssertionError(method)
+
+
+def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch.dtype,
+           out_max: float, negative: str | None) -> Tensor:
+    """Run a LinearOp on every plane of ``x`` (uint8/uint16 in pixel units, or float32).
+
+    ``negative`` None: float32 output on the [0, 1] scale; otherwise ``out_dtype`` is the final
+    integer dtype and ``negative`` its mapping.
+    """
+    x = x.contiguous()
+    out, dst_planes = _out(x, out_dtype)
+    s = out_max / in_max
+    delta = op.bias * out_max + (OFFSET * out_max if negative == "offset" else 0.0)
+    fill = op.value * in_max
+    in_depth = _DEPTH[x.dtype]
+    integer_in = x.dtype != torch.float32
+    big = op.shape[0] * op.shape[1] >= FLOAT_DIRECT_MIN_TAPS
+    for src, dst in zip(_plans(x), dst_planes, strict=True):
+        src2, bt, crop = _prepad(src, op.pads, op.border, fill)
+        if method == "box":
+            _box(src2, dst, op, s, delta, bt, crop, negative, in_depth)
+            continue
+        if method == "direct" and big and integer_in:
+            # OpenCV filters float32 planes through its DFT when the kernel is large.
+            src2 = src2.astype(np.float32)
+        direct_int = (negative in ("clip", "offset") and crop is None and method != "lowrank"
+                      and src2.dtype == dst.dtype)
+        if direct_int:
+            _filter(src2, op, method, -1, s, delta, bt, dst=dst)
+            continue
+        if negative == "abs" and dst.dtype == np.uint8 and method != "lowrank" and \
+                src2.dtype == np.uint8:
+            res = _filter(src2, op, method, cv2.CV_16S, s, delta, bt)
+            cv2.convertScaleAbs(_crop(res, crop), dst=dst)
+            continue
+        res = _filter(src2, op, method, cv2.CV_32F, s, delta, bt)
+        _store(_crop(res, crop), dst, negative)
+    return out
+
+
+def _box(src, dst, op: LinearOp, s, delta, bt, crop, negative, in_depth) -> None:
+    kh, kw = op.shape
+    gain = op.box_weight * kh * kw * s  # boxFilter(normalize=True) gives the mean
+    exact_gain = abs(gain - 1.0) < 1e-6
+    if (exact_gain and delta == 0 and crop is None and negative in ("clip", "offset")
+            and src.dtype == dst.dtype):
+        cv2.boxFilter(src, -1, (kw, kh), dst=dst, normalize=True, borderType=bt)
+        return
+    mean = cv2.boxFilter(src, cv2.CV_32F, (kw, kh), normalize=True, borderType=bt)
+    _store(_crop(mean, crop), dst, negative, alpha=gain, delta=delta)
+
+
+# --- median and gradient magnitude -------------------------------------------------------------
+def median(x: Tensor, op: MedianOp, in_max: float, out_dtype: torch.dtype, out_max: float,
+           negative: str | None) -> Tensor:
+    """Median of each plane; the result keeps the values of ``x`` (then mapped/stored)."""
+    x = x.contiguous()
+    out, dst_planes = _out(x, out_dtype)
+    p = op.size // 2
+    fill = op.value * in_max
+    s = out_max / in_max
+    delta = OFFSET * out_max if negative == "offset" else 0.0
+    for src, dst in zip(_plans(x), dst_planes, strict=True):
+        if op.border == "replicate":
+            med = cv2.medianBlur(src, op.size)
+        else:
+            padded = cv2.copyMakeBorder(src, p, p, p, p, _BORDER[op.border], value=(fill,) * 4)
+            med = _crop(cv2.medianBlur(padded, op.size), (p, p, src.shape[0], src.shape[1]))
+        if med.dtype == dst.dtype and s == 1.0 and delta == 0.0:
+            np.copyto(dst, med)  # median values are inputs: abs and clip change nothing
+        else:
+            _store(med.astype(np.float32) if med.dtype != np.float32 else med, dst,
+                   negative, alpha=s, delta=delta)
+    return out
+
+
+def gradient(x: Tensor, op: GradientOp, in_max: float, out_dtype: torch.dtype, out_max: float,
+             negative: str | None, method_for) -> Tensor:
+    """``sqrt(gx**2 + gy**2)`` per plane, computed in float32 and stored once."""
+    x = x.contiguous()
+    out, dst_planes = _out(x, out_dtype)
+    s = out_max / in_max
+    delta = OFFSET * out_max if negative == "offset" else 0.0
+    for src, dst in zip(_plans(x), dst_planes, strict=True):
+        g = []
+        for lin in (op.gx, op.gy):
+            src2, bt, crop = _prepad(src, lin.pads, lin.border, lin.value * in_max)
+            g.append(_crop(_filter(src2, lin, method_for(lin), cv2.CV_32F, s, 0.0, bt), crop))
+        mag = cv2.magnitude(np.ascontiguousarray(g[0]), np.ascontiguousarray(g[1]))
+        _store(mag, dst, negative, delta=delta)
+    return out

@@ -1,0 +1,378 @@
+"""The execution engine: every method and backend equals the reference direct depthwise
+correlation (convkit.functional.filter2d, itself checked against OpenCV in test_filters.py), for
+every border mode, odd and even kernels, images smaller than the kernel, uint8/uint16/float;
+fusion is exact where the engine fuses. No timings here (see benchmarks/bench_filters.py)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import convkit
+from convkit import engine, fusion
+from convkit import functional as KF
+from convkit.modules import GradientMagnitude, Kernel2d, Median
+
+BORDERS = ["reflect", "replicate", "constant", "circular", "symmetric"]
+SIZES = [(23, 29), (3, 2), (1, 1)]  # the last two are smaller than every kernel below
+R = np.random.default_rng(7)
+
+
+def _kernels() -> dict[str, np.ndarray]:
+    g = np.exp(-((np.arange(7) - 3) ** 2) / 4.0)
+    u, v = R.normal(size=(2, 9)), R.normal(size=(2, 9))
+    return {
+        "odd3": R.normal(size=(3, 3)),
+        "even2x4": R.normal(size=(2, 4)),
+        "rank1_7x5": np.outer(g, g[1:6]),
+        "rank2_9": u[0][:, None] * v[0] + u[1][:, None] * v[1],
+        "box5": np.full((5, 5), 1 / 25),
+        "box4x6": np.full((4, 6), 1 / 24),
+        "big15": R.normal(size=(15, 15)) / 15,
+        "row1x5": R.normal(size=(1, 5)),
+    }
+
+
+KERNELS = _kernels()
+
+
+def _valid_methods(name: str) -> list[str]:
+    k = KERNELS[name]
+    rank = np.linalg.matrix_rank(k, tol=1e-7 * np.abs(k).max())
+    out = ["direct", "lowrank", "fft"]
+    if rank == 1:
+        out.append("separable")
+    if np.all(k == k.flat[0]):
+        out.append("box")
+    return out
+
+
+CASES = [(k, m, b) for k in KERNELS for m in _valid_methods(k) for b in ("torch", "opencv")
+         if not (m == "fft" and b == "opencv")]
+
+
+def _image(shape, dtype, b=2, c=3) -> torch.Tensor:
+    if dtype == torch.uint8:
+        return torch.from_numpy(R.integers(0, 256, (b, c, *shape), dtype=np.uint8))
+    if dtype == torch.uint16:
+        return torch.from_numpy(R.integers(0, 65536, (b, c, *shape), dtype=np.uint16))
+    return torch.from_numpy(R.random((b, c, *shape), dtype=np.float32))
+
+
+def reference(m: Kernel2d, x: torch.Tensor, negative: str = "clip") -> torch.Tensor:
+    """Direct depthwise correlation in float64 with the module's own kernel, then the core's
+    integer rules."""
+    xf = KF.to_float(x, torch.float64)
+    y = KF.filter2d(xf, m.weight.double(), m.border, m.value / 255.0) + m.bias
+    if x.is_floating_point():
+        return y
+    return KF.to_integer(y, x.dtype, negative)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, scale: float = 1.0, what: str = "") -> None:
+    assert out.shape == ref.shape, what
+    if out.is_floating_point():
+        assert ref.is_floating_point(), what
+        err = (out.double() - ref.double()).abs().max().item()
+        assert err <= 2e-5 * scale, f"{what}: max error {err}"
+    else:
+        assert out.dtype == ref.dtype, what
+        err = (out.int() - ref.int()).abs().max().item()
+        assert err <= 1, f"{what}: max error {err} grey levels"
+
+
+@pytest.mark.parametrize("kname,method,backend", CASES)
+def test_method_equals_reference(kname, method, backend):
+    k = KERNELS[kname]
+    scale = float(np.abs(k).sum())
+    for border in BORDERS:
+        value = 37.0 if border == "constant" else 0.0
+        m = Kernel2d(k, scale=1.0, border=border, value=value)
+        for shape in SIZES:
+            for dtype in (torch.uint8, torch.float32):
+                x = _image(shape, dtype)
+                before = x.clone()
+                out = engine.apply(m, x, method=method, backend=backend)
+                what = f"{kname} {method}/{backend} {border} {shape} {dtype}"
+                assert_close(out, reference(m, x), scale, what)
+                assert torch.equal(x, before), f"{what}: the input was modified"
+                steps = engine.explain(m, x, method=method, backend=backend)
+                assert [s[1:] for s in steps] == [(backend, method)], what
+
+
+@pytest.mark.parametrize("backend", ["torch", "opencv"])
+@pytest.mark.parametrize("negative", ["abs", "offset", "clip"])
+def test_negative_mapping_and_offset(backend, negative):
+    """Signed responses are mapped before rounding, on every path; the kernel offset (bias)
+    is part of the response."""
+    for kname in ("odd3", "rank1_7x5", "rank2_9", "box5", "big15"):
+        for offset in (0.0, 30.0):
+            m = Kernel2d(KERNELS[kname] * 3, scale=1.0, offset=offset, negative=negative)
+            for dtype in (torch.uint8, torch.uint16):
+                x = _image((31, 17), dtype)
+                for method in _valid_methods(kname):
+                    if method == "fft" and backend == "opencv":
+                        continue
+                    out = engine.apply(m, x, method=method, backend=backend)
+                    assert_close(out, reference(m, x, negative),
+                                 what=f"{kname} {method} {negative} {dtype} {offset}")
+
+
+def test_auto_rule_picks_documented_methods():
+    x = _image((40, 40), torch.uint8)
+
+    def picked(spec, backend="auto"):
+        return engine.explain(convkit.chain(spec), x, backend=backend)[0][1:]
+
+    assert picked("sharpen") == ("opencv", "direct")
+    assert picked("gaussian(sigma=3)") == ("opencv", "separable")
+    assert picked("box(size=31)") == ("opencv", "box")
+    assert picked("box(size=31)", "torch") == ("torch", "box")
+    assert picked("box(size=5)", "torch") == ("torch", "separable")
+    assert picked("median(size=5)") == ("opencv", "median")
+    assert picked("median(size=4)") == ("torch", "median")  # cv2 has odd sizes only
+    assert picked("avgpool(size=2)") == ("torch", "module")
+    big = Kernel2d(KERNELS["big15"], scale=1.0)
+    assert engine.explain(big, x, backend="torch")[0][1:] == ("torch", "fft")
+    low = Kernel2d(KERNELS["rank2_9"], scale=1.0)
+    assert engine.explain(low, x)[0][1:] == ("opencv", "lowrank")
+    # float64 and gradients need torch
+    assert engine.explain(convkit.chain("sharpen"), x.double())[0][1] == "torch"
+
+
+def test_independent_numpy_reference():
+    """The engine against numpy's own padding (np.pad modes match convkit's borders) and a
+    plain loop, on an image smaller than the kernel too."""
+    np_modes = {"reflect": "reflect", "symmetric": "symmetric", "replicate": "edge",
+                "circular": "wrap", "constant": "constant"}
+    k = KERNELS["even2x4"]
+    kh, kw = k.shape
+    for border, mode in np_modes.items():
+        for shape in ((9, 11), (2, 3)):
+            img = R.random(shape)
+            p = np.pad(img, ((kh // 2, kh - 1 - kh // 2), (kw // 2, kw - 1 - kw // 2)), mode)
+            ref = np.zeros(shape)
+            for i in range(kh):
+                for j in range(kw):
+                    ref += k[i, j] * p[i:i + shape[0], j:j + shape[1]]
+            m = Kernel2d(k, scale=1.0, border=border)
+            x = torch.from_numpy(img.astype(np.float32))[None, None]
+            for backend in ("torch", "opencv"):
+                out = engine.apply(m, x, backend=backend)[0, 0].double().numpy()
+                np.testing.assert_allclose(out, ref, atol=1e-5, err_msg=f"{border} {shape}")
+
+
+@pytest.mark.parametrize("size", [3, 4, 5, 7])
+def test_median_every_path(size):
+    for border in BORDERS:
+        m = Median(size, border=border, value=20.0 if border == "constant" else 0.0)
+        for dtype in (torch.uint8, torch.uint16, torch.float32):
+            for shape in ((19, 23), (2, 3)):
+                x = _image(shape, dtype)
+                ref = engine.apply(m, x, backend="torch")
+                xf = KF.to_float(x)
+                exp = KF.median_blur(xf, size, border, m.value / 255.0)
+                exp = exp if x.is_floating_point() else KF.to_integer(exp, dtype)
+                assert torch.equal(ref, exp)
+                if engine.fastpath.supports(fusion.MedianOp(size, border, 0.0), dtype):
+                    out = engine.apply(m, x, backend="opencv")
+                    assert torch.equal(out, ref), f"{size} {border} {dtype} {shape}"
+
+
+def test_median_opencv_is_cv2_medianblur_for_replicate():
+    x = _image((40, 50), torch.uint8, b=1)
+    out = engine.apply(Median(5, border="replicate"), x)
+    for c in range(3):
+        assert np.array_equal(out[0, c].numpy(), cv2.medianBlur(x[0, c].numpy(), 5))
+
+
+@pytest.mark.parametrize("name", ["sobel", "scharr", "prewitt"])
+def test_gradient_magnitude_paths(name):
+    for border in BORDERS:
+        m = convkit.get_filter(name, border=border)
+        assert isinstance(m, GradientMagnitude)
+        for dtype in (torch.uint8, torch.uint16, torch.float32):
+            x = _image((21, 18), dtype)
+            ref = m(KF.to_float(x, torch.float64))
+            ref = ref if x.is_floating_point() else KF.to_integer(ref, dtype)
+            for backend in ("torch", "opencv"):
+                assert_close(engine.apply(m, x, backend=backend), ref, 8.0,
+                             f"{name} {border} {dtype} {backend}")
+
+
+# --- fusion -------------------------------------------------------------------------------------
+def _run_unfused(mods, x):
+    for m in mods:
+        x = m(x)
+    return x
+
+
+def _with_border(spec: str, border: str) -> str:
+    return f"{spec[:-1]}, border={border})" if spec.endswith(")") else f"{spec}(border={border})"
+
+
+SYM = {"gauss": "gaussian(sigma=1.2)", "sharpen": "sharpen(amount=2)", "box": "box(size=3)",
+       "smooth": "smooth"}
+
+
+@pytest.mark.parametrize("border", ["reflect", "symmetric", "circular"])
+def test_fusion_exact_everywhere(border):
+    """Where the engine fuses, the fused kernel equals the chain at every pixel: float64, all
+    sizes including images smaller than the fused kernel (interior, borders, corners)."""
+    spec = " | ".join(_with_border(s, border) for s in SYM.values())
+    spec += f" | emboss(border={border})"  # the last kernel need not be symmetric
+    ch = convkit.chain(spec)
+    plan = fusion.build_plan(ch)
+    assert len(plan.ops) == 1, [op.name for op in plan.ops]
+    for shape in ((17, 20), (4, 3), (1, 2), (1, 1)):
+        x = torch.from_numpy(R.random((1, 2, *shape)))
+        fused = engine.apply(ch, x, backend="torch", method="direct")
+        np.testing.assert_allclose(fused.numpy(), _run_unfused(ch, x).numpy(), atol=1e-12,
+                                   err_msg=f"{border} {shape}")
+
+
+def test_fusion_circular_any_kernels_even_sizes():
+    ks = [KERNELS["even2x4"], R.normal(size=(4, 2)), KERNELS["odd3"], R.normal(size=(2, 2))]
+    mods = [Kernel2d(k, scale=1.0, border="circular", offset=5.0) for k in ks]
+    ch = convkit.chain(mods)
+    assert len(fusion.build_plan(ch).ops) == 1
+    for shape in ((13, 10), (3, 2)):
+        x = torch.from_numpy(R.random((1, 1, *shape)))
+        np.testing.assert_allclose(engine.apply(ch, x, backend="torch", method="direct").numpy(),
+                                   _run_unfused(ch, x).numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("border,first", [
+    ("replicate", "gaussian(sigma=1)"), ("constant", "gaussian(sigma=1)"),
+    ("reflect", "emboss"), ("symmetric", "kernel(weights=[[1,2],[3,4]])"),
+])
+def test_no_fusion_where_it_would_be_wrong(border, first):
+    """The engine keeps these kernels apart, and this test shows why: the composed kernel
+    differs from the chain at the border."""
+    ch = convkit.chain(f"{_with_border(first, border)} | sharpen(border={border})")
+    a, b = ch
+    assert len(fusion.build_plan(ch).ops) == 2
+    x = torch.from_numpy(R.random((1, 1, 12, 12)))
+    composed = fusion.compose(fusion._kernel_op(a), fusion._kernel_op(b))
+    y = KF.filter2d(x, torch.from_numpy(composed.kernel), border) + composed.bias
+    chain_out = _run_unfused(ch, x)
+    assert (y - chain_out).abs().max() > 1e-6  # the fused kernel would be wrong somewhere ...
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))
+    torch.testing.assert_close(y[inner], chain_out[inner])  # ... though right in the interior
+    torch.testing.assert_close(engine.apply(ch, x, backend="torch"), chain_out)
+
+
+def test_fused_chain_integer_paths_match_the_chain():
+    ch = convkit.chain("gaussian(sigma=2) | box(size=3) | gaussian(sigma=1) | sharpen | emboss")
+    x = _image((45, 38), torch.uint8)
+    steps = engine.explain(ch, x)
+    assert len(steps) == 1 and steps[0][1:] == ("opencv", "lowrank")
+    ref = KF.to_integer(ch(KF.to_float(x, torch.float64)), torch.uint8, ch.negative)
+    for backend in ("opencv", "torch"):
+        for fuse in (True, False):
+            assert_close(engine.apply(ch, x, backend=backend, fuse=fuse), ref,
+                         what=f"{backend} fuse={fuse}")
+
+
+# --- plans, options, contract ---------------------------------------------------------------
+def test_plan_is_cached_and_rebuilt_when_a_kernel_changes():
+    m = convkit.chain("sharpen | box(size=3)")
+    p1 = fusion.get_plan(m)
+    assert fusion.get_plan(m) is p1
+    x = _image((10, 10), torch.float32)
+    before = engine.apply(m, x)
+    m[0].weight.mul_(2.0)
+    assert fusion.get_plan(m) is not p1
+    torch.testing.assert_close(engine.apply(m, x), _run_unfused(m, x), atol=1e-5, rtol=0)
+    assert not torch.allclose(before, engine.apply(m, x))
+
+
+def test_options_context_manager_and_errors():
+    m = convkit.get_filter("sharpen")
+    x = _image((8, 8), torch.uint8)
+    with engine.options(backend="torch", method="direct"):
+        assert engine.explain(m, x)[0][1:] == ("torch", "direct")
+        with engine.options(method="lowrank"):
+            assert engine.explain(m, x)[0][2] == "lowrank"
+    assert engine.explain(m, x)[0][1] == "opencv"
+    with pytest.raises(ValueError, match="method"):
+        engine.apply(m, x, method="fast")
+    with pytest.raises(ValueError, match="backend"):
+        engine.apply(m, x, backend="numpy")
+    with pytest.raises(ValueError, match="rank"):
+        engine.apply(m, x, method="separable")
+    with pytest.raises(ValueError, match="equal"):
+        engine.apply(m, x, method="box")
+    with pytest.raises(ValueError, match="opencv"):
+        engine.apply(m, x.double(), backend="opencv")
+    with pytest.raises(ValueError, match="fft"):
+        engine.apply(m, x, backend="opencv", method="fft")
+    with pytest.raises(ValueError, match=r"\(B,C,H,W\)"):
+        engine.apply(m, x[0])
+    with pytest.raises(TypeError, match="uint8 or uint16"):
+        engine.apply(m, x.int())
+
+
+def test_method_attribute_on_a_kernel():
+    g = convkit.get_filter("gaussian", sigma=2)
+    g.method = "direct"
+    ch = convkit.chain([g, convkit.get_filter("sharpen")])
+    x = _image((30, 30), torch.uint8)
+    steps = engine.explain(ch, x)
+    assert [s[2] for s in steps] == ["direct", "direct"]  # not fused, and its method kept
+    assert_close(engine.apply(ch, x),
+                 KF.to_integer(ch(KF.to_float(x, torch.float64)), torch.uint8))
+
+
+def test_alpha_batch_layout_and_grad():
+    m = convkit.chain("gaussian(sigma=1.5) | sharpen")
+    x = _image((20, 24), torch.uint8, b=3, c=4)
+    out = engine.apply(m, x, alpha=True)
+    assert torch.equal(out[:, 3], x[:, 3])
+    for i in range(3):
+        assert torch.equal(out[i:i + 1], engine.apply(m, x[i:i + 1], alpha=True))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(engine.apply(m, cl, alpha=True), out)
+    xf = _image((9, 9), torch.float32).requires_grad_(True)
+    y = engine.apply(m, xf)
+    y.sum().backward()
+    assert xf.grad is not None and xf.grad.abs().sum() > 0
+
+
+def test_pooling_chain_and_learned_like_module():
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    ch = convkit.chain([convkit.get_filter("sharpen"), convkit.get_filter("avgpool", size=2),
+                        conv])
+    x = _image((16, 20), torch.uint8)
+    ref = KF.to_integer(ch(KF.to_float(x)), torch.uint8)
+    assert_close(engine.apply(ch, x), ref)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])])
+def test_torch_methods_on_device(device):
+    for kname in ("odd3", "rank1_7x5", "box5", "big15"):
+        for border in BORDERS:
+            m = Kernel2d(KERNELS[kname], scale=1.0, border=border).to(device)
+            x = _image((33, 20), torch.uint8).to(device)
+            ref = reference(m.cpu(), x.cpu())
+            for method in _valid_methods(kname):
+                out = engine.apply(m.to(device), x, method=method)
+                assert out.device.type == device
+                assert_close(out.cpu(), ref, what=f"{kname} {border} {method} {device}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])])
+def test_compiled_direct(device):
+    """torch.compile'd single-pass direct kernels (the CUDA roofline path)."""
+    x = _image((40, 30), torch.uint8).to(device)
+    for spec in ("sharpen", "emboss", "laplacian", "kernel(weights=[[1,2],[3,4]])"):
+        m = convkit.chain(spec).to(device)
+        with engine.options(compile=True, backend="torch", method="direct"):
+            out = engine.apply(m, x)
+        ref = KF.to_integer(m(KF.to_float(x, torch.float64)), torch.uint8, m.negative)
+        assert_close(out.cpu(), ref.cpu(), what=spec)

@@ -24,6 +24,8 @@ _LAZY = {
     "Chain": ("chains", "Chain"),
     "chain": ("chains", "chain"),
     "process": ("api", "process"),
+    "run": ("pipeline", "run"),
+    "Summary": ("pipeline", "Summary"),
     "functional": ("functional", None),
 }
 

@@ -1,0 +1,450 @@
+"""The ``convkit`` command line: one subcommand per registered filter, plus apply/list/show.
+
+Every filter in the registry is a subcommand whose parameters are options::
+
+    convkit sharpen photo.jpg                       # -> photo-sharpen.jpg beside it
+    convkit gaussian --sigma 2 photos/ -o blurred/  # a folder, mirrored into blurred/
+    convkit apply "gaussian(sigma=2) | sharpen" photos/ -r -o out/
+
+The commands are made on demand from the registry, which does not import torch, so
+``convkit --help`` and ``convkit list`` start in a fraction of a second; torch loads only when
+images are filtered. Exit status: 0 every input written, 1 some inputs failed (each named on
+stderr), 2 usage errors, 130/143 interrupted by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .registry import FilterInfo, Param, get_info, list_filters
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# Commands of the learned-filter package, loaded only when run (their module imports torch).
+_LEARN_COMMANDS = {
+    "train": "Train a learned filter on a folder of images.",
+    "info": "Describe a model file written by convkit train.",
+}
+_LEARN_CLI = Path(__file__).resolve().parent / "learn" / "cli.py"
+
+
+def _learn_available() -> bool:
+    # Looking at the file (not importing) keeps --help torch-free.
+    return _LEARN_CLI.is_file()
+
+
+def _learn_command(name: str) -> click.Command | None:
+    """``train`` / ``info`` from convkit.learn.cli (``commands()``, or an attribute by name)."""
+    from .learn import cli as learn_cli
+
+    found = getattr(learn_cli, "commands", lambda: [])()
+    for cmd in found:
+        if cmd.name == name:
+            return cmd
+    cmd = getattr(learn_cli, name, None)
+    return cmd if isinstance(cmd, click.Command) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Options shared by every command that filters files
+# --------------------------------------------------------------------------------------------
+
+_FORMAT_CHOICES = ("png", "jpeg", "jpg", "webp", "tiff", "tif", "bmp")
+
+
+def _run_params() -> list[click.Parameter]:
+    """INPUTS and the options of :func:`convkit.run`, fresh for each command."""
+    return [
+        click.Argument(["inputs"], nargs=-1, required=True, metavar="INPUTS..."),
+        click.Option(["-o", "--output"], metavar="OUT",
+                     help="Output file (one input) or folder (mirrors the inputs' layout). "
+                          "Default: <stem>-<filter><ext> beside each input."),
+        click.Option(["-r", "--recursive"], is_flag=True,
+                     help="Walk folders (and ** patterns) into subfolders."),
+        click.Option(["--in-place"], is_flag=True,
+                     help="Overwrite the inputs with the results (written atomically)."),
+        click.Option(["--skip-existing"], is_flag=True,
+                     help="Skip inputs whose output exists already (resume a run)."),
+        click.Option(["--format", "fmt"],
+                     type=click.Choice(_FORMAT_CHOICES, case_sensitive=False),
+                     help="Output format. Default: the output's extension."),
+        click.Option(["--quality"], type=click.IntRange(1, 100), default=95, show_default=True,
+                     help="JPEG/WebP quality."),
+        click.Option(["--batch-size"], type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Images of the same size filtered together."),
+        click.Option(["--device"], default="auto", show_default=True,
+                     help="auto (CUDA when present), cpu, cuda or cuda:N."),
+        click.Option(["--workers"], type=click.IntRange(min=1), default=None,
+                     help="Decode and encode threads each (default: CPU count, 2 to 8)."),
+        click.Option(["--max-pixels"], type=click.IntRange(min=1), default=None,
+                     help="Refuse images with more pixels than this (decompression-bomb "
+                          "guard; default about 89 million)."),
+        click.Option(["-q", "--quiet"], is_flag=True,
+                     help="No progress bar and no summary line (errors are still printed)."),
+        click.Option(["--json", "as_json"], is_flag=True,
+                     help="Print the summary as JSON on stdout."),
+    ]
+
+
+def _execute(spec: Any, name: str, kw: dict[str, Any]) -> None:
+    """Run the pipeline for a command and exit with its status."""
+    from . import pipeline
+
+    quiet = kw.pop("quiet")
+    as_json = kw.pop("as_json")
+    fmt = kw.pop("fmt")
+    fmt = fmt.lower() if fmt else None
+
+    def on_error(line: str) -> None:
+        click.echo(f"error: {line}", err=True)
+
+    try:
+        summary = pipeline.run(
+            spec, list(kw.pop("inputs")), kw.pop("output"), format=fmt, name=name,
+            progress=False if quiet else None, on_error=on_error, **kw,
+        )
+    except ValueError as e:  # a bad spec, device, or options that do not fit together
+        raise click.UsageError(" ".join(str(e).split())) from None
+    if as_json:
+        click.echo(summary.to_json())
+    elif not quiet:
+        click.echo(summary.line(), err=True)
+    sys.exit(summary.exit_code)
+
+
+# --------------------------------------------------------------------------------------------
+# One command per filter, built from its registry entry
+# --------------------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """A value written as in a chain spec: ``[[0,-1,0],[-1,5,-1],[0,-1,0]]``, a number, a word.
+
+    Raises ValueError saying where ``text`` stops parsing.
+    """
+    from .spec import SpecError, _Parser
+
+    p = _Parser(text)
+    try:
+        value = p.value()
+        if p.peek():
+            raise p.error(f"unexpected {p.peek()!r} after the value")
+    except SpecError as e:
+        where = str(e).rpartition(" at position ")[2]
+        raise ValueError(f"{text!r} does not parse at position {where}") from None
+    return value
+
+
+def _option_for(info: FilterInfo, p: Param) -> click.Option:
+    flag = "--" + p.name.replace("_", "-")
+    default = "" if p.default is None else f" [default: {_show(p.default)}]"
+    help_text = p.help + default
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        if p.kind == "matrix":
+            try:
+                value = parse_value(value)
+            except ValueError as e:
+                raise click.BadParameter(str(e)) from None
+        try:
+            return p.check(value, info.name)
+        except (TypeError, ValueError) as e:
+            raise click.BadParameter(str(e)) from None
+
+    if p.kind == "bool":
+        return click.Option([f"{flag}/--no-{p.name.replace('_', '-')}"], default=None,
+                            help=help_text, callback=check)
+    types = {"float": click.FLOAT, "int": click.INT, "matrix": click.STRING,
+             "path": click.STRING, "str": click.STRING}
+    ptype = click.Choice(p.choices) if p.kind == "choice" else types[p.kind]
+    metavar = {"matrix": "ROWS", "path": "FILE"}.get(p.kind)
+    return click.Option([flag, p.name], type=ptype, default=None, help=help_text,
+                        callback=check, metavar=metavar)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _filter_command(info: FilterInfo) -> click.Command:
+    def callback(**kw: Any) -> None:
+        from .spec import format_call
+
+        params = {p.name: kw.pop(p.name) for p in info.params}
+        params = {k: v for k, v in params.items() if v is not None}
+        try:  # parameters that only fail together (kernel: weights or path)
+            info.check_params((), params)
+            spec = format_call(info.name, params)
+            import convkit
+
+            module = convkit.chain(spec)
+        except (TypeError, ValueError) as e:
+            raise click.UsageError(" ".join(str(e).split())) from None
+        _execute(module, info.name, kw)
+
+    example = info.example or f"convkit {info.name} photo.jpg"
+    help_text = (
+        f"{info.description}\n\n"
+        f"Example:\n\n\b\n  {example}\n  convkit {info.name} photos/ -r -o out/\n\n"
+        f"Run `convkit show {info.name}` to see the kernel it applies."
+    )
+    cmd = click.Command(
+        info.name, callback=callback, help=help_text, short_help=info.description,
+        params=[_option_for(info, p) for p in info.params] + _run_params(),
+        context_settings=CONTEXT_SETTINGS, no_args_is_help=True,
+    )
+    return cmd
+
+
+# --------------------------------------------------------------------------------------------
+# The group
+# --------------------------------------------------------------------------------------------
+
+
+class FilterGroup(click.Group):
+    """A group whose subcommands are the fixed ones plus one per registered filter."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        fixed = list(self.commands)
+        if _learn_available():
+            fixed += list(_LEARN_COMMANDS)
+        return fixed + [n for n in list_filters() if n not in self.commands]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if cmd_name in _LEARN_COMMANDS and _learn_available():
+            return _learn_command(cmd_name)
+        try:
+            info = get_info(cmd_name)
+        except ValueError:
+            return None
+        return _filter_command(info)
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            if args and not args[0].startswith("-"):
+                raise click.UsageError(
+                    f"No such command or filter {args[0]!r}. Run `convkit list` for the "
+                    "filters.", ctx
+                ) from None
+            raise e
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help without building the commands: the learn commands would import torch.
+        fixed = [(n, self.commands[n].get_short_help_str(55)) for n in self.commands]
+        if _learn_available():
+            fixed += list(_LEARN_COMMANDS.items())
+        with formatter.section("Commands"):
+            formatter.write_dl(fixed)
+        rows = []
+        for n in list_filters():
+            if n not in self.commands:
+                rows.append((n, _short(get_info(n).description, 55)))
+        with formatter.section("Filters (convkit FILTER --help)"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=FilterGroup, context_settings=CONTEXT_SETTINGS,
+    epilog="Examples:\n\n\b\n"
+           "  convkit sharpen photo.jpg                  # writes photo-sharpen.jpg\n"
+           "  convkit gaussian --sigma 2 photos/ -o out/\n"
+           "  convkit apply \"gaussian(sigma=2) | sharpen\" photos/ -r -o out/\n"
+           "  convkit show sharpen amount=1.5\n\n"
+           "Exit status: 0 all written, 1 some inputs failed, 2 usage error, 130/143 "
+           "interrupted.",
+)
+@click.version_option(__version__, "-V", "--version", prog_name="convkit")
+def cli() -> None:
+    """Image filters as conv layers: sharpen, blur, edges, pooling and your own kernels, on
+    files and folders, on CPU or GPU."""
+
+
+@cli.command("apply", context_settings=CONTEXT_SETTINGS, no_args_is_help=True,
+             short_help="Filter images through a chain, kernel file or model.")
+@click.argument("spec")
+def apply_cmd(spec: str, **kw: Any) -> None:
+    """Filter images through a chain SPEC: a chain string, a kernel .toml file or a model file.
+
+    \b
+    Examples:
+      convkit apply "gaussian(sigma=2) | sharpen(amount=1.5)" photos/ -o out/
+      convkit apply my_kernel.toml photo.png -o photo-mine.png
+      convkit apply model.pt photos/ -r -o out/
+    """
+    from .pipeline import output_name
+
+    name = output_name(spec)
+    try:
+        import convkit
+
+        module = convkit.chain(spec)
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(" ".join(str(e).split()), param_hint="SPEC") from None
+    _execute(module, name, kw)
+
+
+apply_cmd.params.extend(_run_params())
+
+
+@cli.command("list", context_settings=CONTEXT_SETTINGS,
+             short_help="List the filters and their parameters.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def list_cmd(as_json: bool) -> None:
+    """List every filter with a one-line description and its parameters.
+
+    \b
+    Example:
+      convkit list
+    """
+    infos = [get_info(n) for n in list_filters()]
+    if as_json:
+        click.echo(json.dumps([
+            {"name": i.name, "description": i.description,
+             "params": {p.name: {"kind": p.kind, "default": p.default, "help": p.help,
+                                 **({"choices": list(p.choices)} if p.choices else {})}
+                        for p in i.params}}
+            for i in infos
+        ], indent=2))
+        return
+    width = max(len(i.name) for i in infos) + 2
+    for i in infos:
+        click.echo(f"{i.name:<{width}}{i.description}")
+        params = "  ".join(_param_usage(p) for p in i.params)
+        if params:
+            click.echo(" " * width + params)
+
+
+def _param_usage(p: Param) -> str:
+    if p.default is None:
+        value = p.kind.upper()
+    else:
+        value = _show(p.default)
+    return f"{p.name}={value}"
+
+
+@cli.command("show", context_settings=CONTEXT_SETTINGS, no_args_is_help=True,
+             short_help="Show a filter's kernel, its sum and separability.")
+@click.argument("name")
+@click.argument("params", nargs=-1, metavar="[KEY=VALUE]...")
+def show_cmd(name: str, params: tuple[str, ...]) -> None:
+    """Show the kernel filter NAME applies with PARAMS: its matrix, sum and separability.
+
+    \b
+    Examples:
+      convkit show sharpen amount=1.5
+      convkit show gaussian sigma=1 ksize=5
+      convkit show kernel "weights=[[1,2,1],[2,4,2],[1,2,1]]"
+    """
+    try:
+        info = get_info(name)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    kwargs = {}
+    for item in params:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE. Got {item!r}", param_hint="PARAMS")
+        try:
+            kwargs[key.replace("-", "_")] = parse_value(text)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="PARAMS") from None
+    try:
+        module = info.build(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(" ".join(str(e).split())) from None
+    click.echo(describe(module))
+
+
+def describe(module) -> str:
+    """Text for ``convkit show``: the matrix of a linear filter, or what a non-linear one does."""
+    import torch
+
+    from .modules import GradientMagnitude, Kernel2d, Median, Pool2d
+
+    title = module.spec()
+    if isinstance(module, Kernel2d):
+        k = module.weight.double()
+        kh, kw = k.shape
+        lines = [f"{title}: {kh}x{kw} kernel applied by cross-correlation (no flip), anchor "
+                 f"row {module.anchor[0]}, column {module.anchor[1]}, border {module.border}"]
+        lines += _matrix(k)
+        lines.append(f"sum: {_num(float(k.sum()))}")
+        if module.bias:
+            lines.append(f"offset: {_num(module.bias * 255)} grey levels (of 255) added")
+        u, s, vh = torch.linalg.svd(k)
+        rank = _rank(s)
+        if rank == 1:
+            col = u[:, 0] * s[0].sqrt()
+            row = vh[0] * s[0].sqrt()
+            if col.sum() < 0:
+                col, row = -col, -row
+            lines.append("separable: yes (rank 1) = column x row")
+            lines.append("  column: " + " ".join(_num(float(v)) for v in col))
+            lines.append("  row:    " + " ".join(_num(float(v)) for v in row))
+        else:
+            lines.append(f"separable: no (rank {rank})")
+        if module.negative:
+            lines.append(f"negative values written to integer images as: {module.negative}")
+        return "\n".join(lines)
+    if isinstance(module, GradientMagnitude):
+        kx = module.kx.double()
+        lines = [f"{title}: non-linear, sqrt(gx^2 + gy^2) where gx correlates with the kernel "
+                 "below and gy with its transpose"]
+        lines += _matrix(kx)
+        lines.append(f"sum: {_num(float(kx.sum()))}")
+        rank = _rank(torch.linalg.svdvals(kx))
+        lines.append("each derivative kernel is separable (rank 1)" if rank == 1 else
+                     f"derivative kernel rank {rank}")
+        return "\n".join(lines)
+    if isinstance(module, Median):
+        return f"{title}: non-linear, the median of each {module.size}x{module.size} " \
+               "neighbourhood; no kernel matrix"
+    if isinstance(module, Pool2d):
+        return (f"{title}: {module.mode} pooling over {module.size}x{module.size} windows, "
+                f"stride {module.stride}; the image shrinks by {module.stride}")
+    return f"{title}: non-linear ({type(module).__name__}); no single kernel matrix"
+
+
+def _short(text: str, limit: int) -> str:
+    """``text`` cut at a word boundary to at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
+def _rank(singular) -> int:
+    """Numerical rank; the kernels are stored in float32, so 1e-6 of the largest is zero."""
+    top = float(singular[0])
+    return int((singular > top * 1e-6).sum()) if top > 0 else 0
+
+
+def _num(v: float) -> str:
+    if abs(v) < 5e-12:
+        v = 0.0
+    text = f"{v:.6g}"
+    return "0" if text == "-0" else text
+
+
+def _matrix(k) -> list[str]:
+    cells = [[_num(float(v)) for v in row] for row in k]
+    width = max(len(c) for row in cells for c in row)
+    return ["  " + " ".join(c.rjust(width) for c in row) for row in cells]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``convkit`` script and ``python -m convkit``."""
+    cli.main(argv, prog_name="convkit")

@@ -1,0 +1,625 @@
+"""The batch loop behind ``convkit FILTER ...`` and :func:`convkit.run`: files in, files out.
+
+The way through (one module per step elsewhere; this one wires them together)::
+
+    inputs (files, folders, globs) --plan--> jobs (source, output), sorted; this rank's shard
+      --decode threads--> uint8/uint16 tensors (C, H, W)  [bounded window of futures]
+      --group by (C, H, W, dtype)--> batches of --batch-size (huge images go alone)
+      --engine.apply on the device--> filtered batches
+      --encode threads--> atomic writes (convkit.io: temp file, then rename)
+
+Every queue is bounded, so memory depends on ``batch_size`` and the number of workers, not on the
+number of files. A file that cannot be read, filtered or written is reported with one line naming
+it and the run goes on; inputs are never modified (unless ``in_place``), and an output is either
+complete or absent.
+
+Sharding: when ``RANK`` and ``WORLD_SIZE`` are set (``torchrun``), rank r takes every
+``WORLD_SIZE``-th job of the sorted job list, starting at r, so the ranks together write every
+output exactly once.
+
+Signals: SIGINT and SIGTERM stop the run cleanly: no new file is started, the writes in flight
+finish (each output is complete or absent), and the summary records the signal so the command
+line exits with 128 + its number (130, 143). ``skip_existing`` then resumes the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
+           "output_name", "UsageError"]
+
+#: --format values and the extension each writes.
+FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif",
+           "tif": ".tif", "bmp": ".bmp"}
+_GLOB_MAGIC = set("*?[")
+
+# Images above this many pixels are filtered one at a time (never batched): the hook where a
+# tiled path plugs in for huge images.
+HUGE_PIXELS = 4096 * 4096
+# Cap on the pixels of one batch (B*H*W), so a big --batch-size on big images stays in memory.
+MAX_BATCH_PIXELS = 16 * 1920 * 1080
+
+
+class UsageError(ValueError):
+    """The arguments of a run do not make sense together (the CLI exits 2)."""
+
+
+@dataclass
+class Job:
+    """One input file and where its output goes. ``shown`` is the input as the user named it."""
+
+    src: str
+    out: str
+    shown: str
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    """What a run did. ``errors`` lists ``"<file>: <reason>"`` lines, one per failed input."""
+
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    interrupted: str | None = None
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def exit_code(self) -> int:
+        """0 all written, 1 some failed, 128 + signal number when interrupted."""
+        if self.interrupted:
+            return 128 + int(getattr(signal, self.interrupted))
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        where = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        text = (f"convkit: {where}{self.written} written, {self.skipped} skipped, "
+                f"{self.failed} failed in {self.seconds:.2f} s ({rate:.1f} images/s)")
+        if self.interrupted:
+            text += f"; interrupted by {self.interrupted}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exit_code"] = self.exit_code
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: inputs -> jobs
+# --------------------------------------------------------------------------------------------
+
+
+def _io():
+    from . import io
+
+    return io
+
+
+def output_name(spec: Any) -> str:
+    """The tag in ``<stem>-<tag><ext>``: the filter names of a chain spec joined by ``-``."""
+    if not isinstance(spec, str):
+        return "filtered"
+    from .spec import parse
+
+    try:
+        calls = parse(spec)
+    except ValueError:
+        return "filtered"
+    names = [c.name if c.name else Path(c.path or "").stem for c in calls]
+    slug = "-".join(n for n in names if n)
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in slug)
+    return safe if 0 < len(safe) <= 48 else "filtered"
+
+
+def _out_suffix(suffix: str, fmt: str | None) -> str:
+    if fmt:
+        return FORMATS[fmt]
+    # formats convkit reads but does not write (GIF, PPM, ...) are written as PNG
+    return suffix if suffix.lower() in _io().WRITE_EXTENSIONS else ".png"
+
+
+def _walk(folder: str, recursive: bool, exclude: str | None) -> tuple[list[str], bool]:
+    """Image files under ``folder`` (sorted); and whether subfolders were left unvisited.
+
+    Symbolic links to folders are followed once each: a folder whose real path was seen
+    already is not entered again, so a symlink loop ends. Hidden names (``.x``) are skipped,
+    which also keeps the temporary files of a concurrent writer out.
+    """
+    io = _io()
+    found: list[str] = []
+    seen: set[str] = set()
+    has_subdirs = False
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen or (exclude and real == exclude):
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if not recursive:
+            has_subdirs = bool(dirs)
+            dirs[:] = []
+        for name in files:
+            if not name.startswith(".") and io.is_image_path(name):
+                found.append(os.path.join(root, name))
+    return sorted(found), has_subdirs
+
+
+def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str | None
+            ) -> tuple[list[tuple[str, str]], list[str], bool]:
+    """Inputs -> (file, root) pairs, error lines, and whether any input was a folder or glob.
+
+    ``root`` is the folder the file's output path is made relative to: a folder input is its
+    own root; a file's root is its parent folder.
+    """
+    io = _io()
+    pairs: list[tuple[str, str]] = []
+    errors: list[str] = []
+    many = False
+    for raw in inputs:
+        item = os.fspath(raw)
+        if os.path.isdir(item):
+            many = True
+            files, has_subdirs = _walk(item, recursive, exclude)
+            if not files:
+                hint = " (pass -r to look in subfolders)" if has_subdirs else ""
+                exts = ", ".join(sorted(io.SUPPORTED_EXTENSIONS))
+                errors.append(f"{item}: no images found{hint}; supported extensions: {exts}")
+            pairs.extend((f, item) for f in files)
+        elif os.path.lexists(item):
+            pairs.append((item, os.path.dirname(item) or "."))
+        elif any(ch in _GLOB_MAGIC for ch in item):
+            many = True
+            matches = sorted(glob.glob(item, recursive=recursive or "**" in item))
+            files = []
+            for m in matches:
+                if os.path.isdir(m):
+                    sub, _ = _walk(m, recursive, exclude)
+                    files.extend((f, m) for f in sub)
+                elif io.is_image_path(m):
+                    files.append((m, os.path.dirname(m) or "."))
+            if not files:
+                errors.append(f"{item}: no image files match this pattern")
+            pairs.extend(files)
+        else:
+            errors.append(f"{item}: no such file or folder")
+    return pairs, errors, many
+
+
+def _looks_like_file(output: str) -> bool:
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        return False
+    return Path(output).suffix.lower() in _io().WRITE_EXTENSIONS
+
+
+def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike |
+         None = None, *, name: str = "filtered", recursive: bool = False, in_place: bool = False,
+         format: str | None = None) -> tuple[list[Job], list[str]]:
+    """Work out every (input, output) pair, sorted by input path, and the inputs that fail early.
+
+    Output rules (as ``mogrify`` and click tools users know):
+
+    * ``in_place``: each output is its input (with ``format``, the input's stem with the new
+      extension, beside it).
+    * one input file and ``output`` with an image extension (not an existing folder): that file.
+    * otherwise ``output`` is a folder that mirrors the inputs' layout relative to the common
+      folder of their roots (a folder input is its own root, a file's root is its parent).
+    * no ``output``: ``<stem>-<name><ext>`` beside each input file; folders need ``output``.
+
+    Jobs whose output is an input file (without ``in_place``) or the output of another job carry
+    an ``error`` and are reported, not run. Raises :class:`UsageError` for arguments that do not
+    fit together.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not inputs:
+        raise UsageError("no inputs given")
+    if format is not None and format not in FORMATS:
+        raise UsageError(f"invalid format {format!r}. Expected one of {', '.join(FORMATS)}")
+    if in_place and output is not None:
+        raise UsageError("give either -o/--output or --in-place, not both")
+    out = os.fspath(output) if output is not None else None
+    exclude = os.path.realpath(out) if out and os.path.isdir(out) else None
+    pairs, errors, many = _expand(inputs, recursive, exclude)
+
+    # the same file named twice (or through a folder and a glob) is processed once
+    unique: dict[str, tuple[str, str]] = {}
+    for f, root in pairs:
+        unique.setdefault(os.path.realpath(f), (f, root))
+    items = sorted(unique.values(), key=lambda p: p[0])
+    if out is None and not in_place and many and items:
+        raise UsageError("a folder or pattern needs -o OUTPUT_FOLDER (or --in-place)")
+
+    single_file = (out is not None and len(items) == 1 and not many and len(inputs) == 1
+                   and _looks_like_file(out))
+    base = None
+    if out is not None and not single_file and items:
+        roots = [os.path.abspath(root) for _, root in items]
+        base = os.path.commonpath(roots)
+
+    jobs = []
+    for f, _root in items:
+        p = Path(f)
+        if in_place:
+            target = f if format is None else str(p.with_suffix(FORMATS[format]))
+        elif out is None:
+            target = str(p.with_name(f"{p.stem}-{name}{_out_suffix(p.suffix, format)}"))
+        elif single_file:
+            target = out
+            if format is not None:
+                target = str(Path(out).with_suffix(FORMATS[format]))
+        else:
+            rel = Path(os.path.relpath(os.path.abspath(f), base))
+            target = str(Path(out) / rel.with_suffix(_out_suffix(p.suffix, format)))
+        jobs.append(Job(src=f, out=target, shown=f))
+
+    # An input is never overwritten by accident, and no two jobs share an output.
+    sources = {os.path.realpath(j.src): j.shown for j in jobs}
+    taken: dict[str, str] = {}
+    for j in jobs:
+        real_out = os.path.realpath(j.out)
+        if not in_place and real_out in sources:
+            other = sources[real_out]
+            what = "is the input file" if other == j.shown else f"would overwrite input {other}"
+            j.error = f"{j.shown}: the output {j.out} {what}; pass --in-place to overwrite inputs"
+        elif real_out in taken:
+            j.error = f"{j.shown}: the output {j.out} is also the output of {taken[real_out]}"
+        else:
+            taken[real_out] = j.shown
+    return jobs, errors
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) when not set."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise UsageError(
+            f"RANK and WORLD_SIZE should be integers. Got RANK={os.environ.get('RANK')!r}, "
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}"
+        ) from None
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"RANK should be in [0, WORLD_SIZE). Got RANK={rank}, WORLD_SIZE={world}")
+    return rank, world
+
+
+# --------------------------------------------------------------------------------------------
+# Filtering: the hooks the engine plugs into
+# --------------------------------------------------------------------------------------------
+
+
+def filter_batch(module, batch, *, alpha: bool, device) -> Any:
+    """Filter a batch (B, C, H, W) of uint8/uint16 on ``device``; returns it on the CPU.
+
+    The integer rules (float on [0, 1], round to nearest, saturate) are ``engine.apply``'s.
+    """
+    import torch
+
+    from . import engine
+
+    with torch.inference_mode():
+        x = batch.to(device, non_blocking=True) if device.type != "cpu" else batch
+        out = engine.apply(module, x, alpha=alpha)
+        return out.cpu() if out.device.type != "cpu" else out
+
+
+def filter_image(module, image, *, alpha: bool, device) -> Any:
+    """Filter one image (C, H, W); returns (C, H', W') on the CPU.
+
+    Huge images come here one at a time, never batched: a tiled path (bounded memory, same
+    result) plugs in here.
+    """
+    return filter_batch(module, image.unsqueeze(0), alpha=alpha, device=device)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+class _Stop:
+    """SIGINT/SIGTERM -> a flag the loop polls; restores the previous handlers on exit."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.event = threading.Event()
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+        self.event.set()
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except (ValueError, OSError):  # pragma: no cover - exotic embedding
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _one_line(path: str, exc: BaseException) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    if not msg.startswith(path):
+        msg = f"{path}: {msg}"
+    return " ".join(msg.split())
+
+
+def _default_workers() -> int:
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+def run(
+    spec: Any,
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    recursive: bool = False,
+    in_place: bool = False,
+    skip_existing: bool = False,
+    format: str | None = None,
+    quality: int = 95,
+    batch_size: int = 4,
+    device: str | None = "auto",
+    workers: int | None = None,
+    max_pixels: int | None = None,
+    name: str | None = None,
+    progress: bool | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> Summary:
+    """Filter image files through a chain and write the results; the engine of the CLI.
+
+    Args:
+        spec: a chain spec string (``"gaussian(sigma=2) | sharpen"``), a kernel ``.toml`` or
+            model file, an ``nn.Module``, or a list of these (anything ``convkit.chain`` takes).
+        inputs: files, folders and glob patterns (one or a list).
+        output: an output file (one input) or folder (mirrors the inputs' layout); None writes
+            ``<stem>-<name><ext>`` beside each input. See :func:`plan` for the rules.
+        recursive: walk folders (and ``**`` patterns) into subfolders.
+        in_place: overwrite each input with its result (atomically).
+        skip_existing: leave outputs that exist already alone (resume an interrupted run).
+        format: png, jpeg, webp, tiff or bmp; default from the output's extension.
+        quality: JPEG/WebP quality, 1-100.
+        batch_size: images of the same size and kind filtered together.
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+        workers: decode and encode threads each (default: CPU count, 2 to 8).
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard);
+            None keeps convkit.io's default.
+        name: the tag in default output names (default: from the spec).
+        progress: show a tqdm bar on stderr; default when stderr is a terminal.
+        on_error: called with each one-line error as it happens (default: print to stderr).
+
+    Returns:
+        A :class:`Summary`. Per-file failures are counted and listed there, never raised.
+        ``UsageError`` / ValueError is raised for a bad spec, device or argument combination.
+    """
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise UsageError(f"batch_size should be >= 1. Got {batch_size}")
+    if not 1 <= quality <= 100:
+        raise UsageError(f"quality should be in 1..100. Got {quality}")
+    if skip_existing and in_place:
+        raise UsageError("--skip-existing cannot be combined with --in-place")
+    rank, world = shard()
+    tag = name or output_name(spec)
+    jobs, early = plan(inputs, output, name=tag, recursive=recursive, in_place=in_place,
+                       format=format)
+
+    summary = Summary(rank=rank, world_size=world)
+    report = on_error or (lambda line: print(f"error: {line}", file=sys.stderr, flush=True))
+
+    def fail(line: str) -> None:
+        summary.failed += 1
+        summary.errors.append(line)
+        report(line)
+
+    # Early errors are about the inputs as given, not about one job: rank 0 reports them.
+    if rank == 0:
+        for line in early:
+            fail(line)
+    mine = jobs[rank::world]
+    todo: list[Job] = []
+    for j in mine:
+        if j.error:
+            fail(j.error)
+        elif skip_existing and os.path.exists(j.out):
+            summary.skipped += 1
+        else:
+            todo.append(j)
+
+    if todo:
+        module, dev = _prepare(spec, device, rank)
+        summary.device = str(dev)
+        _loop(todo, module, dev, summary, fail, batch_size=batch_size,
+              workers=workers or _default_workers(), quality=quality, format=format,
+              max_pixels=max_pixels, progress=progress)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _prepare(spec: Any, device: str | None, rank: int):
+    import torch
+
+    import convkit
+
+    from .api import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    module = convkit.chain(spec).to(dev).eval()
+    return module, dev
+
+
+def _bar(total: int, progress: bool | None, rank: int):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr,
+                desc=f"rank {rank}" if rank else None, leave=False)
+
+
+def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], None], *,
+          batch_size: int, workers: int, quality: int, format: str | None,
+          max_pixels: int | None, progress: bool | None) -> None:
+    io = _io()
+    bar = _bar(len(todo), progress, summary.rank)
+    if bar is not None:
+        from tqdm import tqdm
+
+        def fail_line(line: str, _fail=fail) -> None:
+            with tqdm.external_write_mode(file=sys.stderr):
+                _fail(line)
+    else:
+        fail_line = fail
+
+    read_kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+
+    def decode(job: Job):
+        return io.read_image_with_info(job.src, **read_kw)
+
+    def encode(job: Job, image, info) -> None:
+        parent = os.path.dirname(job.out)
+        if parent:
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as e:
+                in_the_way = isinstance(e, FileExistsError | NotADirectoryError)
+                reason = "a file is in the way" if in_the_way else (e.strerror or str(e))
+                raise OSError(f"{job.shown}: cannot create output folder {parent} "
+                              f"({reason})") from None
+        io.write_image(job.out, image, quality=quality, info=info)
+
+    decoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-decode")
+    encoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-encode")
+    # A window of a few batches ahead keeps the device busy without holding the whole folder.
+    read_window = max(2 * workers, 2 * batch_size)
+    write_window = max(2 * workers, batch_size)
+    writes: deque[tuple[Job, Future]] = deque()
+
+    def settle(limit: int) -> None:
+        while len(writes) > limit:
+            job, fut = writes.popleft()
+            try:
+                fut.result()
+                summary.written += 1
+            except Exception as e:
+                fail_line(_one_line(job.shown, e))
+            if bar is not None:
+                bar.update(1)
+
+    def emit(batch: list[tuple[Job, Any, Any]], alpha: bool) -> None:
+        if stop.event.is_set():
+            return
+        try:
+            if len(batch) == 1:
+                outs = [filter_image(module, batch[0][1], alpha=alpha, device=dev)]
+            else:
+                import torch
+
+                x = torch.stack([img for _, img, _ in batch])
+                outs = list(filter_batch(module, x, alpha=alpha, device=dev))
+        except Exception as e:
+            if len(batch) > 1:  # find the image that fails; filter the others
+                for item in batch:
+                    emit([item], alpha)
+                return
+            fail_line(_one_line(batch[0][0].shown, e))
+            if bar is not None:
+                bar.update(1)
+            return
+        for (job, _, info), out in zip(batch, outs, strict=True):
+            writes.append((job, encoders.submit(encode, job, out, info)))
+        settle(write_window)
+
+    groups: dict[tuple, list] = {}
+    pending = 0
+
+    def flush(key) -> None:
+        nonlocal pending
+        batch = groups.pop(key)
+        pending -= len(batch)
+        emit(batch, alpha=key[0] in (2, 4))
+
+    with _Stop() as stop:
+        try:
+            for job, fut in _window(todo, decoders, decode, read_window, stop.event):
+                try:
+                    image, info = fut.result()
+                except Exception as e:
+                    fail_line(_one_line(job.shown, e))
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                c, h, w = image.shape
+                if h * w > HUGE_PIXELS:
+                    emit([(job, image, info)], alpha=c in (2, 4))
+                    continue
+                key = (c, h, w, image.dtype)
+                groups.setdefault(key, []).append((job, image, info))
+                pending += 1
+                if len(groups[key]) >= batch_size or len(groups[key]) * h * w >= MAX_BATCH_PIXELS:
+                    flush(key)
+                # Many sizes, few of each: flush the biggest group so memory stays bounded.
+                while pending > 2 * batch_size:
+                    flush(max(groups, key=lambda k: len(groups[k])))
+            for key in list(groups):
+                flush(key)
+            settle(0)
+        finally:
+            decoders.shutdown(wait=True, cancel_futures=True)
+            # Writes in flight finish: each output is then complete (the rename is atomic).
+            encoders.shutdown(wait=True)
+            settle(0)
+            if bar is not None:
+                bar.close()
+        summary.interrupted = stop.signal
+
+
+def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,
+            stop: threading.Event) -> Iterator[tuple[Job, Future]]:
+    """Submit ``fn(job)`` for the jobs, at most ``size`` ahead; yield them in order."""
+    ahead: deque[tuple[Job, Future]] = deque()
+    it = iter(jobs)
+    for job in it:
+        if stop.is_set():
+            break
+        ahead.append((job, pool.submit(fn, job)))
+        if len(ahead) >= size:
+            yield ahead.popleft()
+    while ahead and not stop.is_set():
+        yield ahead.popleft()
+    for _, fut in ahead:
+        fut.cancel()

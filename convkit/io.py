@@ -1,0 +1,777 @@
+"""Reading and writing image files as torch tensors.
+
+Images are read into contiguous ``(C, H, W)`` tensors with one channel for grey, two for grey +
+alpha, three for RGB and four for RGBA. Pixel values keep the file's bit depth: ``torch.uint8``
+for 8-bit files, ``torch.uint16`` for 16-bit PNG and TIFF, ``torch.float32`` for float TIFF.
+
+Every problem with a file raises :class:`ImageFileError`, whose message is one line naming the
+file and the reason, so a command-line tool can print it as it is.
+
+The functions may be called from several threads at once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import struct
+import threading
+import warnings
+import zlib
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "WRITE_EXTENSIONS",
+    "ImageFileError",
+    "ImageInfo",
+    "is_image_path",
+    "read_image",
+    "read_image_with_info",
+    "write_image",
+]
+
+StrPath = str | os.PathLike[str]
+
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gif",
+)
+"""Extensions :func:`is_image_path` accepts (lower case, with the dot); GIF is read-only."""
+
+# Extension -> Pillow format name for writing.
+_WRITE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+}
+WRITE_EXTENSIONS: tuple[str, ...] = tuple(_WRITE_FORMATS)
+"""Extensions :func:`write_image` can write."""
+
+# Pillow plugins read_image may use. Limiting them keeps Pillow from handing a file to one of its
+# many rarer plugins (EPS even runs Ghostscript). The JPEG plugin also opens MPO, the JPEG variant
+# of cameras that store extra preview images.
+_READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+_READABLE = "PNG, JPEG, WebP, TIFF, BMP or GIF"
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_HEADER = b"Exif\x00\x00"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Largest side each format can store.
+_MAX_SIDE = {"JPEG": 65_535, "WEBP": 16_383}
+
+# Image.open runs with Pillow's process-wide pixel limit switched off, so that the image's size
+# can be checked here against max_pixels (which may be above Pillow's own limit) and reported in
+# the error. The lock stops two reads from restoring each other's values.
+_PILLOW_GLOBALS = threading.Lock()
+
+
+class ImageFileError(ValueError):
+    """An image file could not be read or written.
+
+    The message is one line, ``"<path>: <reason>"``, for example
+    ``"photo.png: not a PNG, JPEG, WebP, TIFF, BMP or GIF image (cannot identify image file)"``.
+    """
+
+
+@dataclass
+class ImageInfo:
+    """File metadata carried from an image that was read to the image written from it.
+
+    Attributes:
+        format: Pillow's format name of the source, e.g. ``"PNG"``, ``"JPEG"``.
+        mode: The source's Pillow mode, e.g. ``"RGB"``, ``"P"``, ``"I;16"``. For 16-bit colour
+            images, which Pillow cannot hold, it is ``"LA;16"``, ``"RGB;16"`` or ``"RGBA;16"``.
+        icc_profile: The embedded ICC profile, or None. Dropped on read when it does not describe
+            the channels returned (a CMYK profile on an image converted to RGB).
+        exif: The EXIF block as ``b"Exif\\0\\0"`` followed by the TIFF-structured data, or None.
+            When the orientation was applied on read, its Orientation tag reads 1. TIFF files
+            give None: their tags describe the file's own layout.
+        has_alpha: True when the tensor read has an alpha channel (2 or 4 channels).
+    """
+
+    format: str | None
+    mode: str
+    icc_profile: bytes | None
+    exif: bytes | None
+    has_alpha: bool
+
+
+def is_image_path(path: StrPath) -> bool:
+    """Tell from the name alone whether ``path`` is a file :func:`read_image` can read."""
+    return Path(os.fsdecode(path)).suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def read_image(path: StrPath, *, max_pixels: int | None = None) -> torch.Tensor:
+    """Read an image file into a tensor.
+
+    See :func:`read_image_with_info`, which also returns the file's metadata.
+
+    Returns:
+        Contiguous ``(C, H, W)`` tensor, ``uint8``, ``uint16`` or ``float32``.
+    """
+    return read_image_with_info(path, max_pixels=max_pixels)[0]
+
+
+def read_image_with_info(
+    path: StrPath, *, max_pixels: int | None = None
+) -> tuple[torch.Tensor, ImageInfo]:
+    """Read an image file into a tensor, with the metadata needed to write it back.
+
+    The format is told from the content, not the name: PNG, JPEG, WebP, TIFF, BMP and GIF. Of an
+    animated GIF, PNG or WebP only the first frame is read. The EXIF orientation is applied, so
+    the tensor is the image as it should be displayed.
+
+    Channels: grey gives 1, grey + alpha 2, RGB 3, RGBA 4. Palette images give RGB, or RGBA when
+    they have transparency; bilevel images give grey 0/255; CMYK and YCbCr give RGB.
+
+    Args:
+        path: The file to read.
+        max_pixels: Refuse images with more pixels (width * height) than this. None or 0 keeps
+            Pillow's limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million unless changed;
+            None there means no limit).
+
+    Returns:
+        ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` tensor, ``uint8`` for 8-bit
+        (and lower) files, ``uint16`` for 16-bit PNG and TIFF, ``float32`` (one channel) for
+        float TIFF; ``info`` is the file's :class:`ImageInfo`.
+
+    Raises:
+        ImageFileError: The file is missing, unreadable, not an image, corrupt or truncated,
+            in a pixel format this module does not handle, or over the pixel limit.
+        ValueError: ``max_pixels`` is negative.
+    """
+    name = os.fsdecode(path)
+    if max_pixels is not None and max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0, got {max_pixels}")
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+
+    data = _read_bytes(path, name)
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png_chunks(data, name)
+    im = _open(data, name)
+    try:
+        width, height = im.size
+        if limit is not None and width * height > limit:
+            raise ImageFileError(
+                f"{name}: image is {width}x{height} = {width * height} pixels, over the limit "
+                f"of {limit}; raise it with max_pixels"
+            )
+        if _is_16bit_colour(im, data):
+            chw, mode, orientation = _decode_16bit_colour(im, data, name)
+        else:
+            chw, mode, orientation = _decode_with_pillow(im, name)
+        image = _apply_orientation(torch.from_numpy(chw), orientation)
+        info = ImageInfo(
+            format="JPEG" if im.format == "MPO" else im.format,
+            mode=mode,
+            icc_profile=_matching_icc(im.info.get("icc_profile"), image.shape[0]),
+            exif=_exif_from(im, reset_orientation=orientation != 1),
+            has_alpha=image.shape[0] in (2, 4),
+        )
+    finally:
+        im.close()
+    return image, info
+
+
+def write_image(
+    path: StrPath,
+    image: torch.Tensor | np.ndarray,
+    *,
+    quality: int = 95,
+    format: str | None = None,
+    info: ImageInfo | None = None,
+) -> None:
+    """Write an image file, atomically: the file appears complete or not at all.
+
+    Pixel values: ``uint8`` is written as is. ``uint16`` stays 16-bit in PNG and TIFF and becomes
+    ``round(x / 257)`` in the 8-bit formats (JPEG, WebP, BMP). Floats are taken as 0..1 and
+    written as 8-bit ``round(clip(x, 0, 1) * 255)`` (NaN as 0), except a one-channel float image
+    in TIFF, which is written as 32-bit float unchanged.
+
+    Channels: JPEG and BMP have no alpha, so it is dropped (not blended). WebP stores grey as RGB.
+    16-bit grey + alpha is written to PNG and TIFF as 16-bit RGBA, as neither Pillow nor OpenCV
+    write 16-bit grey + alpha.
+
+    JPEG uses 4:4:4 chroma (no subsampling) when ``quality >= 90`` and 4:2:0 below, as
+    ImageMagick does; Huffman tables are not optimised and the file is baseline, for speed.
+
+    Metadata: the ICC profile and EXIF of ``info`` are written to JPEG, PNG, WebP and TIFF; BMP
+    has room for neither. A profile whose colour space (grey or RGB) does not match the written
+    channels is left out. 16-bit colour TIFF (written by OpenCV) carries no metadata.
+
+    Args:
+        path: The file to write; an existing file is replaced.
+        image: ``(C, H, W)`` or ``(H, W)`` tensor, or ``(H, W, C)`` or ``(H, W)`` NumPy array,
+            with 1 to 4 channels, of ``uint8``, ``uint16`` or a float dtype. Tensors may be on
+            any device.
+        quality: JPEG and WebP quality, 1 (smallest) to 100 (best).
+        format: ``"png"``, ``"jpeg"``/``"jpg"``, ``"webp"``, ``"tiff"``/``"tif"`` or ``"bmp"``
+            (any case); None takes it from the extension of ``path``.
+        info: Metadata to write, usually from :func:`read_image_with_info`.
+
+    Raises:
+        ImageFileError: Unknown format, an image the format cannot store, or the file cannot be
+            written (missing or read-only folder, disk full, ...).
+        TypeError: ``image`` is not a tensor or array.
+        ValueError: ``image`` has a shape or dtype listed above as unsupported, or ``quality`` is
+            out of range.
+    """
+    name = os.fsdecode(path)
+    fmt = _write_format(name, format)
+    if not isinstance(quality, int | np.integer) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1..100, got {quality}")
+    chw = _as_chw_array(image)
+    channels, height, width = chw.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"image has no pixels: shape {tuple(chw.shape)}")
+    if max(height, width) > _MAX_SIDE.get(fmt, 2**31 - 1):
+        raise ImageFileError(
+            f"{name}: cannot write ({width}x{height} is too large for {fmt}, which stores at "
+            f"most {_MAX_SIDE[fmt]} pixels a side)"
+        )
+    try:
+        payload = _encode(chw, fmt, quality, info)
+    except Exception as e:
+        # Pillow and OpenCV raise many kinds of exception for images they cannot encode.
+        raise ImageFileError(f"{name}: cannot write ({_describe(e)})") from None
+    _write_atomically(path, name, payload)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _read_bytes(path: StrPath, name: str) -> bytes:
+    """The whole file; the decoders then never see a file that changes or vanishes mid-read."""
+    try:
+        data = Path(os.fsdecode(path)).read_bytes()
+    except FileNotFoundError:
+        raise ImageFileError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageFileError(f"{name}: is a folder, not a file") from None
+    except PermissionError:
+        raise ImageFileError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise ImageFileError(f"{name}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise ImageFileError(f"{name}: empty file (0 bytes)")
+    return data
+
+
+def _check_png_chunks(data: bytes, name: str) -> None:
+    """Raise for a PNG chunk cut off by the end of the file or with a bad CRC.
+
+    Pillow does not check the CRC of image data chunks, and reports a cut-off header chunk only
+    as "cannot identify image file".
+    """
+    view = memoryview(data)
+    pos = len(_PNG_SIGNATURE)
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ImageFileError(f"{name}: truncated PNG file (ends inside a chunk header)")
+        length, chunk_type = struct.unpack_from(">I4s", data, pos)
+        kind = chunk_type.decode("latin-1")
+        end = pos + 12 + length
+        if end > len(data):
+            raise ImageFileError(f"{name}: truncated PNG file ({kind!r} chunk is cut off)")
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
+            raise ImageFileError(f"{name}: corrupt PNG file (bad CRC in {kind!r} chunk)")
+        if chunk_type == b"IEND":
+            return
+        pos = end
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format the file's first bytes claim, for error messages."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:2] == b"BM":
+        return "BMP"
+    return None
+
+
+def _open(data: bytes, name: str) -> Image.Image:
+    """Parse the header with Pillow (no pixel limit; the caller checks the size)."""
+    claimed = _sniff(data)
+    # Pillow reports a damaged TIFF header by warning, then failing; keep the warning for the
+    # error message instead of letting it print. Only for TIFF, because catching warnings
+    # resets Python's record of warnings already shown, process-wide.
+    catching = warnings.catch_warnings(record=True) if claimed == "TIFF" else nullcontext()
+    error: Exception | None = None
+    with _PILLOW_GLOBALS, catching as caught:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(io.BytesIO(data), formats=_READ_FORMATS)
+        except Exception as e:
+            # Pillow raises many kinds of exception for corrupt headers.
+            error = e
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    notes = [_one_line(str(w.message)) for w in caught or ()]
+    if error is None:
+        for note in notes:
+            warnings.warn(f"{name}: {note}", UserWarning, stacklevel=3)
+        return im
+    if isinstance(error, UnidentifiedImageError):
+        if claimed is None:
+            reason = f"not a {_READABLE} image (cannot identify image file)"
+        else:
+            reason = f"corrupt, truncated or unsupported {claimed} file (cannot identify image file"
+            reason += "".join(f"; {note}" for note in notes) + ")"
+    else:
+        reason = f"corrupt or truncated {claimed or 'image'} file ({_describe(error)})"
+    raise ImageFileError(f"{name}: {reason}")
+
+
+def _load(im: Image.Image, name: str) -> None:
+    """Decode the pixels, turning every decoder failure into ImageFileError."""
+    width, height = im.size
+    limit = Image.MAX_IMAGE_PIXELS
+    # Pillow's TIFF decoder checks its pixel limit again; an image allowed through by a raised
+    # max_pixels must be decoded with that limit off. Only huge images take the lock here.
+    over_pillow_limit = limit is not None and width * height > limit
+    try:
+        if over_pillow_limit:
+            with _PILLOW_GLOBALS:
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    im.load()
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+        else:
+            im.load()
+    except MemoryError:
+        raise ImageFileError(
+            f"{name}: not enough memory to decode {width}x{height} image"
+        ) from None
+    except Exception as e:
+        # Pillow raises many kinds of exception for corrupt data.
+        raise ImageFileError(
+            f"{name}: corrupt or truncated {im.format} file ({_describe(e)})"
+        ) from None
+
+
+# Pillow mode of the source -> mode to convert to before handing the pixels to NumPy.
+_CONVERT = {
+    "1": "L",
+    "La": "LA",
+    "PA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+}
+_KEEP = {"L", "LA", "RGB", "RGBA", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _decode_with_pillow(im: Image.Image, name: str) -> tuple[np.ndarray, str, int]:
+    """Decode with Pillow. Returns ``((C, H, W) array, source mode, EXIF orientation)``."""
+    _load(im, name)
+    mode = im.mode
+    if mode == "P":
+        target = "RGBA" if im.has_transparency_data else "RGB"
+    elif mode in ("L", "RGB") and "transparency" in im.info:
+        target = mode + "A"  # a colour key (PNG tRNS, GIF) becomes an alpha channel
+    elif mode in _CONVERT:
+        target = _CONVERT[mode]
+    elif mode in _KEEP:
+        target = mode
+    else:
+        raise ImageFileError(f"{name}: unsupported pixel format (Pillow mode {mode!r})")
+    # Read after load: Pillow applies a TIFF's orientation itself while loading and then
+    # removes the tag, and a PNG's eXIf chunk may come after the image data.
+    orientation = _orientation(im)
+    try:
+        pixels = im if target == mode else im.convert(target)
+    except Exception as e:
+        # A damaged palette can make the conversion fail.
+        reason = f"cannot convert {mode} pixels to {target} ({_describe(e)})"
+        raise ImageFileError(f"{name}: {reason}") from None
+    return _hwc_to_chw(np.asarray(pixels)), mode, orientation
+
+
+def _is_16bit_colour(im: Image.Image, data: bytes) -> bool:
+    """True for 16-bit PNG or TIFF with more than one channel, which Pillow reads as 8-bit."""
+    if im.format == "PNG":
+        bit_depth, colour_type = data[24], data[25]  # from IHDR, always the first chunk
+        return bit_depth == 16 and colour_type in (2, 4, 6)  # RGB, grey + alpha, RGBA
+    if im.format == "TIFF":
+        bits = _as_tuple(im.tag_v2.get(258, ()))  # BitsPerSample
+        return im.mode in ("RGB", "RGBA") and bool(bits) and max(bits) == 16
+    return False
+
+
+def _decode_16bit_colour(im: Image.Image, data: bytes, name: str) -> tuple[np.ndarray, str, int]:
+    """Decode 16-bit colour PNG or TIFF with OpenCV, as Pillow has no 16-bit colour modes."""
+    if im.format == "TIFF":
+        _check_tiff_strips(im, data, name)
+        orientation = 1  # OpenCV's TIFF decoder applies the Orientation tag itself
+    else:
+        orientation = _orientation(im)  # for PNG, IMREAD_UNCHANGED ignores it
+    # IMREAD_UNCHANGED keeps 16 bits and alpha.
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4):
+        raise ImageFileError(f"{name}: corrupt or truncated 16-bit {im.format} file")
+    planes = cv2.split(bgr)
+    if im.format == "PNG" and data[25] == 4:
+        # OpenCV expands grey + alpha to BGRA with B = G = R.
+        return np.stack([planes[0], planes[3]]), "LA;16", orientation
+    rgb = [planes[2], planes[1], planes[0], *planes[3:]]
+    mode = "RGBA;16" if len(rgb) == 4 else "RGB;16"
+    return np.stack(rgb), mode, orientation
+
+
+def _check_tiff_strips(im: Image.Image, data: bytes, name: str) -> None:
+    """Raise if the TIFF's image data runs past the end of the file.
+
+    Checked before OpenCV decodes, which would log libtiff's complaints to stderr.
+    """
+    offsets = _as_tuple(im.tag_v2.get(273) or im.tag_v2.get(324) or ())  # strips or tiles
+    counts = _as_tuple(im.tag_v2.get(279) or im.tag_v2.get(325) or ())
+    if offsets and len(offsets) == len(counts):
+        end = max(o + c for o, c in zip(offsets, counts, strict=True))
+        if end > len(data):
+            raise ImageFileError(
+                f"{name}: truncated TIFF file (image data ends at byte {end}, the file at "
+                f"{len(data)})"
+            )
+
+
+def _as_tuple(value: object) -> tuple:
+    """Pillow gives a single-valued TIFF tag as a bare value, a multi-valued one as a tuple."""
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
+
+
+def _hwc_to_chw(a: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` -> new writable, native-endian ``(C, H, W)`` array.
+
+    Always a copy: Pillow's arrays are read-only, which torch.from_numpy warns about.
+    """
+    if a.ndim == 2:
+        a = a[:, :, np.newaxis]
+    return np.array(a.transpose(2, 0, 1), dtype=a.dtype.newbyteorder("="), order="C")
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:
+        # Unreadable EXIF must not make the pixels unreadable; show the image as stored.
+        return 1
+    return _valid_orientation(value)
+
+
+def _valid_orientation(value: object) -> int:
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a ``(C, H, W)`` image stored with EXIF ``orientation`` into display layout."""
+    h, w = 1, 2
+    if orientation == 2:
+        image = image.flip(w)
+    elif orientation == 3:
+        image = image.flip(h, w)
+    elif orientation == 4:
+        image = image.flip(h)
+    elif orientation == 5:
+        image = image.transpose(h, w)
+    elif orientation == 6:
+        image = image.rot90(-1, (h, w))  # clockwise
+    elif orientation == 7:
+        image = image.transpose(h, w).flip(h, w)
+    elif orientation == 8:
+        image = image.rot90(1, (h, w))  # anticlockwise
+    return image.contiguous()
+
+
+def _exif_from(im: Image.Image, *, reset_orientation: bool) -> bytes | None:
+    """The EXIF block as ``b"Exif\\0\\0"`` + TIFF data, Orientation set to 1 if asked."""
+    raw = im.info.get("exif")
+    if raw is None and "Raw profile type exif" in im.info:  # PNG written by ImageMagick
+        try:
+            raw = im.getexif().tobytes()
+        except Exception:
+            return None
+    if not isinstance(raw, bytes):
+        return None
+    if not raw.startswith(_EXIF_HEADER):  # PNG eXIf and WebP store the TIFF data bare
+        raw = _EXIF_HEADER + raw
+    if raw[6:10] not in (b"II*\x00", b"MM\x00*"):
+        return None  # not EXIF that any writer could use
+    return _set_orientation_1(raw) if reset_orientation else raw
+
+
+def _set_orientation_1(exif: bytes) -> bytes | None:
+    """Set the Orientation tag of IFD0 to 1 in place, keeping every other byte.
+
+    Re-serialising with Pillow would move data and break offsets inside maker notes, so the
+    value is patched; Pillow is the fallback for layouts this does not handle.
+    """
+    tiff = exif[6:]
+    order = "<" if tiff[:2] == b"II" else ">"
+    try:
+        (ifd0,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd0)
+        for entry in range(ifd0 + 2, ifd0 + 2 + 12 * count, 12):
+            tag, kind, n = struct.unpack_from(order + "HHI", tiff, entry)
+            if tag == _EXIF_ORIENTATION and kind == 3 and n == 1:  # one SHORT
+                patched = bytearray(exif)
+                struct.pack_into(order + "H", patched, 6 + entry + 8, 1)
+                return bytes(patched)
+    except struct.error:
+        pass
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        parsed[_EXIF_ORIENTATION] = 1
+        return parsed.tobytes()
+    except Exception:
+        return None  # better no EXIF than one that makes viewers rotate the image again
+
+
+def _matching_icc(icc: object, channels: int) -> bytes | None:
+    """The ICC profile if its colour space fits ``channels`` (grey: 1-2, RGB: 3-4), else None."""
+    if not isinstance(icc, bytes) or len(icc) < 20:
+        return None
+    space = icc[16:20]  # the profile header's data colour space
+    if (channels <= 2 and space == b"GRAY") or (channels >= 3 and space == b"RGB "):
+        return icc
+    return None
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _write_format(name: str, format: str | None) -> str:
+    supported = ", ".join(WRITE_EXTENSIONS)
+    if format is not None:
+        fmt = _WRITE_FORMATS.get("." + format.lower().lstrip("."))
+        if fmt is None:
+            raise ImageFileError(
+                f"{name}: cannot write (unknown format {format!r}; use one of {supported})"
+            )
+        return fmt
+    ext = Path(name).suffix.lower()
+    fmt = _WRITE_FORMATS.get(ext)
+    if fmt is None:
+        what = f"extension {ext!r}" if ext else "no extension"
+        raise ImageFileError(
+            f"{name}: cannot write ({what}; use one of {supported}, or pass format)"
+        )
+    return fmt
+
+
+def _as_chw_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Check ``image`` and view it as a ``(C, H, W)`` NumPy array (a copy only when needed)."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        elif t.ndim != 3:
+            raise ValueError(f"expected a (C, H, W) or (H, W) tensor, got shape {tuple(t.shape)}")
+        if t.dtype not in (torch.uint8, torch.uint16) and not t.dtype.is_floating_point:
+            raise ValueError(f"unsupported dtype {t.dtype}; use uint8, uint16 or a float dtype")
+        if t.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            t = t.float()
+        chw = t.numpy()
+    elif isinstance(image, np.ndarray):
+        hwc = image[:, :, np.newaxis] if image.ndim == 2 else image
+        if hwc.ndim != 3:
+            raise ValueError(f"expected an (H, W, C) or (H, W) array, got shape {image.shape}")
+        if hwc.dtype not in (np.uint8, np.uint16) and hwc.dtype.kind != "f":
+            raise ValueError(f"unsupported dtype {hwc.dtype}; use uint8, uint16 or a float dtype")
+        chw = hwc.transpose(2, 0, 1)
+    else:
+        raise TypeError(f"expected a torch.Tensor or numpy.ndarray, got {type(image).__name__}")
+    if not 1 <= chw.shape[0] <= 4:
+        raise ValueError(f"expected 1 to 4 channels, got {chw.shape[0]} (shape {chw.shape})")
+    return chw
+
+
+def _to_8bit(chw: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` uint8, uint16 or float -> uint8, as documented in :func:`write_image`."""
+    if chw.dtype == np.uint8:
+        return chw
+    if chw.dtype == np.uint16:
+        # round(x / 257) maps 0..65535 onto 0..255; x / 257 is never exactly halfway.
+        return ((chw.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return _float_to_8bit(chw)
+
+
+def _float_to_8bit(chw: np.ndarray) -> np.ndarray:
+    """round(clip(x, 0, 1) * 255) with NaN as 0, a cache-sized block of rows at a time.
+
+    Whole-image temporaries cost more in memory traffic and page faults than the arithmetic:
+    this is several times faster than the same operations on the full array.
+    """
+    channels, height, width = chw.shape
+    out = np.empty(chw.shape, np.uint8)
+    rows = max(1, 65_536 // max(width, 1))
+    scratch = np.empty((rows, width), np.promote_types(chw.dtype, np.float32))
+    for c in range(channels):
+        for top in range(0, height, rows):
+            src = chw[c, top : top + rows]
+            buf = scratch[: src.shape[0]]
+            np.multiply(src, 255, out=buf)
+            np.fmax(buf, 0, out=buf)  # fmax also turns NaN into 0
+            np.minimum(buf, 255, out=buf)
+            np.rint(buf, out=buf)  # half to even, like round()
+            out[c, top : top + rows] = buf
+    return out
+
+
+def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None) -> bytes:
+    """Encode a ``(C, H, W)`` array into the bytes of a ``fmt`` file."""
+    channels = chw.shape[0]
+    if fmt in ("JPEG", "BMP"):
+        chw = _to_8bit(chw[: 3 if channels >= 3 else 1])  # no alpha in these formats
+    elif fmt == "WEBP":
+        chw = _to_8bit(chw)
+        if channels <= 2:  # WebP has no grey
+            chw = chw[[0, 0, 0, 1][: channels + 2]]
+    elif fmt == "TIFF" and chw.dtype.kind == "f" and channels == 1:
+        chw = chw.astype(np.float32, copy=False)
+    elif chw.dtype != np.uint16:
+        chw = _to_8bit(chw)
+    elif channels == 2:
+        chw = chw[[0, 0, 0, 1]]  # 16-bit grey + alpha: neither Pillow nor OpenCV write it
+
+    icc = _matching_icc(info.icc_profile, chw.shape[0]) if info is not None else None
+    exif = info.exif if info is not None and fmt != "BMP" else None
+    if chw.dtype == np.uint16 and chw.shape[0] > 1:
+        return _encode_16bit_colour(chw, fmt, icc, exif)
+
+    options: dict[str, object] = {}
+    if fmt == "JPEG":
+        subsampling = "4:4:4" if quality >= 90 else "4:2:0"
+        options.update(quality=int(quality), subsampling=subsampling, optimize=False)
+    elif fmt == "WEBP":
+        options.update(quality=int(quality))
+    if icc is not None and fmt != "BMP":
+        options["icc_profile"] = icc
+    if exif is not None:
+        options["exif"] = exif
+    buffer = io.BytesIO()
+    Image.fromarray(_chw_to_hwc(chw)).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _encode_16bit_colour(chw: np.ndarray, fmt: str, icc: bytes | None, exif: bytes | None) -> bytes:
+    """16-bit PNG or TIFF with 3 or 4 channels, via OpenCV (Pillow cannot hold them)."""
+    bgr = chw[[2, 1, 0, 3][: chw.shape[0]]]
+    ok, encoded = cv2.imencode(".png" if fmt == "PNG" else ".tiff", _chw_to_hwc(bgr))
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a 16-bit {fmt}")
+    data = encoded.tobytes()
+    if fmt != "PNG":
+        return data
+    chunks = []
+    if icc is not None:
+        # Profile name, NUL, compression method 0 (zlib), compressed profile.
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    if exif is not None:
+        chunks.append(_png_chunk(b"eXIf", exif.removeprefix(_EXIF_HEADER)))
+    # Straight after IHDR (8-byte signature + 25-byte chunk): iCCP must precede the image data,
+    # and readers find eXIf there without decoding.
+    return data[:33] + b"".join(chunks) + data[33:]
+
+
+def _chw_to_hwc(chw: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` -> C-contiguous, native-endian ``(H, W, C)``, or ``(H, W)`` for C = 1."""
+    if not chw.dtype.isnative:
+        chw = chw.astype(chw.dtype.newbyteorder("="))
+    if chw.shape[0] == 1:
+        return np.ascontiguousarray(chw[0])
+    hwc = chw.transpose(1, 2, 0)
+    if hwc.flags.c_contiguous:  # came from an (H, W, C) array
+        return hwc
+    # cv2.merge interleaves planes much faster than a NumPy transposing copy.
+    return cv2.merge([np.ascontiguousarray(plane) for plane in chw])
+
+
+def _png_chunk(chunk_type: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(chunk_type + body)
+    return struct.pack(">I", len(body)) + chunk_type + body + struct.pack(">I", crc)
+
+
+def _write_atomically(path: StrPath, name: str, payload: bytes) -> None:
+    """Write ``payload`` to a hidden temporary file beside ``path``, then rename it onto it."""
+    target = Path(os.fsdecode(path))
+    folder = target.parent
+    temp: Path | None = None
+    try:
+        # Not tempfile.mkstemp: it creates the file 0600, and fixing that needs the umask,
+        # which can only be read by changing it, process-wide. os.open applies the umask.
+        candidate = folder / f".convkit-{secrets.token_hex(8)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(candidate, flags, 0o666)
+        temp = candidate
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(temp, target)
+    except OSError as e:
+        if temp is not None:
+            _remove_quietly(temp)
+        raise ImageFileError(f"{name}: cannot write ({_write_failure(e, folder)})") from None
+    except BaseException:
+        if temp is not None:
+            _remove_quietly(temp)
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _write_failure(e: OSError, folder: Path) -> str:
+    if isinstance(e, FileNotFoundError | NotADirectoryError) and not folder.is_dir():
+        return f"folder {str(folder)!r} does not exist"
+    if isinstance(e, PermissionError):
+        return f"no permission to write in {str(folder)!r}"
+    if isinstance(e, IsADirectoryError):
+        return "a folder of that name is in the way"
+    return e.strerror or _describe(e)
+
+
+# --- shared --------------------------------------------------------------------------------
+
+
+def _describe(e: BaseException) -> str:
+    text = _one_line(str(e))
+    return text or type(e).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -285,13 +285,13 @@ def apply_cmd(spec: str, **kw: Any) -> None:
       convkit apply my_kernel.toml photo.png -o photo-mine.png
       convkit apply model.pt photos/ -r -o out/
     """
-    from .pipeline import output_name
+    from .pipeline import file_spec, output_name
 
     name = output_name(spec)
     try:
         import convkit
 
-        module = convkit.chain(spec)
+        module = convkit.chain(file_spec(spec))
     except (TypeError, ValueError) as e:
         raise click.BadParameter(" ".join(str(e).split()), param_hint="SPEC") from None
     _execute(module, name, kw)
@@ -447,4 +447,14 @@ def _matrix(k) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``convkit`` script and ``python -m convkit``."""
-    cli.main(argv, prog_name="convkit")
+    # click's standalone mode turns Ctrl-C into "Aborted!" and exit 1; a Ctrl-C that comes
+    # before the run has set up its own handler (while torch imports, say) should exit 130 too.
+    try:
+        code = cli.main(argv, prog_name="convkit", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("convkit: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
-           "output_name", "UsageError"]
+           "output_name", "file_spec", "UsageError"]
 
 #: --format values and the extension each writes.
 FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif",
@@ -117,11 +117,21 @@ def _io():
     return io
 
 
+def file_spec(spec: Any) -> Any:
+    """A spec string that names an existing file (a kernel .toml or a model), quoted so that
+    any file name parses as one path element; anything else as it is."""
+    if isinstance(spec, str) and os.path.isfile(spec):
+        return '"' + spec.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return spec
+
+
 def output_name(spec: Any) -> str:
     """The tag in ``<stem>-<tag><ext>``: the filter names of a chain spec joined by ``-``."""
     if not isinstance(spec, str):
         return "filtered"
     from .spec import parse
+
+    spec = file_spec(spec)
 
     try:
         calls = parse(spec)
@@ -356,6 +366,8 @@ class _Stop:
     def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup, a background job): leave it so
                 try:
                     self._old[sig] = signal.signal(sig, self._handle)
                 except (ValueError, OSError):  # pragma: no cover - exotic embedding
@@ -476,7 +488,7 @@ def _prepare(spec: Any, device: str | None, rank: int):
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
         dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-    module = convkit.chain(spec).to(dev).eval()
+    module = convkit.chain(file_spec(spec)).to(dev).eval()
     return module, dev
 
 

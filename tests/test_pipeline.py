@@ -1,0 +1,261 @@
+"""``convkit.run``: planning outputs, batching, bounded queues, devices and torchrun sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import convkit
+from convkit import pipeline
+from convkit.pipeline import UsageError, plan
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+
+
+def photo(h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 90 * np.sin(xx / (5 + c) + yy / 7) for c in range(3)], -1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def sharpened(img: np.ndarray) -> np.ndarray:
+    return cv2.filter2D(img, -1, SHARPEN, borderType=cv2.BORDER_REFLECT_101)
+
+
+def write(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def test_plan_output_rules(tmp_path):
+    a = write(tmp_path / "a.jpg", photo())
+    b = write(tmp_path / "sub" / "b.png", photo())
+    jobs, errors = plan([a], None, name="sharpen")
+    assert errors == [] and [j.out for j in jobs] == [str(tmp_path / "a-sharpen.jpg")]
+    jobs, _ = plan([a], tmp_path / "x.png")
+    assert [j.out for j in jobs] == [str(tmp_path / "x.png")]
+    jobs, _ = plan([a], str(tmp_path / "outdir") + "/")  # a trailing slash: a folder
+    assert [j.out for j in jobs] == [str(tmp_path / "outdir" / "a.jpg")]
+    jobs, _ = plan([tmp_path], tmp_path / "o", recursive=True)
+    assert [j.out for j in jobs] == [str(tmp_path / "o" / "a.jpg"),
+                                     str(tmp_path / "o" / "sub" / "b.png")]
+    jobs, _ = plan([a, b], tmp_path / "o", format="webp")
+    assert [j.out for j in jobs] == [str(tmp_path / "o" / "a.webp"),
+                                     str(tmp_path / "o" / "sub" / "b.webp")]
+    jobs, _ = plan([a], None, in_place=True)
+    assert jobs[0].out == str(a) and jobs[0].error is None
+    jobs, _ = plan([a, a, str(tmp_path / "*.jpg")], tmp_path / "o")  # one file named 3 times
+    assert len(jobs) == 1
+
+
+def test_plan_refuses_collisions_and_bad_combinations(tmp_path):
+    a = write(tmp_path / "a.png", photo())
+    write(tmp_path / "a.jpg", photo())
+    jobs, _ = plan([tmp_path], tmp_path / "o", format="png")
+    assert jobs[0].error is None
+    assert jobs[1].error == (f"{tmp_path / 'a.png'}: the output {tmp_path / 'o' / 'a.png'} is "
+                             f"also the output of {tmp_path / 'a.jpg'}")
+    with pytest.raises(UsageError, match="not both"):
+        plan([a], tmp_path / "o.png", in_place=True)
+    with pytest.raises(UsageError, match="needs -o"):
+        plan([tmp_path], None)
+    with pytest.raises(UsageError, match="invalid format 'gif'"):
+        plan([a], None, format="gif")
+
+
+def test_the_output_folder_inside_the_input_folder_is_not_read_back(tmp_path):
+    write(tmp_path / "a.png", photo())
+    s1 = convkit.run("sharpen", tmp_path, tmp_path / "out", recursive=True, progress=False)
+    s2 = convkit.run("sharpen", tmp_path, tmp_path / "out", recursive=True, progress=False)
+    assert (s1.written, s2.written) == (1, 1)
+    assert files_under(tmp_path) == ["a.png", "out/a.png"]
+
+
+def test_default_output_name_of_a_chain():
+    assert pipeline.output_name("gaussian(sigma=2) | sharpen") == "gaussian-sharpen"
+    assert pipeline.output_name("kernels/ridge.toml") == "ridge"
+    assert pipeline.output_name(torch.nn.Identity()) == "filtered"
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def test_run_returns_a_summary_and_writes_filtered_files(tmp_path):
+    imgs = {f"{i}.png": photo(seed=i) for i in range(3)}
+    for name, img in imgs.items():
+        write(tmp_path / "in" / name, img)
+    summary = convkit.run("sharpen", [tmp_path / "in"], tmp_path / "out", progress=False)
+    assert isinstance(summary, convkit.Summary)
+    assert (summary.written, summary.skipped, summary.failed, summary.exit_code) == (3, 0, 0, 0)
+    assert json.loads(summary.to_json())["written"] == 3
+    assert "3 written, 0 skipped, 0 failed" in summary.line()
+    for name, img in imgs.items():
+        got = cv2.imread(str(tmp_path / "out" / name))
+        assert np.abs(got.astype(int) - sharpened(img).astype(int)).max() <= 1
+
+
+def test_same_size_images_are_batched_and_every_result_is_right(tmp_path, monkeypatch):
+    shapes = [(40, 56)] * 7 + [(30, 20)] * 2 + [(41, 57)]
+    imgs = {}
+    for i, (h, w) in enumerate(shapes):
+        imgs[f"{i:02d}.png"] = photo(h, w, seed=i)
+        write(tmp_path / "in" / f"{i:02d}.png", imgs[f"{i:02d}.png"])
+    batches = []
+    real = pipeline.filter_batch
+
+    def spy(module, batch, **kw):
+        batches.append(tuple(batch.shape))
+        return real(module, batch, **kw)
+
+    monkeypatch.setattr(pipeline, "filter_batch", spy)
+    summary = convkit.run("sharpen", tmp_path / "in", tmp_path / "out", batch_size=3,
+                          progress=False)
+    assert summary.written == len(shapes)
+    assert sorted(batches) == sorted([(3, 3, 40, 56), (3, 3, 40, 56), (1, 3, 40, 56),
+                                      (2, 3, 30, 20), (1, 3, 41, 57)])
+    for name, img in imgs.items():
+        got = cv2.imread(str(tmp_path / "out" / name))
+        assert np.abs(got.astype(int) - sharpened(img).astype(int)).max() <= 1
+
+
+def test_a_failing_batch_is_retried_one_image_at_a_time(tmp_path, monkeypatch):
+    for i in range(3):
+        write(tmp_path / "in" / f"{i}.png", photo(seed=i))
+    real = pipeline.filter_batch
+
+    def flaky(module, batch, **kw):
+        if batch.shape[0] > 1 or int(batch[0, 0, 0, 0]) == int(photo(seed=1)[0, 0, 2]):
+            raise RuntimeError("simulated device failure")
+        return real(module, batch, **kw)
+
+    monkeypatch.setattr(pipeline, "filter_batch", flaky)
+    errors = []
+    summary = convkit.run("sharpen", tmp_path / "in", tmp_path / "out", batch_size=3,
+                          progress=False, on_error=errors.append)
+    assert (summary.written, summary.failed) == (2, 1)
+    assert errors == [f"{tmp_path / 'in' / '1.png'}: simulated device failure"]
+    assert files_under(tmp_path / "out") == ["0.png", "2.png"]
+
+
+def test_queues_are_bounded_however_many_files(tmp_path, monkeypatch):
+    n = 120
+    for i in range(n):
+        write(tmp_path / "in" / f"{i:03d}.png", photo(8, 8, seed=i))
+    live = {"now": 0, "peak": 0}
+    io = pipeline._io()
+    read, write_image = io.read_image_with_info, io.write_image
+
+    def counting_read(path, **kw):
+        out = read(path, **kw)
+        live["now"] += 1
+        live["peak"] = max(live["peak"], live["now"])
+        return out
+
+    def counting_write(path, image, **kw):
+        write_image(path, image, **kw)
+        live["now"] -= 1
+
+    monkeypatch.setattr(io, "read_image_with_info", counting_read)
+    monkeypatch.setattr(io, "write_image", counting_write)
+    summary = convkit.run("sharpen", tmp_path / "in", tmp_path / "out", batch_size=4, workers=2,
+                          progress=False)
+    assert summary.written == n
+    # read window + images waiting for a batch + write window, never the whole folder
+    assert live["peak"] <= 2 * 4 + 2 * 4 + 4 + 4, live
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_devices(tmp_path, device):
+    img = photo()
+    src = write(tmp_path / "a.png", img)
+    summary = convkit.run("sharpen", src, tmp_path / "b.png", device=device, progress=False)
+    assert summary.written == 1 and summary.device.startswith(device)
+    got = cv2.imread(str(tmp_path / "b.png"))
+    assert np.abs(got.astype(int) - sharpened(img).astype(int)).max() <= 1
+
+
+def test_unknown_device_and_bad_spec_raise(tmp_path):
+    src = write(tmp_path / "a.png", photo())
+    with pytest.raises(ValueError, match="Invalid device"):
+        convkit.run("sharpen", src, tmp_path / "b.png", device="tpu")
+    with pytest.raises(ValueError, match="Unknown filter 'sharpn'"):
+        convkit.run("sharpn", src, tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+    for i in range(3):
+        write(tmp_path / "in" / f"{i}.png", photo(seed=i))
+    convkit.run("sharpen", tmp_path / "in", tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert "0/3" in err and "img/s" in err  # total known, unit images per second
+
+
+# --- sharding across processes (torchrun's RANK / WORLD_SIZE) -----------------------------
+
+
+def test_rank_env_must_make_sense(tmp_path, monkeypatch):
+    src = write(tmp_path / "a.png", photo())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(UsageError, match=r"RANK should be in \[0, WORLD_SIZE\)"):
+        convkit.run("sharpen", src, tmp_path / "b.png")
+
+
+def test_two_ranks_write_every_output_exactly_once(tmp_path):
+    n = 9
+    imgs = {f"sub{i % 2}/{i}.png": photo(24, 32, seed=i) for i in range(n)}
+    for rel, img in imgs.items():
+        write(tmp_path / "in" / rel, img)
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                   OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "convkit", "sharpen", "-r", str(tmp_path / "in"), "-o",
+               str(tmp_path / "out"), "--json", "--device", "cpu"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    summaries = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        summaries.append(json.loads(out))
+    assert [s["rank"] for s in summaries] == [0, 1]
+    # a deterministic split of the sorted inputs: 5 + 4, and together every file once
+    assert [s["written"] for s in summaries] == [5, 4]
+    assert files_under(tmp_path / "out") == sorted(imgs)
+    for rel, img in imgs.items():
+        got = cv2.imread(str(tmp_path / "out" / rel))
+        assert np.abs(got.astype(int) - sharpened(img).astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    for i in range(6):
+        write(tmp_path / "in" / f"{i}.png", photo(seed=i))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "convkit",
+           "sharpen", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--json", "-q"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summaries = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert sorted(s["rank"] for s in summaries) == [0, 1]
+    assert sum(s["written"] for s in summaries) == 6
+    assert len(files_under(tmp_path / "out")) == 6

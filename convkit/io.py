@@ -669,6 +669,8 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None) -> 
     exif = info.exif if info is not None and fmt != "BMP" else None
     if chw.dtype == np.uint16 and chw.shape[0] > 1:
         return _encode_16bit_colour(chw, fmt, icc, exif)
+    if chw.dtype == np.uint8 and (fmt == "JPEG" or (fmt == "PNG" and chw.shape[0] != 2)):
+        return _encode_8bit_opencv(chw, fmt, quality, icc, exif)
 
     options: dict[str, object] = {}
     if fmt == "JPEG":
@@ -685,6 +687,54 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None) -> 
     return buffer.getvalue()
 
 
+def _encode_8bit_opencv(chw: np.ndarray, fmt: str, quality: int, icc: bytes | None,
+                        exif: bytes | None) -> bytes:
+    """8-bit JPEG (grey or RGB) and PNG (grey, RGB, RGBA) via OpenCV.
+
+    Why not Pillow: OpenCV releases the GIL while it encodes, so the writer threads of a batch
+    run really run in parallel (Pillow's encoders hold it), and its PNG settings (zlib level 1,
+    filtered) are about ten times faster than Pillow's level 6 for files a few percent larger.
+    The JPEG settings are the ones documented in :func:`write_image`.
+    """
+    planes = chw if chw.shape[0] == 1 else chw[[2, 1, 0, 3][: chw.shape[0]]]
+    if fmt == "PNG":
+        ok, encoded = cv2.imencode(".png", _chw_to_hwc(planes))
+        if not ok:
+            raise RuntimeError("OpenCV could not encode a PNG")
+        return _png_with_metadata(encoded.tobytes(), icc, exif)
+    sampling = (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90
+                else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling]
+    ok, encoded = cv2.imencode(".jpg", _chw_to_hwc(planes), params)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return _jpeg_with_metadata(encoded.tobytes(), icc, exif)
+
+
+def _jpeg_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Insert EXIF (APP1) and the ICC profile (APP2 chunks) after SOI and the JFIF APP0
+    segment, where Pillow's encoder puts them."""
+    segments = []
+    if exif is not None:
+        if len(exif) > 65_533:
+            raise ValueError(f"EXIF block of {len(exif)} bytes is too long for JPEG")
+        segments.append(b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif)
+    if icc is not None:
+        size = 65_519  # 65535 - 2 (length) - 12 ("ICC_PROFILE\0") - 2 (sequence, count)
+        parts = [icc[i : i + size] for i in range(0, len(icc), size)]
+        if len(parts) > 255:
+            raise ValueError(f"ICC profile of {len(icc)} bytes is too long for JPEG")
+        for n, part in enumerate(parts, start=1):
+            body = b"ICC_PROFILE\x00" + bytes([n, len(parts)]) + part
+            segments.append(b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body)
+    if not segments:
+        return data
+    pos = 2  # after SOI
+    if data[2:4] == b"\xff\xe0":
+        pos = 4 + struct.unpack_from(">H", data, 4)[0]
+    return data[:pos] + b"".join(segments) + data[pos:]
+
+
 def _encode_16bit_colour(chw: np.ndarray, fmt: str, icc: bytes | None, exif: bytes | None) -> bytes:
     """16-bit PNG or TIFF with 3 or 4 channels, via OpenCV (Pillow cannot hold them)."""
     bgr = chw[[2, 1, 0, 3][: chw.shape[0]]]
@@ -694,6 +744,11 @@ def _encode_16bit_colour(chw: np.ndarray, fmt: str, icc: bytes | None, exif: byt
     data = encoded.tobytes()
     if fmt != "PNG":
         return data
+    return _png_with_metadata(data, icc, exif)
+
+
+def _png_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Insert iCCP and eXIf chunks into a PNG written by OpenCV."""
     chunks = []
     if icc is not None:
         # Profile name, NUL, compression method 0 (zlib), compressed profile.

@@ -76,8 +76,9 @@ def _run_params() -> list[click.Parameter]:
                      help="Output format. Default: the output's extension."),
         click.Option(["--quality"], type=click.IntRange(1, 100), default=95, show_default=True,
                      help="JPEG/WebP quality."),
-        click.Option(["--batch-size"], type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Images of the same size filtered together."),
+        click.Option(["--batch-size"], type=click.IntRange(min=1), default=None,
+                     help="Images of the same size filtered together (default: 8 on CUDA, 1 on "
+                          "the CPU)."),
         click.Option(["--device"], default="auto", show_default=True,
                      help="auto (CUDA when present), cpu, cuda or cuda:N."),
         click.Option(["--workers"], type=click.IntRange(min=1), default=None,

@@ -1,0 +1,228 @@
+"""Tiled filtering equals filtering whole: linear, median, pooling and learned-like chains, every
+border mode, tiny tiles (so that every tile edge and image edge case is hit), in place too."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import convkit
+from convkit import engine, tiling
+
+R = np.random.default_rng(11)
+LOCAL_BORDERS = ["reflect", "replicate", "constant", "symmetric"]
+
+
+def _img(shape, dtype=torch.uint8, b=1, c=3) -> torch.Tensor:
+    if dtype == torch.uint8:
+        return torch.from_numpy(R.integers(0, 256, (b, c, *shape), dtype=np.uint8))
+    if dtype == torch.uint16:
+        return torch.from_numpy(R.integers(0, 65536, (b, c, *shape), dtype=np.uint16))
+    return torch.from_numpy(R.random((b, c, *shape)).astype(np.float32))
+
+
+def assert_same(out: torch.Tensor, ref: torch.Tensor, what: str = "") -> None:
+    """Equal up to float rounding (the same operations run on different tile shapes)."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype, what
+    if out.is_floating_point():
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-5, err_msg=what)
+    else:
+        diff = (out.int() - ref.int()).abs()
+        assert diff.max() <= 1, f"{what}: max diff {diff.max()}"
+        assert (diff > 0).float().mean() < 1e-3, f"{what}: {(diff > 0).sum()} pixels differ"
+
+
+def _spec(template: str, border: str) -> str:
+    return template.replace("B", border)
+
+
+LINEAR = ("gaussian(sigma=1.5, border=B) | sharpen(border=B) "
+          "| kernel(weights=[[1,2],[3,4]], border=B)")
+NONLIN = "median(size=5, border=B) | emboss(border=B) | sobel(border=B)"
+POOLED = ("sharpen(border=B) | avgpool(size=2, border=B) | gaussian(sigma=1, border=B) "
+          "| maxpool(size=3, stride=2, border=B) | box(size=4, border=B)")
+
+
+@pytest.mark.parametrize("template", [LINEAR, NONLIN, POOLED], ids=["linear", "median", "pool"])
+@pytest.mark.parametrize("border", LOCAL_BORDERS)
+def test_tiles_equal_whole(template, border):
+    spec = _spec(template, border)
+    if border == "constant":
+        spec = spec.replace("border=constant", "border=constant, value=40")
+    ch = convkit.chain(spec)
+    for shape in ((29, 37), (6, 5)):
+        for dtype in (torch.uint8, torch.float32):
+            x = _img(shape, dtype)
+            whole = engine.apply(ch, x)
+            for tile in (1, 3, (4, 7), 50):
+                before = x.clone()
+                out = tiling.apply_tiled(ch, x, tile=tile)
+                assert torch.equal(x, before)
+                assert_same(out, whole, f"{spec} {shape} {dtype} tile={tile}")
+
+
+def test_circular_chain_tiles_and_in_place():
+    ch = convkit.chain("gaussian(sigma=2, border=circular) | kernel(weights=[[1,-2],[0,3]], "
+                       "border=circular) | median(size=3, border=circular)")
+    x = _img((23, 19))
+    whole = engine.apply(ch, x)
+    for tile in (2, 5, (3, 40)):
+        assert_same(tiling.apply_tiled(ch, x, tile=tile), whole, f"tile {tile}")
+        y = x.clone()
+        assert_same(tiling.apply_tiled(ch, y, tile=tile, out=y), whole, f"in place {tile}")
+
+
+@pytest.mark.parametrize("template", [LINEAR, NONLIN], ids=["linear", "median"])
+@pytest.mark.parametrize("border", LOCAL_BORDERS)
+def test_in_place_bands(template, border):
+    ch = convkit.chain(_spec(template, border))
+    for dtype in (torch.uint8, torch.uint16):
+        x = _img((41, 17), dtype, c=4)
+        whole = engine.apply(ch, x, alpha=True)
+        for tile in (1, 4, 9):
+            y = x.clone()
+            out = tiling.apply_tiled(ch, y, alpha=True, tile=tile, out=y)
+            assert out.data_ptr() == y.data_ptr()
+            assert_same(y, whole, f"{border} {dtype} tile={tile}")
+
+
+def test_pooling_with_alpha_and_batch():
+    ch = convkit.chain("avgpool(size=3, stride=2) | sharpen | maxpool(size=2)")
+    x = _img((33, 27), c=4, b=2)
+    whole = engine.apply(ch, x, alpha=True)
+    for tile in (1, 2, 5):
+        assert_same(tiling.apply_tiled(ch, x, alpha=True, tile=tile), whole, f"tile {tile}")
+
+
+class TinyNet(nn.Module):
+    """A learned-filter-like module: zero-padded convs, optionally pooling and upsampling inside
+    (then its tiles must start on even rows/columns: tile_align = 2)."""
+
+    def __init__(self, pool: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.pool = pool
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 3, 3, padding=1)
+        self.tile_align = 2 if pool else 1
+
+    @property
+    def reach(self):
+        r = 2 + (4 if self.pool else 0)  # two 3x3 convs; at half resolution they reach twice
+        return (r, r, r, r)
+
+    def forward(self, x):
+        y = torch.relu(self.a(nn.functional.avg_pool2d(x, 2) if self.pool else x))
+        y = self.b(y)
+        if self.pool:  # back to full size; an odd last row/column repeats its neighbour
+            y = y.repeat_interleave(2, -2).repeat_interleave(2, -1)
+            y = nn.functional.pad(y, (0, x.shape[-1] - y.shape[-1], 0, x.shape[-2] - y.shape[-2]),
+                                  mode="replicate")
+        return x + y
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_learned_like_module(pool):
+    net = TinyNet(pool).eval()
+    ch = convkit.chain([convkit.get_filter("gaussian", sigma=1), net])
+    x = _img((32, 26), torch.float32)
+    with torch.no_grad():
+        whole = engine.apply(ch, x)
+        for tile in (4, 6, (8, 26)):
+            assert_same(tiling.apply_tiled(ch, x, tile=tile), whole, f"tile {tile}")
+
+
+def test_halo_and_refusals():
+    assert tiling.halo(convkit.chain("gaussian(sigma=1) | avgpool(size=2) | sharpen")) == (
+        5, 6, 5, 6)
+    with pytest.raises(ValueError, match="circular"):
+        tiling.apply_tiled(convkit.chain("sharpen(border=circular) | box(size=3)"), _img((8, 8)))
+    with pytest.raises(ValueError, match="reach"):
+        tiling.apply_tiled(nn.Conv2d(3, 3, 3, padding=1), _img((8, 8), torch.float32))
+    with pytest.raises(ValueError, match="pools"):
+        x = _img((8, 8))
+        tiling.apply_tiled(convkit.chain("avgpool(size=2)"), x, out=x)
+    for good, n in (("512M", 512 << 20), ("2G", 2 << 30), ("1.5GiB", 3 << 29), (4096, 4096)):
+        assert tiling.parse_memory(good) == n
+    for bad in ("lots", "-1G", 0, "2Q"):
+        with pytest.raises(ValueError, match="max_memory"):
+            tiling.parse_memory(bad)
+
+
+def test_memory_budget_sets_tile_size():
+    ch = convkit.chain("gaussian(sigma=3) | sharpen")
+    shape = (1, 3, 4000, 3000)
+    small = tiling.plan_tiles(ch, shape, max_memory="8M")
+    big = tiling.plan_tiles(ch, shape, max_memory="1G")
+    assert len(small.rows) * len(small.cols) > len(big.rows) * len(big.cols) >= 1
+    per = tiling.bytes_per_sample(ch) * 3
+    h0, h1 = small.rows[0]
+    t, b, l, r = tiling.halo(ch)
+    w = small.cols[0][1] - small.cols[0][0]
+    assert (h1 - h0 + t + b) * (w + l + r) * per <= 8 << 20
+
+
+def test_filter_file_in_place_equals_whole(tmp_path):
+    ch = convkit.chain("gaussian(sigma=3) | sharpen")
+    rgb = R.integers(0, 256, (300, 211, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, R.integers(0, 256, (300, 211), dtype=np.uint8)])
+    grey16 = R.integers(0, 65536, (120, 90), dtype=np.uint16)
+    for name, img in (("rgb.png", rgb), ("rgba.png", rgba), ("grey16.png", grey16)):
+        src, dst = tmp_path / name, tmp_path / f"out-{name}"
+        assert cv2.imwrite(str(src), img)
+        before = src.read_bytes()
+        info = tiling.filter_file(ch, src, dst, max_memory=img.nbytes + (17 << 20))
+        assert src.read_bytes() == before
+        out = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
+        x = torch.from_numpy(np.ascontiguousarray(img))
+        x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None].contiguous()
+        ref = engine.apply(ch, x, alpha=x.shape[1] == 4)[0]
+        ref = ref[0] if img.ndim == 2 else ref.permute(1, 2, 0)
+        assert_same(torch.from_numpy(out), ref.contiguous(), name)
+        assert info["width"] == img.shape[1] and info["height"] == img.shape[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [n for n in ("rgb.png", "rgba.png", "grey16.png")] +
+        [f"out-{n}" for n in ("rgb.png", "rgba.png", "grey16.png")])
+
+
+def test_filter_file_many_bands(tmp_path):
+    """A budget small enough for dozens of bands: still equal to the whole image."""
+    ch = convkit.chain("gaussian(sigma=3) | sharpen")
+    img = R.integers(0, 256, (4000, 200, 3), dtype=np.uint8)
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(src), img)
+    budget = img.nbytes + (17 << 20)
+    info = tiling.filter_file(ch, src, dst, max_memory=budget)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
+    ref = engine.apply(ch, x)[0].permute(1, 2, 0).contiguous()
+    assert_same(torch.from_numpy(cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)), ref)
+    assert info["bands"] >= 3
+
+
+def test_filter_file_guards(tmp_path):
+    from PIL import Image
+
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(src), R.integers(0, 256, (60, 50, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="decompression bombs.*max_pixels"):
+        tiling.filter_file("sharpen", src, dst, max_pixels=1000)
+    with pytest.raises(ValueError, match="max_memory"):
+        tiling.filter_file("sharpen", src, dst, max_memory="1M")
+    with pytest.raises(ValueError, match="pools"):
+        tiling.filter_file("avgpool(size=2)", src, dst)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match="text.png"):
+        tiling.filter_file("sharpen", tmp_path / "text.png", dst)
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # Pillow's own limit applies by default
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100
+    try:
+        with pytest.raises(ValueError, match="limit of 100 pixels"):
+            tiling.filter_file("sharpen", src, dst)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old

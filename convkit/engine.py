@@ -380,8 +380,8 @@ def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Ten
             out_max, negative = 1.0, None
         cur = _run_op(op, cur, in_max, out_dtype, out_max, negative, opts, trace)
         in_max = 1.0
-    if cur.device.type == "cpu" and not cur.is_contiguous():
-        cur = cur.contiguous()  # channels_last results go back to NCHW
+    if x.is_contiguous() and not cur.is_contiguous():
+        cur = cur.contiguous()  # the torch path's channels_last results go back to NCHW
     return cur
 
 

@@ -97,15 +97,24 @@ def _store(tmp: np.ndarray, dst: np.ndarray, negative: str | None, alpha: float 
     cv2.addWeighted(tmp, alpha, tmp, 0.0, delta, dst=dst, dtype=depth)
 
 
-def _plans(x: Tensor):
-    """(B*C planes of x as numpy) — x must be a contiguous CPU tensor."""
-    n = x.numpy()
-    return n.reshape(-1, *n.shape[-2:])
+def _units(x: Tensor, out_dtype: torch.dtype) -> tuple[list, Tensor, list]:
+    """Source arrays, the output tensor and its arrays, in the layout of ``x`` (no copies):
 
-
-def _out(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
-    out = torch.empty(x.shape, dtype=dtype)
-    return out, _plans(out)
+    * planes: every (H, W) plane whose rows are contiguous (NCHW tensors, channel slices);
+    * HWC images: channels_last tensors with 3 or 4 channels (OpenCV filters interleaved
+      channels natively), the output channels_last too.
+    Anything else is made contiguous first.
+    """
+    b, c, h, w = x.shape
+    if not (x.stride(-1) == 1 and x.stride(-2) == w):
+        if c in (3, 4) and x.is_contiguous(memory_format=torch.channels_last):
+            out = torch.empty(x.shape, dtype=out_dtype, memory_format=torch.channels_last)
+            return ([x[i].permute(1, 2, 0).numpy() for i in range(b)], out,
+                    [out[i].permute(1, 2, 0).numpy() for i in range(b)])
+        x = x.contiguous()
+    out = torch.empty(x.shape, dtype=out_dtype)
+    srcs = [x[i, j].numpy() for i in range(b) for j in range(c)]
+    return srcs, out, [out[i, j].numpy() for i in range(b) for j in range(c)]
 
 
 # --- linear kernels ---------------------------------------------------------------------------
@@ -148,18 +157,16 @@ def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch
     ``negative`` None: float32 output on the [0, 1] scale; otherwise ``out_dtype`` is the final
     integer dtype and ``negative`` its mapping.
     """
-    x = x.contiguous()
-    out, dst_planes = _out(x, out_dtype)
+    srcs, out, dsts = _units(x, out_dtype)
     s = out_max / in_max
     delta = op.bias * out_max + (OFFSET * out_max if negative == "offset" else 0.0)
     fill = op.value * in_max
-    in_depth = _DEPTH[x.dtype]
     integer_in = x.dtype != torch.float32
     big = op.shape[0] * op.shape[1] >= FLOAT_DIRECT_MIN_TAPS
-    for src, dst in zip(_plans(x), dst_planes, strict=True):
+    for src, dst in zip(srcs, dsts, strict=True):
         src2, bt, crop = _prepad(src, op.pads, op.border, fill)
         if method == "box":
-            _box(src2, dst, op, s, delta, bt, crop, negative, in_depth)
+            _box(src2, dst, op, s, delta, bt, crop, negative)
             continue
         if method == "direct" and big and integer_in:
             # OpenCV filters float32 planes through its DFT when the kernel is large.
@@ -179,7 +186,7 @@ def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch
     return out
 
 
-def _box(src, dst, op: LinearOp, s, delta, bt, crop, negative, in_depth) -> None:
+def _box(src, dst, op: LinearOp, s, delta, bt, crop, negative) -> None:
     kh, kw = op.shape
     gain = op.box_weight * kh * kw * s  # boxFilter(normalize=True) gives the mean
     exact_gain = abs(gain - 1.0) < 1e-6
@@ -195,13 +202,12 @@ def _box(src, dst, op: LinearOp, s, delta, bt, crop, negative, in_depth) -> None
 def median(x: Tensor, op: MedianOp, in_max: float, out_dtype: torch.dtype, out_max: float,
            negative: str | None) -> Tensor:
     """Median of each plane; the result keeps the values of ``x`` (then mapped/stored)."""
-    x = x.contiguous()
-    out, dst_planes = _out(x, out_dtype)
+    srcs, out, dsts = _units(x, out_dtype)
     p = op.size // 2
     fill = op.value * in_max
     s = out_max / in_max
     delta = OFFSET * out_max if negative == "offset" else 0.0
-    for src, dst in zip(_plans(x), dst_planes, strict=True):
+    for src, dst in zip(srcs, dsts, strict=True):
         if op.border == "replicate":
             med = cv2.medianBlur(src, op.size)
         else:
@@ -218,11 +224,10 @@ def median(x: Tensor, op: MedianOp, in_max: float, out_dtype: torch.dtype, out_m
 def gradient(x: Tensor, op: GradientOp, in_max: float, out_dtype: torch.dtype, out_max: float,
              negative: str | None, method_for) -> Tensor:
     """``sqrt(gx**2 + gy**2)`` per plane, computed in float32 and stored once."""
-    x = x.contiguous()
-    out, dst_planes = _out(x, out_dtype)
+    srcs, out, dsts = _units(x, out_dtype)
     s = out_max / in_max
     delta = OFFSET * out_max if negative == "offset" else 0.0
-    for src, dst in zip(_plans(x), dst_planes, strict=True):
+    for src, dst in zip(srcs, dsts, strict=True):
         g = []
         for lin in (op.gx, op.gy):
             src2, bt, crop = _prepad(src, lin.pads, lin.border, lin.value * in_max)

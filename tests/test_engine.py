@@ -220,17 +220,30 @@ SYM = {"gauss": "gaussian(sigma=1.2)", "sharpen": "sharpen(amount=2)", "box": "b
 @pytest.mark.parametrize("border", ["reflect", "symmetric", "circular"])
 def test_fusion_exact_everywhere(border):
     """Where the engine fuses, the fused kernel equals the chain at every pixel: float64, all
-    sizes including images smaller than the fused kernel (interior, borders, corners)."""
+    sizes including images smaller than the fused kernel (interior, borders, corners). Both
+    forms the engine may run are checked: everything in one kernel, and the separable members
+    first, then the rest."""
     spec = " | ".join(_with_border(s, border) for s in SYM.values())
     spec += f" | emboss(border={border})"  # the last kernel need not be symmetric
     ch = convkit.chain(spec)
-    plan = fusion.build_plan(ch)
-    assert len(plan.ops) == 1, [op.name for op in plan.ops]
+    ops = [fusion._kernel_op(m) for m in ch]
+    assert all(fusion.fusable(a, b) for a, b in zip(ops, ops[1:], strict=False))
+    full = fusion._fold(ops)
+    split = fusion.split_group(ops)
+    assert len(fusion.build_plan(ch).ops) <= 2
     for shape in ((17, 20), (4, 3), (1, 2), (1, 1)):
         x = torch.from_numpy(R.random((1, 2, *shape)))
-        fused = engine.apply(ch, x, backend="torch", method="direct")
-        np.testing.assert_allclose(fused.numpy(), _run_unfused(ch, x).numpy(), atol=1e-12,
-                                   err_msg=f"{border} {shape}")
+        ref = _run_unfused(ch, x)
+        one = KF.filter2d(x, torch.from_numpy(full.kernel), border) + full.bias
+        np.testing.assert_allclose(one.numpy(), ref.numpy(), atol=1e-12,
+                                   err_msg=f"one kernel {border} {shape}")
+        y = x
+        for op in split:
+            y = KF.filter2d(y, torch.from_numpy(op.kernel), border) + op.bias
+        np.testing.assert_allclose(y.numpy(), ref.numpy(), atol=1e-12,
+                                   err_msg=f"split {border} {shape}")
+        np.testing.assert_allclose(engine.apply(ch, x, backend="torch").numpy(), ref.numpy(),
+                                   atol=1e-12, err_msg=f"engine {border} {shape}")
 
 
 def test_fusion_circular_any_kernels_even_sizes():
@@ -268,7 +281,7 @@ def test_fused_chain_integer_paths_match_the_chain():
     ch = convkit.chain("gaussian(sigma=2) | box(size=3) | gaussian(sigma=1) | sharpen | emboss")
     x = _image((45, 38), torch.uint8)
     steps = engine.explain(ch, x)
-    assert len(steps) == 1 and steps[0][1:] == ("opencv", "lowrank")
+    assert [s[1:] for s in steps] == [("opencv", "separable"), ("opencv", "direct")], steps
     ref = KF.to_integer(ch(KF.to_float(x, torch.float64)), torch.uint8, ch.negative)
     for backend in ("opencv", "torch"):
         for fuse in (True, False):
@@ -376,3 +389,23 @@ def test_compiled_direct(device):
             out = engine.apply(m, x)
         ref = KF.to_integer(m(KF.to_float(x, torch.float64)), torch.uint8, m.negative)
         assert_close(out.cpu(), ref.cpu(), what=spec)
+
+
+@pytest.mark.parametrize("spec", ["sharpen", "gaussian(sigma=2)", "box(size=7)", "sobel",
+                                  "median(size=5)", "median(size=3, border=constant, value=9)",
+                                  "kernel(weights=[[1,2],[3,4]], border=circular)",
+                                  "gaussian(sigma=1) | sharpen | emboss"])
+def test_opencv_layouts(spec):
+    """Channel-interleaved (channels_last) and sliced inputs run in place of a copy and give
+    the same result as contiguous planes."""
+    m = convkit.chain(spec)
+    for dtype in (torch.uint8, torch.float32):
+        x = _image((26, 31), dtype, b=2, c=3)
+        ref = engine.apply(m, x, backend="torch")
+        cl = x.contiguous(memory_format=torch.channels_last)
+        out = engine.apply(m, cl, backend="opencv")
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert_close(out, ref, 8.0, f"{spec} {dtype} channels_last")
+        wide = _image((26, 31), dtype, b=2, c=5)[:, 1:4]  # planes with a batch stride gap
+        assert_close(engine.apply(m, wide, backend="opencv"),
+                     engine.apply(m, wide.contiguous(), backend="torch"), 8.0, f"{spec} slice")

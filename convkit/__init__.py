@@ -26,6 +26,7 @@ _LAZY = {
     "process": ("api", "process"),
     "run": ("pipeline", "run"),
     "Summary": ("pipeline", "Summary"),
+    "load_model": ("learn.files", "load_model"),
     "functional": ("functional", None),
 }
 

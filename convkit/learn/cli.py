@@ -1,0 +1,302 @@
+"""The ``convkit train`` and ``convkit info`` commands (click), for convkit's command group.
+
+Exit status of ``train``: 0 done; 1 failed (no images, NaN loss, unreadable checkpoint: one line
+on stderr); 2 usage error (bad option, a --mimic chain that does not parse); 130 stopped by
+Ctrl-C and 143 by SIGTERM, with the checkpoint saved for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+__all__ = ["train_command", "info_command", "commands"]
+
+# the model module imports torch; these lists are repeated here so that --help stays fast
+_ARCHS = ("residual", "linear")
+_ACTIVATIONS = ("relu", "leaky_relu", "prelu", "gelu", "silu", "tanh")
+_BORDERS = ("reflect", "symmetric", "replicate", "circular")
+
+_TRAIN_EPILOG = """\b
+Examples:
+  convkit train photos/ -o blur.pt --mimic "gaussian(sigma=2) | sharpen"
+  convkit train photos/ -o denoise.pt --denoise 25 --grey --epochs 30
+  convkit train pairs/ -o look.pt          # pairs/input/NAME.png -> pairs/target/NAME.png
+  convkit train photos/ -o blur.pt --resume   # continue a stopped run
+  torchrun --nproc_per_node=2 -m convkit train photos/ -o m.pt --mimic median
+\b
+Then: convkit apply blur.pt IMAGES -o OUT, or "learned(path=blur.pt)" in a chain.
+"""
+
+
+def _check_chain(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ..chains import chain
+
+    try:
+        chain(value)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _check_sigma(ctx: click.Context, param: click.Parameter, value: float | None):
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"the noise sigma should be > 0 grey levels. Got {value}")
+    return value
+
+
+def _check_val(ctx: click.Context, param: click.Parameter, value: float):
+    if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
+        raise click.BadParameter(
+            f"should be a fraction in [0, 1) or a whole count of images. Got {value}"
+        )
+    return value
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ..api import resolve_device
+
+    try:
+        resolve_device(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+@click.command(
+    "train", epilog=_TRAIN_EPILOG, context_settings={"max_content_width": 100},
+    short_help="Train a learned filter on a folder of images.",
+)
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The model file to write (.pt, or .safetensors). The log, checkpoint and "
+              "pictures go beside it.")
+@click.option("--mimic", "chain", metavar="CHAIN", callback=_check_chain,
+              help="Learn to do what this chain does: targets are made from DATA's images.")
+@click.option("--denoise", "sigma", type=float, metavar="SIGMA", callback=_check_sigma,
+              help="Learn to remove Gaussian noise of SIGMA grey levels (of 255).")
+@click.option("--arch", type=click.Choice(_ARCHS), default="residual", show_default=True,
+              help="residual: conv+activation layers predicting a residual; linear: one conv.")
+@click.option("--depth", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Conv layers of the residual net.")
+@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Feature channels between layers.")
+@click.option("--kernel", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Side of every conv kernel (odd).")
+@click.option("--pool", type=click.Choice(["1", "2", "4"]), default="1", show_default=True,
+              help="Run the middle layers at 1/POOL size (wider context, less compute).")
+@click.option("--activation", type=click.Choice(_ACTIVATIONS), default="relu",
+              show_default=True)
+@click.option("--rgb", is_flag=True,
+              help="See RGB jointly (colour-aware) instead of one channel at a time; the model "
+              "then runs on grey and RGB images only.")
+@click.option("--border", type=click.Choice(_BORDERS), default="reflect", show_default=True,
+              help="How the model extends the image at its edges.")
+@click.option("--patch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Side of the random training crops.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Crops per step (all processes together under torchrun).")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Total optimizer steps (instead of --epochs).")
+@click.option("--epoch-steps", type=click.IntRange(min=1), default=None,
+              help="Steps per epoch (default: one pass over the training pixels, at most 500).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+              show_default=True, help="Adam's learning rate; it decays (cosine) to lr * lr-end.")
+@click.option("--lr-end", type=click.FloatRange(0, 1, min_open=True), default=0.01,
+              show_default=True)
+@click.option("--loss", type=click.Choice(["l1", "l2"]), default="l2", show_default=True)
+@click.option("--val", type=float, default=0.1, show_default=True, callback=_check_val,
+              help="Images held out for validation: a fraction, or a count.")
+@click.option("--val-size", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Validation uses centre crops at most this big.")
+@click.option("--grey", is_flag=True, help="Convert the images to grey first.")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Random horizontal and vertical flips.")
+@click.option("-r", "--recursive", is_flag=True, help="Find images in sub-folders too.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_check_device,
+              help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp/--no-amp", default=True, show_default=True,
+              help="float16 mixed precision (CUDA only).")
+@click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also checkpoint every N steps (0: after each epoch only).")
+@click.option("--strip/--no-strip", default=True, show_default=True,
+              help="Write an input | learned | target picture of a validation image.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run that wrote -o (from its .last.ckpt), exactly.")
+@click.option("--force", is_flag=True, help="Start over even if a checkpoint exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def train_command(ctx: click.Context, data: Path, output: Path, chain: str | None,
+                  sigma: float | None, **opts: Any) -> None:
+    """Train a learned filter on the images in DATA and save it to -o.
+
+    \b
+    Three ways to say what to learn:
+      DATA/input/ + DATA/target/   pairs matched by file name (default)
+      --mimic CHAIN                targets made by a chain of convkit filters
+      --denoise SIGMA              remove Gaussian noise of SIGMA grey levels
+    """
+    if chain is not None and sigma is not None:
+        raise click.UsageError("give --mimic or --denoise, not both")
+    quiet, as_json = opts.pop("quiet"), opts.pop("as_json")
+    resume, force = opts.pop("resume"), opts.pop("force")
+    opts["pool"] = int(opts["pool"])
+    opts["channels"] = 3 if opts.pop("rgb") else 1
+    mode = "mimic" if chain else "denoise" if sigma is not None else "pairs"
+    from .train import RESUME_OVERRIDES, TrainingError, TrainingInterrupted, train
+
+    def log(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    kwargs: dict[str, Any] = dict(opts, mode=mode, chain=chain, sigma=sigma)
+    if resume:
+        explicit = {k for k in ctx.params
+                    if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        fixed = {"data", "output", "resume", "force", "quiet", "as_json"}
+        ignored = sorted(k for k in explicit - fixed if k not in RESUME_OVERRIDES)
+        if ignored:
+            names = {"chain": "mimic", "sigma": "denoise"}
+            log("resuming with the checkpoint's settings; ignored: "
+                + ", ".join("--" + names.get(k, k).replace("_", "-") for k in ignored))
+        kwargs = {k: kwargs[k] for k in explicit if k in RESUME_OVERRIDES and k in kwargs}
+    try:
+        result = train(data, output, resume=resume, force=force, progress=not quiet, log=log,
+                       **kwargs)
+    except TrainingInterrupted as e:
+        click.echo(str(e), err=True)
+        ctx.exit({2: 130, 15: 143}.get(e.signum or 0, 1))
+    except TrainingError as e:
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or output}: {e.strerror or e}") from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports
+    m = result.metrics
+    if as_json:
+        click.echo(json.dumps({
+            "output": str(result.output), "checkpoint": str(result.checkpoint),
+            "log": str(result.log), "metrics": m, "notes": result.notes,
+            "pictures": [str(p) for p in result.pictures],
+        }))
+        return
+    if not quiet:
+        click.echo(_summary(result), err=True)
+
+
+def _summary(result) -> str:
+    m = result.metrics
+    parts = [f"wrote {result.output}"]
+    if m.get("val_psnr") is not None:
+        base = m.get("baseline_psnr")
+        parts.append(f"val PSNR {m['val_psnr']:.2f} dB"
+                     + (f" (input {base:.2f} dB)" if base is not None else "")
+                     + f", SSIM {m['val_ssim']:.4f}")
+    parts.append(f"epoch {m.get('epoch')}, step {m.get('step')}")
+    lines = ["; ".join(parts), f"log {result.log}, checkpoint {result.checkpoint}"]
+    if result.pictures:
+        lines.append("pictures: " + ", ".join(str(p) for p in result.pictures))
+    return "\n".join(lines)
+
+
+@click.command("info", short_help="Describe a model file: architecture, training, metrics.",
+               epilog="\b\nExample:\n  convkit info blur.pt")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info_command(model: Path, as_json: bool) -> None:
+    """Show how the learned filter in MODEL is built, how it was trained and how well it does."""
+    from .files import read_model_file
+    from .model import LearnedFilter
+
+    try:
+        payload = read_model_file(model)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    net = LearnedFilter(payload["config_obj"])
+    state = payload.get("train_state") or {}
+    if as_json:
+        out = {k: payload.get(k) for k in ("format_version", "convkit_version", "torch_version",
+                                           "config", "metrics", "provenance")}
+        out["parameters"] = net.num_params
+        out["reach"] = net.reach[0]
+        if state:
+            out["checkpoint"] = {"step": state.get("step"), "epoch": state.get("epoch")}
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(describe(model, payload, net))
+
+
+def describe(path: Path, payload: dict[str, Any], net) -> str:
+    """The text ``convkit info`` prints."""
+    cfg, m, p = payload["config_obj"], payload["metrics"], payload["provenance"]
+    lines = [
+        f"{path}: convkit learned filter (format {payload['format_version']}, written by "
+        f"convkit {payload.get('convkit_version')}, torch {payload.get('torch_version')})",
+        f"architecture: {cfg.describe()}, border {cfg.border}",
+        f"parameters:   {net.num_params:,}; each output pixel sees {2 * net.reach[0] + 1}x"
+        f"{2 * net.reach[0] + 1} input pixels",
+    ]
+    mode = p.get("mode")
+    if mode:
+        what = {"mimic": f"mimic of {p.get('chain')!r}",
+                "denoise": f"denoising Gaussian noise of sigma {p.get('sigma')} grey levels",
+                "pairs": "input/target pairs"}.get(mode, mode)
+        lines.append(f"trained on:   {what}")
+        lines.append(
+            f"data:         {p.get('data')} ({p.get('images')} images: {p.get('train_images')} "
+            f"for training, {p.get('val_images')} for validation"
+            + (", grey" if p.get("grey") else "") + ")"
+        )
+        lines.append(
+            f"training:     {m.get('step')} of {m.get('steps_total')} steps, epoch "
+            f"{m.get('epoch')}, {_secs(m.get('train_seconds'))} on {m.get('device')}"
+            f", patch {p.get('patch')}, batch {p.get('batch_size')}, {p.get('loss')} loss, "
+            f"lr {p.get('lr')}, seed {p.get('seed')}"
+            + (f", {p.get('processes')} processes" if (p.get("processes") or 1) > 1 else "")
+        )
+    if m.get("val_psnr") is not None:
+        base = m.get("baseline_psnr")
+        lines.append(
+            f"metrics:      validation PSNR {m['val_psnr']:.2f} dB, SSIM {m['val_ssim']:.4f}"
+            + (f" (input as is: {base:.2f} dB, SSIM {m.get('baseline_ssim'):.4f})"
+               if base is not None else "")
+        )
+    elif mode:
+        lines.append("metrics:      no validation images"
+                     + (f"; train loss {m['train_loss']:.4g}" if m.get("train_loss") else ""))
+    if p.get("created"):
+        lines.append(f"created:      {p['created']}")
+    state = payload.get("train_state")
+    if isinstance(state, dict):
+        lines.append(f"checkpoint:   training state at step {state.get('step')} (epoch "
+                     f"{state.get('epoch')}); continue with convkit train --resume")
+    return "\n".join(lines)
+
+
+def _secs(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "?"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def commands() -> list[click.Command]:
+    """The commands this module adds to ``convkit``'s group."""
+    return [train_command, info_command]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train_command.main())

@@ -241,11 +241,12 @@ def _check_outputs(out: Path, refs: dict[str, np.ndarray]) -> int:
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_folder_leaves_complete_outputs_and_skip_existing_resumes(tmp_path, sig,
                                                                            code):
-    n = 60
-    refs = _folder_of_photos(tmp_path / "in", n)
+    n = 150
+    refs = _folder_of_photos(tmp_path / "in", n, size=256)
     before = digest(tmp_path / "in")
     out = tmp_path / "out"
-    # one worker, batches of one and zlib level 6 PNGs: slow enough to stop half-way
+    # one worker and batches of one: about a second of work, which the signal interrupts
+    # a few milliseconds in
     proc = _convkit("sharpen", str(tmp_path / "in"), "-o", str(out), "--workers", "1",
                     "--batch-size", "1", "--json")
     deadline = time.monotonic() + 60
@@ -291,7 +292,7 @@ def test_two_processes_writing_the_same_folder_never_corrupt_a_file(tmp_path):
                 continue
             assert data.endswith(b"IEND\xaeB`\x82"), f"{path.name}: incomplete ({len(data)} B)"
             seen += 1
-        time.sleep(0.002)
+        time.sleep(0.005)
     assert seen > 0
     for p in procs:
         _, stderr = p.communicate(timeout=120)

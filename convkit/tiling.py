@@ -39,6 +39,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from struct import error as struct_error
 
 import numpy as np
 import torch
@@ -464,13 +465,16 @@ def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
 def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.PathLike, *,
                 max_memory: int | str | None = None, max_pixels: int | None = None,
                 quality: int = 95, alpha: bool | None = None) -> dict:
-    """Filter one (huge) image file into ``dst`` with about one decoded image of memory.
+    """Filter one (huge) image file into ``dst`` in bounded memory.
 
-    The image is decoded with OpenCV (no Pillow copy), filtered in place band by band
-    (:func:`apply_tiled` with ``out=x``) and encoded by OpenCV from the same buffer. 8- and
-    16-bit images are kept 8/16-bit; a 4-channel image's last channel is alpha. The output is
-    written to a temporary name and renamed, so no partial file is left; ``src`` is never
-    modified.
+    A PNG to PNG (8/16-bit grey, grey+alpha, RGB, RGBA, not interlaced) streams: bands are
+    decoded, filtered with their halo and encoded one after the other
+    (:mod:`convkit.pngstream`), so memory does not grow with the image. Other files are decoded
+    whole with OpenCV (no Pillow copy), filtered in place band by band (:func:`apply_tiled`
+    with ``out=x``) and encoded by OpenCV from the same buffer: about one decoded image of
+    memory. 8- and 16-bit images stay 8/16-bit; a 4-channel image's last channel is alpha. The
+    output is written to a temporary name and renamed, so no partial file is left; ``src`` is
+    never modified.
 
     Args:
         module: a filter, chain, or chain spec string; it must keep the image size.
@@ -483,7 +487,7 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
         quality: JPEG/WebP quality.
 
     Returns:
-        A summary: width, height, channels, dtype, bands, working_memory.
+        A summary: width, height, channels, dtype, bands, working_memory, streamed.
     """
     import cv2
 
@@ -495,6 +499,9 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     if not src.is_file():
         raise ValueError(f"{src}: no such file")
     w, h, mode = _header(src, max_pixels)
+    streamed = _stream_png(module, src, dst, max_memory, alpha)
+    if streamed is not None:
+        return streamed
     channels = {"L": 1, "LA": 4, "RGBA": 4, "PA": 4}.get(mode, 3)
     itemsize = 2 if mode.startswith("I;16") or mode == "I" else 1
     decoded = w * h * channels * itemsize
@@ -544,7 +551,63 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
         tmp.unlink(missing_ok=True)
         raise
     return {"width": w, "height": h, "channels": int(x.shape[1]), "dtype": str(img.dtype),
-            "bands": len(tp.rows), "working_memory": budget}
+            "bands": len(tp.rows), "working_memory": budget, "streamed": False}
+
+
+def _stream_png(module: nn.Module, src: Path, dst: Path, max_memory, alpha) -> dict | None:
+    """PNG to PNG band by band; None when the files or the chain do not allow streaming."""
+    from . import pngstream
+
+    if dst.suffix.lower() != ".png":
+        return None
+    try:
+        info = pngstream.read_info(src)
+    except (ValueError, OSError, struct_error):
+        return None
+    if pngstream.streamable(info) is not None:
+        return None
+    units, wrap = units_of(module)
+    if wrap or any(u.kind != "same" for u in units):
+        return None  # circular needs the far edge first; pooling changes the size
+    c = info.channels
+    rgb = not all(isinstance(m, Filter) for m in flatten(module)) and c >= 3
+    mod = _BgrWrapped(module) if rgb else module
+    if alpha is None:
+        alpha = c == 4
+    # about 4 more bytes per sample for the decoded band, the raw rows and the deflate input
+    budget = int(parse_memory(max_memory) * 0.8) if max_memory is not None else _auto_memory()
+    tp = plan_tiles(mod, (1, c, info.height, info.width), max_memory=budget, full_width=True)
+    negative = _negative(mod)
+    bands = [(r, _ranges(tp.units, tp.sizes_h, *r, 0, False)) for r in tp.rows]
+    step = max(r[1] - r[0] for r, _ in bands)
+    reader = pngstream.iter_bands(src, info, step)
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
+    writer = pngstream.PngWriter(tmp, info)
+    buf, buf_lo, cols = None, 0, [(0, info.width)]
+    try:
+        with torch.no_grad():
+            for k, (_, rr) in enumerate(bands):
+                lo, hi = rr[0]
+                while buf is None or buf_lo + buf.shape[0] < hi:
+                    part = next(reader)
+                    buf = part if buf is None else np.concatenate([buf, part])
+                tile = np.ascontiguousarray(buf[lo - buf_lo:hi - buf_lo])
+                x = torch.from_numpy(tile)
+                x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
+                y = _run_tile(tp, mod, x, rr, cols * len(rr), alpha, negative)[0]
+                writer.write(y[0].numpy() if c == 1 else y.permute(1, 2, 0).numpy())
+                if k + 1 < len(bands):
+                    nxt = bands[k + 1][1][0][0]
+                    buf, buf_lo = buf[nxt - buf_lo:], nxt
+        writer.close()
+        os.replace(tmp, dst)
+    except BaseException:
+        writer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"width": info.width, "height": info.height, "channels": c,
+            "dtype": "uint16" if info.bit_depth == 16 else "uint8", "bands": len(bands),
+            "working_memory": budget, "streamed": True}
 
 
 class _BgrWrapped(nn.Module):

@@ -183,23 +183,54 @@ def test_filter_file_in_place_equals_whole(tmp_path):
         ref = ref[0] if img.ndim == 2 else ref.permute(1, 2, 0)
         assert_same(torch.from_numpy(out), ref.contiguous(), name)
         assert info["width"] == img.shape[1] and info["height"] == img.shape[0]
+        assert info["streamed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [n for n in ("rgb.png", "rgba.png", "grey16.png")] +
         [f"out-{n}" for n in ("rgb.png", "rgba.png", "grey16.png")])
 
 
-def test_filter_file_many_bands(tmp_path):
-    """A budget small enough for dozens of bands: still equal to the whole image."""
-    ch = convkit.chain("gaussian(sigma=3) | sharpen")
-    img = R.integers(0, 256, (4000, 200, 3), dtype=np.uint8)
-    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+@pytest.mark.parametrize("ext,streamed", [(".png", True), (".tif", False), (".bmp", False)])
+def test_filter_file_many_bands(tmp_path, ext, streamed):
+    """Budgets small enough for several bands, streamed (PNG) or in place: still equal to the
+    whole image."""
+    ch = convkit.chain("gaussian(sigma=3) | sharpen | median(size=3)")
+    img = R.integers(0, 256, (3000, 200, 3), dtype=np.uint8)
+    src, dst = tmp_path / f"a{ext}", tmp_path / f"b{ext}"
     cv2.imwrite(str(src), img)
-    budget = img.nbytes + (17 << 20)
+    budget = img.nbytes + (17 << 20) if not streamed else "6M"
     info = tiling.filter_file(ch, src, dst, max_memory=budget)
+    assert info["streamed"] == streamed and info["bands"] >= 3
     x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
     ref = engine.apply(ch, x)[0].permute(1, 2, 0).contiguous()
     assert_same(torch.from_numpy(cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)), ref)
-    assert info["bands"] >= 3
+
+
+def test_png_stream_reads_every_filter_and_kind(tmp_path):
+    """The band reader against OpenCV's whole-image decode, for PNGs written with each PNG
+    filter type (Paeth and Average refer to the row above: the band seams test them)."""
+    from convkit import pngstream
+
+    cases = {"rgb": R.integers(0, 256, (37, 23, 3), dtype=np.uint8),
+             "rgba16": R.integers(0, 65536, (37, 23, 4), dtype=np.uint16),
+             "grey": R.integers(0, 256, (37, 23), dtype=np.uint8)}
+    filters = [cv2.IMWRITE_PNG_FILTER_NONE, cv2.IMWRITE_PNG_FILTER_SUB,
+               cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_FILTER_AVG,
+               cv2.IMWRITE_PNG_FILTER_PAETH]
+    for name, img in cases.items():
+        for flt in filters:
+            path = tmp_path / f"{name}-{flt}.png"
+            assert cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_FILTER, flt])
+            info = pngstream.read_info(path)
+            assert pngstream.streamable(info) is None
+            for rows in (1, 5, 37, 100):
+                got = np.concatenate(list(pngstream.iter_bands(path, info, rows)))
+                np.testing.assert_array_equal(got, img, err_msg=f"{name} {flt} {rows}")
+            out = tmp_path / "w.png"
+            w = pngstream.PngWriter(out, info)
+            for i in range(0, 37, 8):
+                w.write(img[i:i + 8])
+            w.close()
+            np.testing.assert_array_equal(cv2.imread(str(out), cv2.IMREAD_UNCHANGED), img)
 
 
 def test_filter_file_guards(tmp_path):
@@ -209,8 +240,10 @@ def test_filter_file_guards(tmp_path):
     cv2.imwrite(str(src), R.integers(0, 256, (60, 50, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="decompression bombs.*max_pixels"):
         tiling.filter_file("sharpen", src, dst, max_pixels=1000)
-    with pytest.raises(ValueError, match="max_memory"):
-        tiling.filter_file("sharpen", src, dst, max_memory="1M")
+    bmp = tmp_path / "a.bmp"
+    cv2.imwrite(str(bmp), R.integers(0, 256, (60, 50, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="max_memory"):  # decoded whole: must fit
+        tiling.filter_file("sharpen", bmp, dst, max_memory="1M")
     with pytest.raises(ValueError, match="pools"):
         tiling.filter_file("avgpool(size=2)", src, dst)
     (tmp_path / "text.png").write_text("not an image")

@@ -1,0 +1,213 @@
+"""GPU benchmark (called by benchmarks/gpu.sh): batched 1080p sharpen against the memory-bandwidth
+roofline, and a folder of JPEGs end to end with decoding on the GPU.
+
+    python benchmarks/bench_gpu.py [--batch 16] [--images 48] [--skip-cli]
+
+Roofline: a uint8 filter must read each sample once and write it once, so its floor is
+2 bytes per sample at the memory bandwidth. The peak is the card's theoretical one (memory clock
+x bus width, from torch.cuda.get_device_properties) and, as a practical ceiling, a
+device-to-device copy of the same bytes measured here. Reported: achieved GB/s of each path and
+its share of both. Runs on CPU too (``--device cpu``) to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import convkit
+from convkit import engine
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev: torch.device, reps: int = 20) -> float:
+    """Median seconds per call, after two warm-up calls."""
+    fn()
+    fn()
+    _sync(dev)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def peak_bandwidth(dev: torch.device) -> float | None:
+    """Theoretical bytes/s: 2 transfers per clock (DDR/HBM) x memory clock x bus width."""
+    if dev.type != "cuda":
+        return None
+    p = torch.cuda.get_device_properties(dev)
+    clock = getattr(p, "memory_clock_rate", 0)  # kHz
+    width = getattr(p, "memory_bus_width", 0)  # bits
+    return 2.0 * clock * 1e3 * width / 8 if clock and width else None
+
+
+def photo_batch(n: int, dev: torch.device) -> torch.Tensor:
+    import cv2
+    from skimage import data
+
+    img = cv2.resize(data.astronaut(), (1920, 1080), interpolation=cv2.INTER_CUBIC)
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    return torch.stack([torch.roll(x, 13 * i, dims=2) for i in range(n)]).to(dev)
+
+
+def roofline(dev: torch.device, batch: int) -> list[dict]:
+    x = photo_batch(batch, dev)
+    nbytes = x.numel()  # uint8: one byte per sample, read once and written once
+    y = torch.empty_like(x)
+    copy = timed(lambda: y.copy_(x), dev)
+    copy_bw = 2 * nbytes / copy
+    peak = peak_bandwidth(dev)
+    m = convkit.chain("sharpen").to(dev)
+    rows = [{"path": "device-to-device copy", "s": copy, "GB/s": copy_bw / 1e9}]
+    runs = [("convkit sharpen (eager)", {}),
+            ("convkit sharpen (compile=True)", {"compile": True})]
+    for name, opts in runs:
+        try:
+            with engine.options(**opts):
+                t = timed(lambda: engine.apply(m, x), dev)
+                plan = engine.explain(m, x)
+        except Exception as e:  # report and go on: the script must finish its table
+            rows.append({"path": name, "error": f"{type(e).__name__}: {e}"})
+            continue
+        rows.append({"path": name, "s": t, "GB/s": 2 * nbytes / t / 1e9, "plan": plan})
+    try:
+        import kornia
+
+        k = torch.tensor([[[0, -1, 0], [-1, 5, -1], [0, -1, 0]]], dtype=torch.float32,
+                         device=dev)
+
+        def kor():
+            f = x.float().div_(255)
+            kornia.filters.filter2d(f, k, border_type="reflect").mul_(255).round_().clamp_(
+                0, 255).to(torch.uint8)
+
+        t = timed(kor, dev, reps=5)
+        rows.append({"path": "kornia filter2d (float)", "s": t, "GB/s": 2 * nbytes / t / 1e9})
+    except ImportError:
+        pass
+    for r in rows:
+        if "s" in r:
+            r["% copy"] = 100 * r["GB/s"] * 1e9 / copy_bw
+            r["% peak"] = 100 * r["GB/s"] * 1e9 / peak if peak else None
+    print(f"\nBatched sharpen, {batch} x 1080p RGB uint8 ({nbytes / 1e6:.0f} MB in, same out); "
+          f"theoretical peak {peak / 1e9:.0f} GB/s" if peak else "")
+    print(f"| {'path':34s} | {'ms':>8s} | {'GB/s':>8s} | {'% of copy':>9s} | {'% of peak':>9s} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 11}|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['path']:34s} | {r['error'][:60]}")
+            continue
+        pk = f"{r['% peak']:8.1f}%" if r.get("% peak") is not None else f"{'-':>9s}"
+        print(f"| {r['path']:34s} | {r['s'] * 1e3:8.2f} | {r['GB/s']:8.1f} | "
+              f"{r['% copy']:8.1f}% | {pk} |")
+    best = max((r for r in rows[1:] if "s" in r and r["path"].startswith("convkit")),
+               key=lambda r: r["GB/s"], default=None)
+    if best is not None and peak:
+        ok = best["% peak"] >= 50
+        print(f"target: >= 50% of the roofline: best convkit path {best['% peak']:.0f}% of peak "
+              f"({'ok' if ok else 'MISSED'})")
+    return rows
+
+
+def make_jpegs(folder: Path, n: int) -> None:
+    import cv2
+    from skimage import data
+
+    base = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (1920, 1080),
+                      interpolation=cv2.INTER_CUBIC)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"img{i:03d}.jpg"), np.roll(base, 17 * i, axis=1),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def gpu_decode_pipeline(folder: Path, out: Path, dev: torch.device, batch: int) -> float:
+    """JPEG files -> decode_jpeg on the GPU -> convkit -> encode_jpeg on the GPU -> files."""
+    from torchvision.io import decode_jpeg, encode_jpeg, read_file
+
+    m = convkit.chain("sharpen").to(dev)
+    files = sorted(folder.glob("*.jpg"))
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(0, len(files), batch):
+        chunk = files[i:i + batch]
+        datas = [read_file(str(f)) for f in chunk]
+        imgs = decode_jpeg(datas, device=dev)
+        x = torch.stack(imgs)
+        y = engine.apply(m, x)
+        encoded = encode_jpeg(list(y), quality=95)
+        for f, e in zip(chunk, encoded, strict=True):
+            (out / f.name).write_bytes(e.cpu().numpy().tobytes())
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def cli_end_to_end(folder: Path, out: Path, device: str) -> dict | None:
+    exe = shutil.which("convkit")
+    cmd = [exe] if exe else [sys.executable, "-m", "convkit"]
+    t0 = time.perf_counter()
+    r = subprocess.run([*cmd, "sharpen", str(folder), "-o", str(out), "--device", device,
+                        "--json", "--quiet"], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        print(f"CLI failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+        return None
+    try:
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        summary = {}
+    summary["wall_s"] = wall
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--skip-cli", action="store_true")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    print(f"device: {name}; torch {torch.__version__}")
+    roofline(dev, args.batch)
+    if args.skip_cli:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "jpegs"
+        make_jpegs(folder, args.images)
+        print(f"\n{args.images} JPEGs of 1920x1080, sharpen, end to end:")
+        if dev.type == "cuda":
+            try:
+                t = gpu_decode_pipeline(folder, Path(tmp) / "gpu-out", dev, args.batch)
+                print(f"  decode_jpeg/encode_jpeg on the GPU + convkit: {t:.2f} s, "
+                      f"{args.images / t:.1f} images/s")
+            except Exception as e:  # older torchvision: no batched GPU decode or encode
+                print(f"  GPU decode pipeline failed: {type(e).__name__}: {e}")
+        s = cli_end_to_end(folder, Path(tmp) / "cli-out", args.device)
+        if s is not None:
+            print(f"  convkit CLI (--device {args.device}, decoding on the CPU): "
+                  f"{s['wall_s']:.2f} s wall, {args.images / s['wall_s']:.1f} images/s, "
+                  f"summary {json.dumps({k: v for k, v in s.items() if k != 'wall_s'})[:200]}")
+        os.sync()
+
+
+if __name__ == "__main__":
+    main()

@@ -81,6 +81,11 @@ class Kernel2d(Filter):
         separable: optional exact (column, row) factors with ``col[:, None] * row[None, :]``
             equal to the scaled kernel (before strength); the engine may use them.
 
+    Attributes:
+        method: how :func:`convkit.engine.apply` runs this kernel: None (the engine's rule) or
+            "direct", "separable", "lowrank", "fft", "box"; a kernel with a method set is never
+            fused with its neighbours. ``forward`` itself always correlates directly.
+
     Shape:
         input (B, C, H, W) or (C, H, W), float; output the same shape.
 
@@ -90,6 +95,7 @@ class Kernel2d(Filter):
     """
 
     weight: Tensor
+    method: str | None = None
 
     def __init__(
         self,

@@ -9,9 +9,9 @@ tensor; OpenCV: an (H, W, 3) array; Pillow: an RGB image) and returns uint8; kor
 torchvision are timed with their uint8 -> float -> uint8 conversions, as a user would run them.
 Peers are called with the closest filter they have (noted under the table; Pillow's
 GaussianBlur is an approximation by box blurs, so it is not the same filter). Timings are
-interleaved round by round (every column once per round) and the median is reported, so that
-load from other processes hits all columns alike. Ratios are column / convkit: above 1 means
-convkit is faster.
+interleaved round by round (every column once per round) and the fastest round is reported, so
+that load from other processes hits all columns alike and disturbs the result least. Ratios
+are column / convkit: above 1 means convkit is faster.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +45,8 @@ def photo(w: int = 1920, h: int = 1080) -> np.ndarray:
 
 def timeit_rounds(fns: dict[str, Callable[[], object]], rounds: int,
                   slow: dict[str, int] | None = None) -> dict[str, float]:
-    """Median seconds per call of each function, measured round-robin after one warm-up."""
+    """Fastest seconds per call of each function, measured round-robin after one warm-up (the
+    least disturbed run: other processes on a shared machine only ever add time)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for f in fns.values():
         f()
@@ -57,7 +57,7 @@ def timeit_rounds(fns: dict[str, Callable[[], object]], rounds: int,
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 # --- peers ------------------------------------------------------------------------------------
@@ -296,12 +296,15 @@ def chain_members(rounds: int, device: str) -> None:
 
 
 # --- the rule's measurements ------------------------------------------------------------------
-def methods(rounds: int) -> None:
-    """Time every method on one 1920x1080 uint8 plane (batch 1, 1 channel) per kernel shape."""
+def methods(rounds: int, device: str) -> None:
+    """Time every method on one 1920x1080 uint8 plane (batch 1, 1 channel) per kernel shape:
+    the opencv backend on the CPU, the torch backend on ``device`` when it is a GPU (torch on
+    the CPU is the fallback for float64/float16 and gradients, slow for one plane)."""
     img = photo()[:, :, 1]
-    x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+    x = torch.from_numpy(np.ascontiguousarray(img))[None, None].to(device)
+    backends = ("opencv",) if device == "cpu" else ("torch",)
     rng = np.random.default_rng(0)
-    print("One 1920x1080 uint8 plane, ms per call (median); '-' = method cannot run it.")
+    print("One 1920x1080 uint8 plane, ms per call (best round); '-' = method cannot run it.")
     print(f"{'kernel':22s} {'backend':8s} " + " ".join(f"{m:>9s}" for m in engine.METHODS)
           + "   rule")
     cases = []
@@ -314,9 +317,9 @@ def methods(rounds: int) -> None:
         if n <= 31:
             cases.append((f"full {n}x{n}", rng.normal(size=(n, n)) / n))
     for name, k in cases:
-        mod = convkit.Kernel2d(k, scale=1.0)
+        mod = convkit.Kernel2d(k, scale=1.0).to(device)
         op = LinearOp(k)
-        for backend in ("opencv", "torch"):
+        for backend in backends:
             fns = {}
             for meth in engine.METHODS:
                 if meth == "fft" and backend == "opencv":
@@ -325,11 +328,9 @@ def methods(rounds: int) -> None:
                     continue
                 if meth == "box" and op.box_weight is None:
                     continue
-                if backend == "torch" and meth == "direct" and k.size > 300:
-                    continue  # minutes on a CPU; the rule never picks it there
-                fns[meth] = lambda meth=meth, b=backend, mod=mod: engine.apply(
-                    mod, x, method=meth, backend=b)
-            r = 3 if backend == "torch" else rounds
+                fns[meth] = lambda meth=meth, b=backend, mod=mod: (engine.apply(
+                    mod, x, method=meth, backend=b), _sync(device))
+            r = rounds
             t = timeit_rounds(fns, r)
             cells = " ".join(f"{t[m] * 1e3:9.2f}" if m in t else f"{'-':>9s}"
                              for m in engine.METHODS)
@@ -363,9 +364,9 @@ def main() -> None:
     args = ap.parse_args()
     print(machine())
     if args.methods:
-        methods(args.rounds)
+        methods(args.rounds, args.device)
         return
-    print(f"1920x1080 RGB uint8 in, uint8 out; median of {args.rounds} interleaved rounds "
+    print(f"1920x1080 RGB uint8 in, uint8 out; best of {args.rounds} interleaved rounds "
           f"(kornia 3, Pillow 5); device {args.device}\n")
     results = table(args.rounds, args.device)
     chain_members(args.rounds, args.device)

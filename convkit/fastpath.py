@@ -181,6 +181,10 @@ def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch
             res = _filter(src2, op, method, cv2.CV_16S, s, delta, bt)
             cv2.convertScaleAbs(_crop(res, crop), dst=dst)
             continue
+        if method == "direct" and src2.dtype != np.float32:
+            # filter2D from an integer plane to float32 is ~4x slower than converting the
+            # plane first (measured: 5x5 on 1080p, 13 ms against 0.8 + 2.6 ms)
+            src2 = src2.astype(np.float32)
         res = _filter(src2, op, method, cv2.CV_32F, s, delta, bt)
         _store(_crop(res, crop), dst, negative)
     return out

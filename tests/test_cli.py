@@ -434,3 +434,22 @@ def test_unwritable_output_folder_is_one_error_per_file(tmp_path):
     assert res.stderr.splitlines()[0] == (
         f"error: {src}: cannot create output folder {blocker / 'sub'} (a file is in the way)")
     assert "Traceback" not in res.output
+
+
+def test_apply_a_model_file_with_a_space_in_its_name(tmp_path):
+    model_mod = pytest.importorskip("convkit.learn.model")
+    files = pytest.importorskip("convkit.learn.files")
+    import torch
+
+    net = model_mod.LearnedFilter(model_mod.ModelConfig(arch="linear", kernel=3))
+    with torch.no_grad():  # a linear model holding the sharpen kernel
+        net.conv.weight[0, 0] = torch.from_numpy(SHARPEN)
+    model = files.save_model(net, tmp_path / "my sharpen.pt")
+    img = photo(seed=8)
+    src = write(tmp_path / "in.png", img)
+    res = invoke("apply", model, src, "-o", tmp_path / "out.png")
+    assert res.exit_code == 0, res.output
+    ref = cv2.filter2D(img, -1, SHARPEN, borderType=cv2.BORDER_REFLECT_101)
+    assert max_diff(read(tmp_path / "out.png"), ref) <= 1
+    res = invoke("apply", model, src)  # default name from the model file's stem
+    assert res.exit_code == 0 and (tmp_path / "in-my_sharpen.png").exists(), res.output

@@ -9,7 +9,9 @@ choice, and results never depend on it beyond float rounding (1 grey level on in
 1. The module is flattened into a cached *plan* (:mod:`convkit.fusion`); consecutive linear
    kernels are fused into one where that is exact at every pixel (any kernels for ``circular``;
    for ``reflect``/``symmetric`` when every kernel but the last is odd-sized and mirror
-   symmetric; never for ``replicate``/``constant``).
+   symmetric; never for ``replicate``/``constant``). A fused group runs as one kernel, or as its
+   separable members in one separable pass followed by the rest, whichever the cost model below
+   says is cheaper.
 2. Each linear kernel runs by one *method*: ``direct`` (2-D correlation), ``separable`` (two
    1-D passes, rank 1 by SVD or the exact factors of gaussian/box), ``lowrank`` (a sum of
    separable passes, for kernels of small SVD rank), ``fft`` (torch only) or ``box`` (running
@@ -18,20 +20,33 @@ choice, and results never depend on it beyond float rounding (1 grey level on in
    :mod:`convkit.fastpath`; integer conversion folded into the kernel, so an integer image goes
    in and out in one pass) or ``torch`` (any device and dtype; channels_last on the CPU).
 
-Method rule (``method=None``), measured on a 2-core x86 machine (AVX2), one 1920x1080 plane;
-``python benchmarks/bench_filters.py --methods`` prints the measurements behind it. ``taps`` is
-kh*kw, ``r`` the SVD rank.
+Method rule (``method=None``). ``taps`` is kh*kw, ``r`` the SVD rank, ``n`` = kh + kw.
 
-==========================  ===================================  ===========================
-kernel                      opencv backend (CPU)                 torch backend (CUDA, CPU)
-==========================  ===================================  ===========================
-all taps equal (box)        box (cv2.boxFilter) from 2x2 on      box (running sums) if taps
-                                                                 >= 121, else separable
-rank 1, both sides > 1      separable if taps >= 9               separable if taps >= 9
-taps <= 25                  direct (filter2D)                    direct
-r * (kh + kw) <= taps / 2   lowrank                              lowrank
-taps >= 121 (else direct)   direct on float32 (OpenCV's DFT)     fft if taps >= 225
-==========================  ===================================  ===========================
+opencv backend (CPU): the cheapest method by a cost model fitted to
+``python benchmarks/bench_filters.py --methods`` (one 1920x1080 uint8 plane, 2-core x86 AVX2,
+OpenCV 5, best of 9 rounds on a machine shared with other jobs; ms per plane, excerpt):
+
+=============  ======  =========  =======  =====  ==================================
+kernel         direct  separable  lowrank  box    cost model, ns per sample (picked)
+=============  ======  =========  =======  =====  ==================================
+box 3x3          3.0     1.7        4.7     0.8   box 1.0
+box 31x31       44.4     6.7       10.4     2.1   box 1.0 (flat in size)
+rank1 3x3        2.5     1.3        4.4      -    separable 0.5 + 0.08 n
+rank1 13x13     42.0     3.8        6.6      -    separable
+rank1 49x49     45.6    15.6       20.1      -    separable
+rank2 3x3        2.5      -        11.6      -    direct max(1, 0.16 taps) below 121 taps
+rank2 13x13     43.8      -        26.4      -    lowrank r (2 + 0.08 n) + 2
+rank2 31x31     44.4      -        45.2      -    lowrank (a tie)
+full 7x7        13.2      -        81.6      -    direct
+full 13x13      42.4      -       143        -    direct: 21 from 121 taps (OpenCV's DFT)
+=============  ======  =========  =======  =====  ==================================
+
+torch backend (CUDA, and the CPU fallback): a threshold rule, written for the GPU and not yet
+measured on one (benchmarks/gpu.sh measures sharpen): box -> ``box`` (running sums) from 121
+taps, else ``separable``; rank 1 with taps >= 9 -> ``separable``; taps <= 25 -> ``direct``;
+``r * n * 2 <= taps`` -> ``lowrank``; taps >= 225 -> ``fft``; else ``direct``. On the CPU,
+torch's own depthwise convolution is 5-50x slower than OpenCV's (it is the path for float64,
+float16 and inputs that need a gradient).
 
 The opencv backend is used on the CPU for uint8, uint16 and float32 images when the input
 needs no gradient; torch otherwise (or when ``backend="torch"``). Median filters use
@@ -60,7 +75,7 @@ from torch import Tensor, nn
 
 from . import fastpath
 from . import functional as KF
-from .fusion import GradientOp, LinearOp, MedianOp, ModuleOp, Plan, get_plan
+from .fusion import GradientOp, LinearOp, MedianOp, ModuleOp, Plan, get_plan, method_costs
 
 __all__ = ["apply", "apply_tiled", "options", "explain", "choose_method", "METHODS", "BACKENDS"]
 
@@ -69,8 +84,8 @@ BACKENDS = ("auto", "torch", "opencv")
 _MAX = {torch.uint8: 255.0, torch.uint16: 65535.0}
 OFFSET = 128.0 / 255.0
 
-# --- the rule's thresholds (see the table above) ----------------------------------------------
-CV_DIRECT_MAX_TAPS = 25
+# --- the torch rule's thresholds (see the table above) ----------------------------------------
+DIRECT_MAX_TAPS = 25
 SEP_MIN_TAPS = 9
 LOWRANK_FACTOR = 2  # lowrank when rank * (kh + kw) * LOWRANK_FACTOR <= taps
 T_BOX_MIN_TAPS = 121
@@ -127,18 +142,20 @@ def options(*, method: str | None = None, backend: str | None = None, fuse: bool
 # --- the rule ---------------------------------------------------------------------------------
 def choose_method(op: LinearOp, backend: str) -> str:
     """The method the rule picks for ``op`` on ``backend`` ("opencv" or "torch")."""
+    if backend == "opencv":
+        costs = method_costs(op)
+        return min(costs, key=costs.get)
     kh, kw = op.shape
     taps = kh * kw
     if op.box_weight is not None and kh > 1 and kw > 1:
-        if backend == "opencv" or taps >= T_BOX_MIN_TAPS:
-            return "box"
+        return "box" if taps >= T_BOX_MIN_TAPS else "separable"
     if op.rank == 1 and kh > 1 and kw > 1 and taps >= SEP_MIN_TAPS:
         return "separable"
-    if taps <= CV_DIRECT_MAX_TAPS:
+    if taps <= DIRECT_MAX_TAPS:
         return "direct"
     if op.rank * (kh + kw) * LOWRANK_FACTOR <= taps:
         return "lowrank"
-    if backend == "torch" and taps >= T_FFT_MIN_TAPS:
+    if taps >= T_FFT_MIN_TAPS:
         return "fft"
     return "direct"
 

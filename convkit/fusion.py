@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from .modules import GradientMagnitude, Kernel2d, Median, Pool2d, Sequence2
 
 __all__ = ["LinearOp", "MedianOp", "GradientOp", "ModuleOp", "Plan", "build_plan", "get_plan",
-           "flatten", "compose", "fusable", "split_group", "cost"]
+           "flatten", "compose", "fusable", "split_group", "cost", "method_costs"]
 
 # Singular values below this fraction of the largest are float32 noise: dropping them changes a
 # result by less than float32 rounding of the kernel itself.
@@ -251,22 +251,28 @@ def compose(a: LinearOp, b: LinearOp) -> LinearOp:
                     f"{a.name} * {b.name}", factors)
 
 
-# Rough cost of one operation in ns per sample on the measured machine class (2-core AVX2,
-# OpenCV): enough to choose between fusing everything and splitting off a separable factor.
-PASS_COST = 0.8  # one more float32 intermediate (write + read)
+# Cost of one operation in ns per sample, fitted to `bench_filters.py --methods` on the 2-core
+# machine class (OpenCV, one 1080p uint8 plane): used to pick methods on the opencv backend and
+# to choose how a fusable group is split.
+PASS_COST = 1.5  # one more float32 intermediate: its write, its read and the final store
+
+
+def method_costs(op: LinearOp) -> dict[str, float]:
+    """Estimated ns per sample of each method that can run ``op`` (OpenCV backend)."""
+    kh, kw = op.shape
+    taps = kh * kw
+    out = {"direct": max(1.0, 0.16 * taps) if taps < 121 else 21.0}  # DFT above 11x11
+    if op.box_weight is not None and kh > 1 and kw > 1:
+        out["box"] = 1.0
+    if op.rank == 1 and kh > 1 and kw > 1:
+        out["separable"] = 0.5 + 0.08 * (kh + kw)
+    out["lowrank"] = op.rank * (2.0 + 0.08 * (kh + kw)) + 2.0
+    return out
 
 
 def cost(op: LinearOp) -> float:
-    """Estimated ns per sample of running ``op`` by the method the engine's rule picks."""
-    kh, kw = op.shape
-    taps = kh * kw
-    if op.box_weight is not None and kh > 1 and kw > 1:
-        return 1.0
-    if op.rank == 1 and kh > 1 and kw > 1:
-        return 1.0 + 0.1 * (kh + kw)
-    direct = 0.6 + 0.08 * taps if taps < 121 else 12.0  # OpenCV's DFT for large kernels
-    lowrank = op.rank * (1.0 + 0.1 * (kh + kw)) + 0.5 * (op.rank - 1)
-    return min(direct, lowrank)
+    """Estimated ns per sample of ``op`` by its cheapest method."""
+    return min(method_costs(op).values())
 
 
 def _total(ops: list[LinearOp]) -> float:

@@ -230,7 +230,7 @@ def test_fusion_exact_everywhere(border):
     assert all(fusion.fusable(a, b) for a, b in zip(ops, ops[1:], strict=False))
     full = fusion._fold(ops)
     split = fusion.split_group(ops)
-    assert len(fusion.build_plan(ch).ops) <= 2
+    assert len(fusion.build_plan(ch).ops) < len(ops)  # fused, in one or more groups
     for shape in ((17, 20), (4, 3), (1, 2), (1, 1)):
         x = torch.from_numpy(R.random((1, 2, *shape)))
         ref = _run_unfused(ch, x)

@@ -86,6 +86,9 @@ def _run_params() -> list[click.Parameter]:
         click.Option(["--max-pixels"], type=click.IntRange(min=1), default=None,
                      help="Refuse images with more pixels than this (decompression-bomb "
                           "guard; default about 89 million)."),
+        click.Option(["--max-memory"], metavar="SIZE",
+                     help="Working memory for filtering a huge image in tiles, e.g. 512M or "
+                          "2G (default: automatic)."),
         click.Option(["-q", "--quiet"], is_flag=True,
                      help="No progress bar and no summary line (errors are still printed)."),
         click.Option(["--json", "as_json"], is_flag=True,

@@ -337,12 +337,26 @@ def filter_batch(module, batch, *, alpha: bool, device) -> Any:
         return out.cpu() if out.device.type != "cpu" else out
 
 
-def filter_image(module, image, *, alpha: bool, device) -> Any:
+def filter_image(module, image, *, alpha: bool, device, max_memory: int | None = None) -> Any:
     """Filter one image (C, H, W); returns (C, H', W') on the CPU.
 
-    Huge images come here one at a time, never batched: a tiled path (bounded memory, same
-    result) plugs in here.
+    Huge images (over :data:`HUGE_PIXELS`) come here one at a time, never batched. On the CPU
+    they are filtered in tiles with a halo (``engine.apply_tiled``: the same result as the whole
+    image, in bounded working memory, ``max_memory`` bytes or automatic), in place when the
+    chain keeps the image size, so no second full-size image is allocated.
     """
+    import torch
+
+    from . import engine
+    from .modules import Pool2d
+
+    tiled = getattr(engine, "apply_tiled", None)
+    if device.type == "cpu" and image.shape[-1] * image.shape[-2] > HUGE_PIXELS and tiled:
+        x = image.unsqueeze(0)
+        pools = any(isinstance(m, Pool2d) for m in module.modules())
+        with torch.inference_mode():
+            return tiled(module, x, alpha=alpha, max_memory=max_memory,
+                         out=None if pools else x)[0]
     return filter_batch(module, image.unsqueeze(0), alpha=alpha, device=device)[0]
 
 
@@ -405,6 +419,7 @@ def run(
     device: str | None = "auto",
     workers: int | None = None,
     max_pixels: int | None = None,
+    max_memory: int | str | None = None,
     name: str | None = None,
     progress: bool | None = None,
     on_error: Callable[[str], None] | None = None,
@@ -429,6 +444,8 @@ def run(
         workers: decode and encode threads each (default: CPU count, 2 to 8).
         max_pixels: refuse images with more pixels than this (decompression-bomb guard);
             None keeps convkit.io's default.
+        max_memory: working memory for filtering one huge image in tiles, bytes or a size
+            like "512M" (see :func:`filter_image`); None: automatic.
         name: the tag in default output names (default: from the spec).
         progress: show a tqdm bar on stderr; default when stderr is a terminal.
         on_error: called with each one-line error as it happens (default: print to stderr).
@@ -444,6 +461,10 @@ def run(
         raise UsageError(f"quality should be in 1..100. Got {quality}")
     if skip_existing and in_place:
         raise UsageError("--skip-existing cannot be combined with --in-place")
+    if max_memory is not None:
+        from .tiling import parse_memory
+
+        max_memory = parse_memory(max_memory)
     rank, world = shard()
     tag = name or output_name(spec)
     jobs, early = plan(inputs, output, name=tag, recursive=recursive, in_place=in_place,
@@ -479,7 +500,7 @@ def run(
         with _torch_threads(dev):
             _loop(todo, module, dev, summary, fail, batch_size=batch_size,
                   workers=workers or _default_workers(), quality=quality, format=format,
-                  max_pixels=max_pixels, progress=progress)
+                  max_pixels=max_pixels, max_memory=max_memory, progress=progress)
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
 
@@ -530,7 +551,7 @@ def _bar(total: int, progress: bool | None, rank: int):
 
 def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], None], *,
           batch_size: int, workers: int, quality: int, format: str | None,
-          max_pixels: int | None, progress: bool | None) -> None:
+          max_pixels: int | None, max_memory: int | None, progress: bool | None) -> None:
     io = _io()
     bar = _bar(len(todo), progress, summary.rank)
     if bar is not None:
@@ -582,7 +603,8 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
             return
         try:
             if len(batch) == 1:
-                outs = [filter_image(module, batch[0][1], alpha=alpha, device=dev)]
+                outs = [filter_image(module, batch[0][1], alpha=alpha, device=dev,
+                                     max_memory=max_memory)]
             else:
                 import torch
 

@@ -188,6 +188,7 @@ def test_show_errors_are_usage_errors():
         (["sharpen", "IMG", "--in-place", "--skip-existing"], "cannot be combined"),
         (["sharpen", "DIR"], "needs -o"),
         (["sharpen", "IMG", "--quality", "101"], "--quality"),
+        (["sharpen", "IMG", "--max-memory", "lots"], "Invalid max_memory 'lots'"),
         (["sharpen"], "Usage: convkit sharpen"),
     ],
 )

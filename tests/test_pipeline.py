@@ -259,3 +259,32 @@ def test_torchrun_two_processes(tmp_path):
     assert sorted(s["rank"] for s in summaries) == [0, 1]
     assert sum(s["written"] for s in summaries) == 6
     assert len(files_under(tmp_path / "out")) == 6
+
+
+def test_huge_images_are_filtered_in_tiles_with_the_same_result(tmp_path, monkeypatch):
+    from convkit import engine
+
+    calls = []
+    real = engine.apply_tiled
+
+    def spy(module, x, **kw):
+        calls.append((tuple(x.shape), kw["out"] is x))
+        return real(module, x, **kw)
+
+    monkeypatch.setattr(engine, "apply_tiled", spy)
+    monkeypatch.setattr(pipeline, "HUGE_PIXELS", 100 * 100)  # "huge" from 100x100 up
+    img = photo(150, 220, seed=3)
+    src = write(tmp_path / "big.png", img)
+    s = convkit.run("sharpen", src, tmp_path / "s.png", max_memory="64K", progress=False)
+    assert s.written == 1 and calls == [((1, 3, 150, 220), True)]  # in place: no second image
+    got = cv2.imread(str(tmp_path / "s.png"))
+    assert np.abs(got.astype(int) - sharpened(img).astype(int)).max() <= 1
+
+    s = convkit.run("avgpool(size=2)", src, tmp_path / "p.png", max_memory="64K",
+                    progress=False)
+    assert s.written == 1 and calls[-1] == ((1, 3, 150, 220), False)  # pooling: a new image
+    ref = cv2.resize(img, (110, 75), interpolation=cv2.INTER_AREA)
+    got = cv2.imread(str(tmp_path / "p.png"))
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="Invalid max_memory"):
+        convkit.run("sharpen", src, tmp_path / "x.png", max_memory="lots")

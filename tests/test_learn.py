@@ -129,7 +129,7 @@ def test_tiles_with_the_reach_as_halo_equal_the_whole_image(cfg):
     m = LearnedFilter(cfg).eval()
     for p in m.parameters():
         p.data.normal_(0, 0.3)
-    n, step = m.reach[0], m.tile_multiple
+    n, step = m.reach[0], m.tile_align
     x = torch.rand(1, 2, 70, 90)
     with torch.no_grad():
         whole = m(x)
@@ -140,6 +140,21 @@ def test_tiles_with_the_reach_as_halo_equal_the_whole_image(cfg):
             out = m(tile)[..., t0 - a0 : t0 - a0 + th, l0 - b0 : l0 - b0 + tw]
             torch.testing.assert_close(out, whole[..., t0 : t0 + th, l0 : l0 + tw],
                                        rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[3], CONFIGS[4]], ids=lambda c: c.describe())
+def test_convkit_tiling_of_a_learned_filter_equals_the_whole_image(cfg):
+    """The contract with convkit.tiling: reach and tile_align are enough to tile exactly."""
+    from convkit.engine import apply
+    from convkit.tiling import apply_tiled
+
+    torch.manual_seed(4)
+    m = LearnedFilter(cfg).eval()
+    x = torch.from_numpy(_photo()[:61, :83].copy()).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        whole = apply(m, x)
+        tiled = apply_tiled(m, x, tile=16)
+    assert torch.equal(tiled, whole)
 
 
 def test_per_channel_model_runs_each_channel_alone():
@@ -693,30 +708,46 @@ def test_cli_empty_folder_and_bad_info(tmp_path):
 
 
 # --- processes: Ctrl-C and torchrun ------------------------------------------------------------
-def test_ctrl_c_keeps_a_checkpoint_that_resumes(tmp_path):
+def _wait_for_epochs(proc: subprocess.Popen, log: Path, n: int) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= n:
+            return
+        time.sleep(0.02)
+
+
+def test_killed_or_interrupted_training_resumes(tmp_path):
+    """SIGKILL at an arbitrary moment (checkpoints written every step, so likely mid-write)
+    leaves a readable checkpoint; Ctrl-C saves one and exits 130; --resume finishes."""
     folder = _folder(tmp_path, n=3)
     out = tmp_path / "m.pt"
     base = [sys.executable, "-m", "convkit.learn.train", str(folder), "-o", str(out),
             "--mimic", "sharpen", "--patch", "16", "--batch-size", "2", "--depth", "3",
             "--width", "4", "--val", "1", "--epoch-steps", "3", "--no-strip", "-q"]
-    proc = subprocess.Popen([*base, "--steps", "100000"], env=ENV, stderr=subprocess.PIPE,
-                            text=True)
-    log = sidecar(out, "log.jsonl")
-    deadline = time.time() + 60
-    while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
+    ckpt, log = sidecar(out, "last.ckpt"), sidecar(out, "log.jsonl")
+    proc = subprocess.Popen([*base, "--steps", "100000", "--save-every", "1"], env=ENV,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(proc, log, 1)
+    time.sleep(0.13)
+    proc.kill()
+    proc.communicate(timeout=30)
+    killed_at = LF.read_model_file(ckpt)["train_state"]["step"]  # intact, whenever it died
+    assert killed_at >= 1
+    loud = [a for a in base if a != "-q"]
+    proc = subprocess.Popen([*loud, "--resume"], env=ENV, stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(proc, log, killed_at // 3 + 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert f"resuming {ckpt} at step {killed_at}" in err
     assert "stopped by Ctrl-C" in err and "--resume" in err
-    step = LF.read_model_file(sidecar(out, "last.ckpt"))["train_state"]["step"]
-    assert step >= 6
+    step = LF.read_model_file(ckpt)["train_state"]["step"]
+    assert step > killed_at
     done = subprocess.run([*base, "--resume", "--steps", str(step + 2)], env=ENV,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert LF.read_model_file(sidecar(out, "last.ckpt"))["train_state"]["step"] == step + 2
+    assert LF.read_model_file(ckpt)["train_state"]["step"] == step + 2
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]  # stale temp files removed
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

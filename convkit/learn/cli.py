@@ -111,7 +111,8 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--epoch-steps", type=click.IntRange(min=1), default=None,
               help="Steps per epoch (default: one pass over the training pixels, at most 500).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
-              show_default=True, help="Adam's learning rate; it decays (cosine) to lr * lr-end.")
+              show_default=True, help="Adam's learning rate; it decays (cosine) to lr * lr-end. "
+              "(--arch linear with the l2 loss is solved exactly by least squares instead.)")
 @click.option("--lr-end", type=click.FloatRange(0, 1, min_open=True), default=0.01,
               show_default=True)
 @click.option("--loss", type=click.Choice(["l1", "l2"]), default="l2", show_default=True)
@@ -178,6 +179,9 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
         ctx.exit({2: 130, 15: 143}.get(e.signum or 0, 1))
+    except KeyboardInterrupt:
+        click.echo("stopped at once; the last checkpoint on disk is kept (--resume)", err=True)
+        ctx.exit(130)
     except TrainingError as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:
@@ -268,10 +272,12 @@ def describe(path: Path, payload: dict[str, Any], net) -> str:
             f"lr {p.get('lr')}, seed {p.get('seed')}"
             + (f", {p.get('processes')} processes" if (p.get("processes") or 1) > 1 else "")
         )
+    state = payload.get("train_state")
     if m.get("val_psnr") is not None:
         base = m.get("baseline_psnr")
+        label = "best so far: " if isinstance(state, dict) else "metrics:      "
         lines.append(
-            f"metrics:      validation PSNR {m['val_psnr']:.2f} dB, SSIM {m['val_ssim']:.4f}"
+            f"{label}validation PSNR {m['val_psnr']:.2f} dB, SSIM {m['val_ssim']:.4f}"
             + (f" (input as is: {base:.2f} dB, SSIM {m.get('baseline_ssim'):.4f})"
                if base is not None else "")
         )
@@ -280,7 +286,6 @@ def describe(path: Path, payload: dict[str, Any], net) -> str:
                      + (f"; train loss {m['train_loss']:.4g}" if m.get("train_loss") else ""))
     if p.get("created"):
         lines.append(f"created:      {p['created']}")
-    state = payload.get("train_state")
     if isinstance(state, dict):
         lines.append(f"checkpoint:   training state at step {state.get('step')} (epoch "
                      f"{state.get('epoch')}); continue with convkit train --resume")

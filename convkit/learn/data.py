@@ -90,7 +90,7 @@ def _chain_reach(module: nn.Module) -> int:
     total = 0
     for m in mods:
         reach = getattr(m, "reach", None)
-        if reach is None or getattr(m, "tile_multiple", 1) != 1:
+        if reach is None or getattr(m, "tile_align", 1) != 1:
             raise ValueError(
                 f"cannot mimic {m}: it does not say how much context it needs (reach), or it "
                 "pools; mimic needs a chain of convkit filters that keep the image size"

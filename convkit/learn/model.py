@@ -154,7 +154,7 @@ class LearnedFilter(Filter):
 
     Attributes:
         reach: (top, bottom, left, right) pixels of context the output needs (all equal).
-        tile_multiple: tiles must start at multiples of this (the pooling grid), 1 without pooling.
+        tile_align: tiles must start at multiples of this (the pooling grid), 1 without pooling.
 
     >>> m = LearnedFilter(ModelConfig(arch="linear", kernel=3))
     >>> x = torch.rand(2, 3, 8, 8)
@@ -212,8 +212,13 @@ class LearnedFilter(Filter):
         return (n, n, n, n)
 
     @property
-    def tile_multiple(self) -> int:
+    def tile_align(self) -> int:
         return self.config.pool if self.config.arch == "residual" else 1
+
+    @property
+    def border(self) -> str:
+        """The border mode that extends the image (read by the tiling code)."""
+        return self.config.border
 
     @property
     def num_params(self) -> int:

@@ -107,9 +107,10 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
     return path
 
 
-def plot_kernels(weight: Tensor, path: str | Path, cell: int = 48) -> Path:
+def plot_kernels(weight: Tensor, path: str | Path, cell: int | None = None) -> Path:
     """A grid of conv kernels ``weight`` (out, in, k, k), each scaled so that 0 is mid-grey and
-    its largest magnitude is black or white; RGB when in == 3, else the first input channel."""
+    its largest magnitude is black or white; RGB when in == 3, else the first input channel.
+    ``cell``: pixels per kernel side (default: 48, larger when there are few kernels)."""
     from PIL import Image
     from torchvision.utils import make_grid
 
@@ -119,6 +120,8 @@ def plot_kernels(weight: Tensor, path: str | Path, cell: int = 48) -> Path:
         w = w[:, :1]
     peak = w.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
     w = 0.5 + 0.5 * w / peak
+    if cell is None:
+        cell = max(48, 384 // min(8, w.shape[0]))
     scale = max(1, cell // w.shape[-1])
     w = w.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     grid = make_grid(w, nrow=min(8, w.shape[0]), padding=4, pad_value=1.0)

@@ -361,8 +361,6 @@ class Trainer:
         self.patch = self.data.effective_patch(cfg.patch)
         if self.patch < cfg.patch:
             self.log(f"patch {cfg.patch} is larger than the smallest image: using {self.patch}")
-        if self.patch % self.model.tile_multiple:
-            self.patch -= self.patch % self.model.tile_multiple
         net: nn.Module = _Net(self.model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -441,6 +439,8 @@ class Trainer:
         self._setup()
         cfg = self.cfg
         self.output.parent.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            self._remove_stale_temporaries()
         if self.dist.main and not self.baseline and self.val_set:
             self.baseline = evaluate(nn.Identity(), self.val_set, torch.device("cpu"))
         if self.resume_state is None:
@@ -491,6 +491,14 @@ class Trainer:
         metrics = self.best["metrics"] if self.best else {}
         return TrainResult(self.output, self.ckpt_path, self.log_path, metrics, self.history,
                            self.notes, pictures)
+
+    def _remove_stale_temporaries(self) -> None:
+        """A run killed while writing leaves ``.NAME.tmp-PID`` beside its files (the file
+        itself is intact: see :func:`~convkit.learn.files.atomic_write`); tidy them up."""
+        kinds = ("last.ckpt", "log.jsonl", "curves.png", "kernels.png", "strip.png")
+        for target in (self.output, *(sidecar(self.output, k) for k in kinds)):
+            for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
 
     def _interrupted(self, signum: int) -> TrainingInterrupted:
         name = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}.get(signum, "a stop request")
@@ -716,7 +724,7 @@ class Trainer:
     def _write_log(self) -> None:
         from .files import atomic_write
 
-        text = "".join(json.dumps(r) + "\n" for r in self.history)
+        text = "".join(json.dumps(_finite(r)) + "\n" for r in self.history)
         atomic_write(self.log_path, lambda f: f.write(text.encode()))
 
     def _curves(self) -> None:
@@ -748,6 +756,12 @@ class Trainer:
         except OSError as e:
             self.log(f"could not write a picture: {e}")
         return out
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no inf or NaN (a perfect PSNR is inf): write null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in row.items()}
 
 
 @contextmanager

@@ -287,7 +287,8 @@ def _compiled_direct(op: LinearOp, x: Tensor, s: float, fill: float, bias: float
                      negative: str | None) -> Tensor:
     fn = _COMPILED.get("shift_add")
     if fn is None:
-        fn = _COMPILED["shift_add"] = torch.compile(_shift_add, dynamic=False)
+        # shapes: static first, symbolic after a second size (no recompile per image size)
+        fn = _COMPILED["shift_add"] = torch.compile(_shift_add)
     k = op.cached(("t", x.device, torch.float32, s, "2d-flat"),
                   lambda: torch.as_tensor(op.kernel * s, dtype=torch.float32, device=x.device))
     return fn(x, k, op.pads, op.border, fill, bias, top, negative or "clip", negative is not None)

@@ -27,6 +27,8 @@ _LAZY = {
     "run": ("pipeline", "run"),
     "Summary": ("pipeline", "Summary"),
     "load_model": ("learn.files", "load_model"),
+    "apply_tiled": ("tiling", "apply_tiled"),
+    "filter_file": ("tiling", "filter_file"),
     "functional": ("functional", None),
 }
 

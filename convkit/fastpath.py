@@ -32,7 +32,6 @@ from .fusion import GradientOp, LinearOp, MedianOp
 __all__ = ["supports", "linear", "median", "gradient", "CV_DTYPES"]
 
 CV_DTYPES = (torch.uint8, torch.uint16, torch.float32)
-_DEPTH = {torch.uint8: cv2.CV_8U, torch.uint16: cv2.CV_16U, torch.float32: cv2.CV_32F}
 _BORDER = {
     "reflect": cv2.BORDER_REFLECT_101,
     "symmetric": cv2.BORDER_REFLECT,
@@ -46,7 +45,7 @@ OFFSET = 128.0 / 255.0
 # on float32 planes OpenCV switches to its DFT, so large kernels convert the plane first.
 FLOAT_DIRECT_MIN_TAPS = 121
 
-CV_METHODS = ("direct", "separable", "lowrank", "box")
+CV_METHODS = ("direct", "separable", "lowrank", "box")  # fft is a torch method
 
 
 def supports(op, dtype: torch.dtype) -> bool:

@@ -157,7 +157,9 @@ def sep_filter2d(
     kx, ky = kx.reshape(-1), ky.reshape(-1)
     top, bottom, left, right = kernel_pads(ky.numel(), kx.numel())
     out = _depthwise(pad(x4, 0, 0, left, right, border, value), kx.view(1, -1))
-    out = _depthwise(pad(out, top, bottom, 0, 0, border, value), ky.view(-1, 1))
+    # The rows above/below the image are constant rows that went through the row pass too.
+    col_value = value * float(kx.sum()) if border == "constant" else value
+    out = _depthwise(pad(out, top, bottom, 0, 0, border, col_value), ky.view(-1, 1))
     return out.squeeze(0) if added else out
 
 

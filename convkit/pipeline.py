@@ -565,19 +565,23 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
 
     read_kw = {} if max_pixels is None else {"max_pixels": max_pixels}
 
+    from .modules import Pool2d
+
+    keeps_size = not any(isinstance(m, Pool2d) for m in module.modules())
+
     def decode(job: Job):
+        if keeps_size and dev.type == "cpu" and _huge_png_to_png(job):
+            # Streams band by band: memory does not grow with the image (tiling.filter_file).
+            from .tiling import filter_file
+
+            _make_parent(job)
+            filter_file(module, job.src, job.out, max_memory=max_memory, max_pixels=max_pixels,
+                        quality=quality)
+            return _STREAMED, None
         return io.read_image_with_info(job.src, **read_kw)
 
     def encode(job: Job, image, info) -> None:
-        parent = os.path.dirname(job.out)
-        if parent:
-            try:
-                os.makedirs(parent, exist_ok=True)
-            except OSError as e:
-                in_the_way = isinstance(e, FileExistsError | NotADirectoryError)
-                reason = "a file is in the way" if in_the_way else (e.strerror or str(e))
-                raise OSError(f"{job.shown}: cannot create output folder {parent} "
-                              f"({reason})") from None
+        _make_parent(job)
         io.write_image(job.out, image, quality=quality, info=info)
 
     decoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-decode")
@@ -642,6 +646,11 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
                     if bar is not None:
                         bar.update(1)
                     continue
+                if image is _STREAMED:
+                    summary.written += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
                 c, h, w = image.shape
                 if h * w > HUGE_PIXELS:
                     emit([(job, image, info)], alpha=c in (2, 4))
@@ -665,6 +674,36 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
             if bar is not None:
                 bar.close()
         summary.interrupted = stop.signal
+
+
+_STREAMED = object()
+
+
+def _make_parent(job: Job) -> None:
+    parent = os.path.dirname(job.out)
+    if parent:
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            in_the_way = isinstance(e, FileExistsError | NotADirectoryError)
+            reason = "a file is in the way" if in_the_way else (e.strerror or str(e))
+            raise OSError(f"{job.shown}: cannot create output folder {parent} "
+                          f"({reason})") from None
+
+
+def _huge_png_to_png(job: Job) -> bool:
+    """A PNG over HUGE_PIXELS written as PNG: read the size from the IHDR chunk only."""
+    if not (str(job.src).lower().endswith(".png") and str(job.out).lower().endswith(".png")):
+        return False
+    try:
+        with open(job.src, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return False
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return False
+    w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return w * h > HUGE_PIXELS
 
 
 def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,

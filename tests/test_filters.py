@@ -332,3 +332,13 @@ def test_device_moves_buffers(device):
     x = torch.rand(1, 3, 10, 10, device=device)
     ref = convkit.get_filter("gaussian", sigma=1.0)(x.cpu())
     torch.testing.assert_close(g(x).cpu(), ref)
+
+
+@pytest.mark.parametrize("border", BORDERS)
+def test_sep_filter2d_equals_filter2d_at_the_borders(rng, border):
+    x = torch.from_numpy(rng.random((1, 2, 7, 9), dtype=np.float32))
+    kx = torch.tensor([1.0, 2.0, 1.0, 0.5])
+    ky = torch.tensor([1.0, -2.0, 3.0])
+    full = torch.outer(ky, kx)
+    torch.testing.assert_close(KF.sep_filter2d(x, kx, ky, border, value=0.5),
+                               KF.filter2d(x, full, border, value=0.5), atol=1e-5, rtol=1e-5)

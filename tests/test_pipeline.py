@@ -275,9 +275,10 @@ def test_huge_images_are_filtered_in_tiles_with_the_same_result(tmp_path, monkey
     monkeypatch.setattr(pipeline, "HUGE_PIXELS", 100 * 100)  # "huge" from 100x100 up
     img = photo(150, 220, seed=3)
     src = write(tmp_path / "big.png", img)
-    s = convkit.run("sharpen", src, tmp_path / "s.png", max_memory="64K", progress=False)
+    # PNG to PNG would stream (test below); BMP output takes the in-memory tiled path
+    s = convkit.run("sharpen", src, tmp_path / "s.bmp", max_memory="64K", progress=False)
     assert s.written == 1 and calls == [((1, 3, 150, 220), True)]  # in place: no second image
-    got = cv2.imread(str(tmp_path / "s.png"))
+    got = cv2.imread(str(tmp_path / "s.bmp"))
     assert np.abs(got.astype(int) - sharpened(img).astype(int)).max() <= 1
 
     s = convkit.run("avgpool(size=2)", src, tmp_path / "p.png", max_memory="64K",
@@ -288,3 +289,30 @@ def test_huge_images_are_filtered_in_tiles_with_the_same_result(tmp_path, monkey
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="Invalid max_memory"):
         convkit.run("sharpen", src, tmp_path / "x.png", max_memory="lots")
+
+
+def test_huge_png_streams_to_png_with_the_whole_image_result(tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    import convkit
+    from convkit import pipeline
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    src = tmp_path / "big.png"
+    cv2.imwrite(str(src), img[..., ::-1])
+    monkeypatch.setattr(pipeline, "HUGE_PIXELS", 10_000)
+    called = []
+    from convkit import tiling
+
+    real = tiling.filter_file
+    monkeypatch.setattr(tiling, "filter_file", lambda *a, **k: called.append(1) or real(*a, **k))
+    summary = convkit.run("gaussian(sigma=2) | sharpen", [str(src)], str(tmp_path / "o.png"),
+                          progress=False)
+    assert summary.written == 1 and called == [1]
+    out = cv2.imread(str(tmp_path / "o.png"))[..., ::-1]
+    blur = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 2)
+    ref = cv2.filter2D(blur, -1,
+                       np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32))
+    assert np.abs(out.astype(float) - np.clip(np.round(ref), 0, 255)).max() <= 1

@@ -85,6 +85,13 @@ _MAX_SIDE = {"JPEG": 65_535, "WEBP": 16_383}
 _PILLOW_GLOBALS = threading.Lock()
 
 
+def pillow_pixel_limit() -> int | None:
+    """Pillow's decompression-bomb limit. Read under the lock: ``_open`` switches it off for a
+    moment in whichever thread is parsing a header, and an unlocked read could see None."""
+    with _PILLOW_GLOBALS:
+        return Image.MAX_IMAGE_PIXELS
+
+
 class ImageFileError(ValueError):
     """An image file could not be read or written.
 
@@ -163,7 +170,7 @@ def read_image_with_info(
     name = os.fsdecode(path)
     if max_pixels is not None and max_pixels < 0:
         raise ValueError(f"max_pixels must be >= 0, got {max_pixels}")
-    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    limit = max_pixels or pillow_pixel_limit()
 
     data = _read_bytes(path, name)
     if data.startswith(_PNG_SIGNATURE):
@@ -355,7 +362,7 @@ def _open(data: bytes, name: str) -> Image.Image:
 def _load(im: Image.Image, name: str) -> None:
     """Decode the pixels, turning every decoder failure into ImageFileError."""
     width, height = im.size
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = pillow_pixel_limit()
     # Pillow's TIFF decoder checks its pixel limit again; an image allowed through by a raised
     # max_pixels must be decoded with that limit off. Only huge images take the lock here.
     over_pillow_limit = limit is not None and width * height > limit

@@ -570,7 +570,7 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
     keeps_size = not any(isinstance(m, Pool2d) for m in module.modules())
 
     def decode(job: Job):
-        if keeps_size and dev.type == "cpu" and _huge_png_to_png(job):
+        if keeps_size and dev.type == "cpu" and _huge_png_to_png(job, max_pixels):
             # Streams band by band: memory does not grow with the image (tiling.filter_file).
             from .tiling import filter_file
 
@@ -691,8 +691,9 @@ def _make_parent(job: Job) -> None:
                           f"({reason})") from None
 
 
-def _huge_png_to_png(job: Job) -> bool:
-    """A PNG over HUGE_PIXELS written as PNG: read the size from the IHDR chunk only."""
+def _huge_png_to_png(job: Job, max_pixels: int | None) -> bool:
+    """A PNG over HUGE_PIXELS (and within the pixel limit) written as PNG, judged from the IHDR
+    chunk alone. Over the limit, the normal reader refuses it with the usual message."""
     if not (str(job.src).lower().endswith(".png") and str(job.out).lower().endswith(".png")):
         return False
     try:
@@ -703,7 +704,9 @@ def _huge_png_to_png(job: Job) -> bool:
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return False
     w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    return w * h > HUGE_PIXELS
+    if not max_pixels:
+        max_pixels = _io().pillow_pixel_limit()
+    return HUGE_PIXELS < w * h <= (max_pixels or w * h)
 
 
 def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,

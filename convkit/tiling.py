@@ -452,7 +452,8 @@ def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
             raise ValueError(f"{path}: not a readable image ({e})") from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
-    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    with lock:
+        limit = max_pixels or Image.MAX_IMAGE_PIXELS
     w, h = size
     if limit and w * h > limit:
         raise ValueError(

@@ -705,3 +705,43 @@ def test_supported_extensions_and_is_image_path():
     assert is_image_path("a/b/Photo.JPG") and is_image_path(Path("x.tiff"))
     assert is_image_path("anim.gif")
     assert not is_image_path("notes.txt") and not is_image_path("png") and not is_image_path(".tmp")
+
+
+def test_pixel_limit_holds_while_another_thread_parses_a_header(tmp_path):
+    # io switches Pillow's global limit off for a moment while it parses a header; a reader in
+    # another thread must still see the real limit, not that moment's None.
+    import struct
+    import threading
+    import time
+    import zlib
+
+    from PIL import Image
+
+    from convkit import io as cio
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    result: list[BaseException | None] = []
+
+    def reader() -> None:
+        try:
+            cio.read_image(bomb)
+            result.append(None)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            result.append(e)
+
+    with cio._PILLOW_GLOBALS:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        t = threading.Thread(target=reader)
+        t.start()
+        time.sleep(0.2)
+        Image.MAX_IMAGE_PIXELS = saved
+    t.join(10)
+    assert isinstance(result[0], cio.ImageFileError)
+    assert "over the limit" in str(result[0])

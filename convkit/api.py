@@ -91,7 +91,10 @@ def _process_numpy(a: np.ndarray, module, dev, alpha) -> np.ndarray:
     if a.ndim not in (2, 3):
         raise ValueError(f"numpy image should be (H,W) or (H,W,C). Got shape {a.shape}")
     hwc = a[:, :, None] if a.ndim == 2 else a
-    x = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).unsqueeze(0)
+    # torch warns on read-only arrays (np.asarray of a PIL image); the copy is never written
+    # to either, but a writable one keeps the user's console clean.
+    hwc = np.ascontiguousarray(hwc) if hwc.flags.writeable else np.array(hwc, order="C")
+    x = torch.from_numpy(hwc).permute(2, 0, 1).unsqueeze(0)
     out = _run(module, x, dev, _default_alpha(hwc.shape[2], alpha))
     res = out[0].permute(1, 2, 0).contiguous().numpy()
     return res[:, :, 0] if a.ndim == 2 else res

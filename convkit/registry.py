@@ -156,6 +156,11 @@ NEGATIVE = Param(
     choices=("abs", "offset", "clip"),
 )
 LINEAR = (STRENGTH, BORDER, VALUE)
+POOL = (
+    Param("size", "int", 2, "window side", low=1),
+    Param("stride", "int", None, "step between windows (default: size)", low=1),
+    BORDER, VALUE,
+)
 
 _B = "convkit.builders:"
 
@@ -201,21 +206,11 @@ _BUILTINS: tuple[FilterInfo, ...] = (
         _B + "median", example="convkit median --size 5 photo.jpg",
     ),
     FilterInfo(
-        "avgpool", "Average pooling: shrinks the image by stride.",
-        (
-            Param("size", "int", 2, "window side", low=1),
-            Param("stride", "int", None, "step between windows (default: size)", low=1),
-            BORDER, VALUE,
-        ),
+        "avgpool", "Average pooling: shrinks the image by stride.", POOL,
         _B + "avgpool", example="convkit avgpool --size 2 photo.jpg",
     ),
     FilterInfo(
-        "maxpool", "Max pooling: shrinks the image by stride.",
-        (
-            Param("size", "int", 2, "window side", low=1),
-            Param("stride", "int", None, "step between windows (default: size)", low=1),
-            BORDER, VALUE,
-        ),
+        "maxpool", "Max pooling: shrinks the image by stride.", POOL,
         _B + "maxpool", example="convkit maxpool --size 2 photo.jpg",
     ),
     FilterInfo(

@@ -182,7 +182,7 @@ class _Parser:
 
 
 def parse_word(w: str) -> Any:
-    if _NUMBER_RE.match(w):
+    if _NUMBER_RE.fullmatch(w):
         f = float(w)
         if re.match(r"^[+-]?\d+$", w):
             return int(w)
@@ -215,7 +215,7 @@ def format_value(v: Any) -> str:
     if hasattr(v, "tolist"):
         return format_value(v.tolist())
     s = str(v)
-    if _WORD_RE.match(s) and isinstance(parse_word(s), str):
+    if _WORD_RE.fullmatch(s) and isinstance(parse_word(s), str):
         return s
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

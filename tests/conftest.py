@@ -42,6 +42,16 @@ def cv_filter2d(img: np.ndarray, kernel, border: str, value: float = 0.0) -> np.
     return out[top : top + img.shape[0], left : left + img.shape[1]]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny images: torch's second thread only adds waiting, a lot of it on a
+    busy 2-core machine. Restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     return request.param

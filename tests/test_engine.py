@@ -15,15 +15,7 @@ from convkit import engine, fusion
 from convkit import functional as KF
 from convkit.modules import GradientMagnitude, Kernel2d, Median
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The images here are tiny: torch's second thread only adds waiting, a lot of it on a
-    busy 2-core machine. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 BORDERS = ["reflect", "replicate", "constant", "circular", "symmetric"]

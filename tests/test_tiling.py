@@ -12,15 +12,7 @@ from torch import nn
 import convkit
 from convkit import engine, tiling
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The images here are tiny: torch's second thread only adds waiting, a lot of it on a
-    busy 2-core machine. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 R = np.random.default_rng(11)

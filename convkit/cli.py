@@ -132,13 +132,11 @@ def parse_value(text: str) -> Any:
 
     Raises ValueError saying where ``text`` stops parsing.
     """
-    from .spec import SpecError, _Parser
+    from .spec import SpecError
+    from .spec import parse_value as parse_spec_value
 
-    p = _Parser(text)
     try:
-        value = p.value()
-        if p.peek():
-            raise p.error(f"unexpected {p.peek()!r} after the value")
+        value = parse_spec_value(text)
     except SpecError as e:
         where = str(e).rpartition(" at position ")[2]
         raise ValueError(f"{text!r} does not parse at position {where}") from None

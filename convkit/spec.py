@@ -195,6 +195,16 @@ def parse_word(w: str) -> Any:
     return w
 
 
+def parse_value(text: str) -> Any:
+    """One value written as in a chain spec (``[[0,-1,0],[-1,5,-1],[0,-1,0]]``, a number, a
+    word, a quoted string); SpecError says where it stops parsing."""
+    p = _Parser(text)
+    value = p.value()
+    if p.peek():
+        raise p.error(f"unexpected {p.peek()!r} after the value")
+    return value
+
+
 def parse(text: str) -> list[Call]:
     """Parse a chain spec into calls; SpecError (a ValueError) says where it failed."""
     return _Parser(text).chain()

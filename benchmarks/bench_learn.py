@@ -47,7 +47,7 @@ TASKS: dict[str, dict] = {
     "median": {
         "title": "mimic median(size=5)",
         "chain": "median(size=5)",
-        "options": dict(depth=5, width=32, patch=48, batch_size=16, steps=2400,
+        "options": dict(depth=5, width=32, patch=48, batch_size=16, steps=1800,
                         epoch_steps=300, lr=2e-3),
         "budget": 600, "target_psnr": 41.0, "max_params": 50_000,
     },

@@ -559,6 +559,24 @@ def test_pairs_from_opencv_teach_the_gaussian(tmp_path):
                                rtol=0)
 
 
+def test_rgb_model_learns_what_a_per_channel_model_cannot(tmp_path):
+    """Swapping red and blue mixes channels: the joint RGB model (channels=3) learns it exactly,
+    the default per-channel model cannot."""
+    d = tmp_path / "pairs"
+    (d / "input").mkdir(parents=True)
+    (d / "target").mkdir()
+    for i, name in enumerate(("astronaut.png", "chelsea.png", "coffee.png")):
+        img = _photo(name)[60 + 9 * i : 108 + 9 * i, 150:214]
+        Image.fromarray(img).save(d / "input" / f"p{i}.png")
+        Image.fromarray(np.ascontiguousarray(img[..., ::-1])).save(d / "target" / f"p{i}.png")
+    joint = train(d, tmp_path / "rgb.pt", arch="linear", kernel=1, channels=3, **_quick())
+    w = convkit.load_model(tmp_path / "rgb.pt").conv.weight[:, :, 0, 0]
+    torch.testing.assert_close(w, torch.eye(3).flip(0), atol=1e-3, rtol=0)
+    assert joint.metrics["val_psnr"] > 60
+    single = train(d, tmp_path / "one.pt", arch="linear", kernel=1, **_quick())
+    assert single.metrics["val_psnr"] < 30
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["mimic", "denoise"])
 def test_residual_net_improves_on_the_input(tmp_path, mode, device):

@@ -110,7 +110,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
               help="Total optimizer steps (instead of --epochs).")
 @click.option("--epoch-steps", type=click.IntRange(min=1), default=None,
               help="Steps per epoch (default: one pass over the training pixels, at most 500).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3,
               show_default=True, help="Adam's learning rate; it decays (cosine) to lr * lr-end. "
               "(--arch linear with the l2 loss is solved exactly by least squares instead.)")
 @click.option("--lr-end", type=click.FloatRange(0, 1, min_open=True), default=0.01,
@@ -156,7 +156,7 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
     opts["pool"] = int(opts["pool"])
     opts["channels"] = 3 if opts.pop("rgb") else 1
     mode = "mimic" if chain else "denoise" if sigma is not None else "pairs"
-    from .train import RESUME_OVERRIDES, TrainingError, TrainingInterrupted, train
+    from .train import RESUME_OVERRIDES, TrainingError, TrainingInterrupted, json_safe, train
 
     def log(msg: str) -> None:
         if not quiet:
@@ -194,7 +194,7 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
     if as_json:
         click.echo(json.dumps({
             "output": str(result.output), "checkpoint": str(result.checkpoint),
-            "log": str(result.log), "metrics": m, "notes": result.notes,
+            "log": str(result.log), "metrics": json_safe(m), "notes": result.notes,
             "pictures": [str(p) for p in result.pictures],
         }))
         return
@@ -233,8 +233,11 @@ def info_command(model: Path, as_json: bool) -> None:
     net = LearnedFilter(payload["config_obj"])
     state = payload.get("train_state") or {}
     if as_json:
+        from .train import json_safe
+
         out = {k: payload.get(k) for k in ("format_version", "convkit_version", "torch_version",
-                                           "config", "metrics", "provenance")}
+                                           "config", "provenance")}
+        out["metrics"] = json_safe(payload["metrics"])
         out["parameters"] = net.num_params
         out["reach"] = net.reach[0]
         if state:

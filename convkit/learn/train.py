@@ -50,6 +50,7 @@ from .metrics import clip_aware_error, psnr, quantize, ssim
 from .model import LearnedFilter, ModelConfig
 
 __all__ = [
+    "json_safe",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -123,7 +124,7 @@ class TrainConfig:
     epochs: int = 10
     steps: int | None = None
     epoch_steps: int | None = None
-    lr: float = 1e-3
+    lr: float = 2e-3
     lr_end: float = 0.01
     loss: str = "l2"
     seed: int = 0
@@ -361,6 +362,11 @@ class Trainer:
         self.patch = self.data.effective_patch(cfg.patch)
         if self.patch < cfg.patch:
             self.log(f"patch {cfg.patch} is larger than the smallest image: using {self.patch}")
+        # oneDNN convs run faster in NHWC on the CPU; DDP's gradient buckets want the default
+        # layout, so several processes keep it
+        self.channels_last = dev.type == "cpu" and self.dist.world == 1
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         net: nn.Module = _Net(self.model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -368,9 +374,6 @@ class Trainer:
             ids = [dev.index] if dev.type == "cuda" else None
             net = DDP(net, device_ids=ids)
         self.net = net
-        self.channels_last = dev.type == "cpu"  # oneDNN convs run faster in NHWC on the CPU
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.lstsq: dict[str, Tensor] | None = None
         if cfg.arch == "linear" and cfg.loss == "l2":
@@ -662,8 +665,7 @@ class Trainer:
             "train_seconds": row["seconds"],
             "device": str(self.device),
         }
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in m.items()}
+        return m  # a perfect PSNR stays inf here; the JSON writers turn it into null
 
     def _provenance(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -724,7 +726,7 @@ class Trainer:
     def _write_log(self) -> None:
         from .files import atomic_write
 
-        text = "".join(json.dumps(_finite(r)) + "\n" for r in self.history)
+        text = "".join(json.dumps(json_safe(r)) + "\n" for r in self.history)
         atomic_write(self.log_path, lambda f: f.write(text.encode()))
 
     def _curves(self) -> None:
@@ -758,8 +760,8 @@ class Trainer:
         return out
 
 
-def _finite(row: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no inf or NaN (a perfect PSNR is inf): write null."""
+def json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no inf or NaN (a perfect PSNR is inf): null instead."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in row.items()}
 

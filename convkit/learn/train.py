@@ -104,14 +104,15 @@ class TrainConfig:
     chain: str | None = None
     sigma: float | None = None
     # model
-    arch: str = "residual"
-    depth: int = 5
-    width: int = 32
-    kernel: int = 3
-    pool: int = 1
-    activation: str = "relu"
-    channels: int = 1
-    border: str = "reflect"
+    # (the model's defaults are ModelConfig's, written once there)
+    arch: str = ModelConfig.arch
+    depth: int = ModelConfig.depth
+    width: int = ModelConfig.width
+    kernel: int = ModelConfig.kernel
+    pool: int = ModelConfig.pool
+    activation: str = ModelConfig.activation
+    channels: int = ModelConfig.channels
+    border: str = ModelConfig.border
     # data
     patch: int = 64
     batch_size: int = 16

@@ -1,4 +1,7 @@
-"""Rebuild samples/gallery.png, the README's before/after strip.
+"""Rebuild samples/gallery/gallery.png, the README's before/after strip.
+
+It lives in a subfolder so that ``convkit train samples/ ...`` and ``convkit sharpen samples/
+-o out/`` see only the photos (neither looks into subfolders without ``-r``).
 
     python samples/make_gallery.py
 """
@@ -19,7 +22,7 @@ def main() -> None:
     tiles = [img] + [convkit.process(img, s) for s in SPECS]
     gap = np.full((img.shape[0], 6, 3), 255, np.uint8)
     row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
-    Image.fromarray(row).save(HERE / "gallery.png", optimize=True)
+    Image.fromarray(row).save(HERE / "gallery" / "gallery.png", optimize=True)
 
 
 if __name__ == "__main__":

@@ -366,6 +366,17 @@ def test_validation_split_follows_the_seed(tmp_path):
     assert len(a.train) == 4 and a.source["images"] == 6
 
 
+def test_the_samples_folder_holds_only_the_photos(tmp_path):
+    # the README's gallery strip is no training image, nor an image to filter with the photos
+    photos = ["astronaut.png", "chelsea.png", "coffee.png"]
+    data = build_data(SAMPLES, "denoise", sigma=5, val=0)
+    assert sorted(it.name for it in data.train) == photos and not data.notes
+    from convkit.pipeline import plan
+
+    jobs, errors = plan(SAMPLES, tmp_path / "out")
+    assert sorted(Path(j.src).name for j in jobs) == photos and not errors
+
+
 # --- model files -----------------------------------------------------------------------------
 def _trained_linear(tmp_path: Path) -> tuple[LearnedFilter, Path]:
     torch.manual_seed(0)

@@ -395,20 +395,52 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
     return KF.to_integer(y, out_dtype, negative)
 
 
-def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Tensor:
+def _scales(plan: Plan, x: Tensor):
+    """Per operation: (in_max, out_dtype, out_max, negative). Integer images are in pixel units
+    going in and coming out of the last operation; everything between is float on [0, 1]."""
     integer = not x.is_floating_point()
+    in_max, dtype = (_MAX[x.dtype] if integer else 1.0), x.dtype
+    n = len(plan.ops)
+    for i in range(n):
+        if i == n - 1 and integer:
+            yield in_max, x.dtype, _MAX[x.dtype], plan.negative
+        else:
+            dtype = dtype if dtype.is_floating_point else torch.float32
+            yield in_max, dtype, 1.0, None
+        in_max = 1.0
+
+
+def _banded(plan: Plan, x: Tensor, opts: Options, trace: list | None) -> Tensor | None:
+    """A chain of several linear kernels that all run on OpenCV, run band by band (see
+    :func:`convkit.fastpath.linear_chain`); None when the plan is not one."""
+    ops = plan.ops
+    if (len(ops) < 2 or x.dtype not in fastpath.CV_DTYPES
+            or not all(isinstance(op, LinearOp) and fastpath.bandable(op)
+                       and (op.method or opts.method) != "fft"
+                       and _backend_for(op, x, opts) == "opencv" for op in ops)):
+        return None
+    steps = []
+    out_dtype = x.dtype
+    for op, (in_max, out_dtype, out_max, negative) in zip(ops, _scales(plan, x), strict=True):
+        method = _method_for(op, "opencv", opts)
+        if trace is not None:
+            trace.append(_Step(op.name, "opencv", method))
+        delta = op.bias * out_max + (OFFSET * out_max if negative == "offset" else 0.0)
+        steps.append((op, method, out_max / in_max, delta, op.value * in_max, negative))
+    return fastpath.linear_chain(x, steps, out_dtype)
+
+
+def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Tensor:
     if not plan.ops:
         return x.clone()
-    cur, in_max = x, (_MAX[x.dtype] if integer else 1.0)
-    n = len(plan.ops)
-    for i, op in enumerate(plan.ops):
-        if i == n - 1 and integer:
-            out_dtype, out_max, negative = x.dtype, _MAX[x.dtype], plan.negative
-        else:
-            out_dtype = cur.dtype if cur.is_floating_point() else torch.float32
-            out_max, negative = 1.0, None
+    if x.device.type == "cpu":
+        out = _banded(plan, x, opts, trace)
+        if out is not None:
+            return out
+    cur = x
+    for op, (in_max, out_dtype, out_max, negative) in zip(plan.ops, _scales(plan, x),
+                                                           strict=True):
         cur = _run_op(op, cur, in_max, out_dtype, out_max, negative, opts, trace)
-        in_max = 1.0
     if x.is_contiguous() and not cur.is_contiguous():
         cur = cur.contiguous()  # the torch path's channels_last results go back to NCHW
     return cur

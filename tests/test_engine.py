@@ -415,3 +415,88 @@ def test_opencv_layouts(spec):
         wide = _image((26, 31), dtype, b=2, c=5)[:, 1:4]  # planes with a batch stride gap
         assert_close(engine.apply(m, wide, backend="opencv"),
                      engine.apply(m, wide.contiguous(), backend="torch"), 8.0, f"{spec} slice")
+
+
+# --- chains in bands of rows, planes shared among threads -------------------------------------
+BAND_CHAINS = [
+    "gaussian(sigma=1) | sharpen | box(size=3) | emboss",  # fused: separable, then a 5x5
+    "sharpen | emboss | box(size=4)",  # not fused (emboss is not symmetric): three kernels
+]
+
+
+@pytest.mark.parametrize("border", ["reflect", "symmetric", "replicate", "constant"])
+@pytest.mark.parametrize("spec", BAND_CHAINS)
+def test_banded_chain_equals_the_chain(spec, border, monkeypatch):
+    """Chains of linear kernels on OpenCV run band by band; with bands of a few rows (many
+    bands, a short last band merged, halos of every size) the result is the chain's, computed
+    op by op in float64."""
+    parts = [p.strip() for p in spec.split("|")]
+    ch = convkit.chain(" | ".join(f"{p[:-1]}, border={border})" if p.endswith(")")
+                                  else f"{p}(border={border})" for p in parts))
+    ch.append(Kernel2d(R.normal(size=(2, 3)), scale=1.0, border=border))  # an even kernel
+    calls = []
+    real = engine.fastpath._chain_band
+    monkeypatch.setattr(engine.fastpath, "_chain_band",
+                        lambda *a: (calls.append(a[2:4]), real(*a))[1])
+    monkeypatch.setattr(engine.fastpath, "BAND_FLOATS", 64)
+    for shape in [(83, 21), (200, 7), (17, 9), (2, 3)]:
+        for dtype in (torch.uint8, torch.uint16, torch.float32):
+            x = _image(shape, dtype)
+            for fuse in (True, False):
+                calls.clear()
+                out = engine.apply(ch, x, fuse=fuse)
+                xf = KF.to_float(x, torch.float64)
+                ref = ch.double()(xf)
+                ch.float()
+                if not x.is_floating_point():
+                    ref = KF.to_integer(ref, x.dtype, ch.negative)
+                what = f"{spec} {border} {shape} {dtype} fuse={fuse}"
+                assert_close(out, ref, 1.0, what)
+                assert len(calls) >= 6, what  # 6 planes, several bands each when tall
+                if shape[0] >= 83:
+                    assert len(set(calls)) > 1, what
+    # channels_last input, the layout of an image decoded as HWC
+    x = _image((40, 30), torch.uint8).contiguous(memory_format=torch.channels_last)
+    ref = KF.to_integer(ch.double()(KF.to_float(x, torch.float64)), torch.uint8, ch.negative)
+    ch.float()
+    assert_close(engine.apply(ch, x), ref, what="channels_last")
+
+
+def test_circular_and_filled_borders_are_not_banded():
+    """Pre-padded borders wrap around (or fill) the whole plane, never a band of it."""
+    for spec in ("sharpen(border=circular) | box(size=3, border=circular)",
+                 "sharpen(border=constant, value=9) | emboss(border=constant, value=9)"):
+        ch = convkit.chain(spec)
+        plan = fusion.get_plan(ch, False)
+        assert not all(engine.fastpath.bandable(op) for op in plan.ops), spec
+
+
+def test_parallel_runs_every_job_and_raises_the_first_error():
+    done = []
+    engine.fastpath.parallel(lambda i: done.append(i), [(i,) for i in range(7)])
+    assert sorted(done) == list(range(7))
+
+    def boom(i):
+        if i == 3:
+            raise RuntimeError("job 3")
+        done.append(i)
+
+    done.clear()
+    with pytest.raises(RuntimeError, match="job 3"):
+        engine.fastpath.parallel(boom, [(i,) for i in range(6)])
+    assert sorted(done) == [0, 1, 2, 4, 5]  # the others still ran to the end
+
+
+def test_opencv_thread_setting_is_respected():
+    n = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        assert engine.fastpath.workers() == 1
+        names = set()
+        import threading
+
+        engine.fastpath.parallel(lambda: names.add(threading.current_thread().name),
+                                 [()] * 4)
+        assert names == {threading.current_thread().name}
+    finally:
+        cv2.setNumThreads(n)

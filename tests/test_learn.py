@@ -703,6 +703,66 @@ def test_cli_train_and_info(tmp_path):
     assert convkit.load_model(sidecar(out, "last.ckpt")).config.depth == 3
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_info_tells_the_whole_run_from_the_step_of_the_saved_weights(tmp_path, monkeypatch,
+                                                                      suffix):
+    import convkit.learn.train as T
+
+    scores = [30.0, 29.0, 28.0, 27.0]  # the first epoch's weights stay the best
+
+    def fake_evaluate(model, val_set, device):
+        psnr = 25.0 if isinstance(model, torch.nn.Identity) else scores.pop(0)
+        return {"psnr": psnr, "ssim": 0.9, "base_psnr": 25.0, "base_ssim": 0.8}
+
+    monkeypatch.setattr(T, "evaluate", fake_evaluate)
+    folder, out = _folder(tmp_path, n=3), tmp_path / f"m{suffix}"
+    snapshot = {}
+
+    def at_step(t: Trainer) -> None:
+        if t.step == 3:
+            snapshot.update(_weights_of(t.model))
+        if t.step == 10:
+            t.request_stop()
+
+    with pytest.raises(TrainingInterrupted):
+        train(folder, out, chain="sharpen", callbacks=[at_step],
+              **_quick(steps=12, epoch_steps=3))
+    m = LF.read_model_file(out)["metrics"]
+    assert (m["step"], m["epoch"], m["run_steps"], m["run_epochs"], m["steps_total"]) == (
+        3, 1, 10, 3, 12)
+    assert m["run_seconds"] >= m["train_seconds"]
+    for k, v in _weights_of(convkit.load_model(out)).items():  # still the best weights
+        assert torch.equal(v, snapshot[k]), k
+    runner = CliRunner()
+    text = runner.invoke(info_command, [str(out)]).output
+    assert "training:     10 of 12 steps (unfinished), 3 epochs, " in text
+    assert "weights:      the best so far, from step 3 (epoch 1)\n" in text
+    assert "metrics:      validation PSNR 30.00 dB" in text
+    text = runner.invoke(info_command, [str(sidecar(out, "last.ckpt"))]).output
+    assert f"model file:   the best so far, from step 3 (epoch 1), in m{suffix}\n" in text
+    assert "checkpoint:   training state at step 10 (epoch 3)" in text
+
+    train(folder, out, resume=True, callbacks=[at_step])
+    text = runner.invoke(info_command, [str(out)]).output
+    assert "training:     12 of 12 steps, 4 epochs, " in text
+    assert "weights:      the best of the run, from step 3 (epoch 1)\n" in text
+    # files of older convkits record only the saved weights' step: what is known is shown
+    m = LF.read_model_file(out)["metrics"]
+    LF.update_metrics(out, {k: v for k, v in m.items() if not k.startswith("run_")})
+    r = runner.invoke(info_command, [str(out)])
+    assert r.exit_code == 0, r.output
+    assert "training:     12 steps planned on cpu; how far the run got is not recorded" in r.output
+    assert "weights:      the best, from step 3 (epoch 1)\n" in r.output
+    LF.update_metrics(out, {})
+    r = runner.invoke(info_command, [str(out)])
+    assert r.exit_code == 0 and "how far the run got is not recorded" in r.output
+    assert "weights:" not in r.output and "Traceback" not in r.output
+
+
+def _weights_of(model: torch.nn.Module) -> dict:
+    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+
+
 @pytest.mark.parametrize(
     "extra, code, match",
     [

@@ -250,6 +250,7 @@ def info_command(model: Path, as_json: bool) -> None:
 def describe(path: Path, payload: dict[str, Any], net) -> str:
     """The text ``convkit info`` prints."""
     cfg, m, p = payload["config_obj"], payload["metrics"], payload["provenance"]
+    state = payload.get("train_state")
     lines = [
         f"{path}: convkit learned filter (format {payload['format_version']}, written by "
         f"convkit {payload.get('convkit_version')}, torch {payload.get('torch_version')})",
@@ -268,22 +269,25 @@ def describe(path: Path, payload: dict[str, Any], net) -> str:
             f"for training, {p.get('val_images')} for validation"
             + (", grey" if p.get("grey") else "") + ")"
         )
+        run = _run(m, state)
+        lines.append(f"training:     {_run_text(m, run)}")
         lines.append(
-            f"training:     {m.get('step')} of {m.get('steps_total')} steps, epoch "
-            f"{m.get('epoch')}, {_secs(m.get('train_seconds'))} on {m.get('device')}"
-            f", patch {p.get('patch')}, batch {p.get('batch_size')}, {p.get('loss')} loss, "
-            f"lr {p.get('lr')}, seed {p.get('seed')}"
+            f"settings:     patch {p.get('patch')}, batch {p.get('batch_size')}, {p.get('loss')} "
+            f"loss, lr {p.get('lr')}, seed {p.get('seed')}"
             + (f", {p.get('processes')} processes" if (p.get("processes") or 1) > 1 else "")
         )
-    state = payload.get("train_state")
+        if m.get("step") is not None:
+            lines.append(_weights_text(m, run, state))
     if m.get("val_psnr") is not None:
         base = m.get("baseline_psnr")
-        label = "best so far: " if isinstance(state, dict) else "metrics:      "
         lines.append(
-            f"{label}validation PSNR {m['val_psnr']:.2f} dB, SSIM {m['val_ssim']:.4f}"
+            f"metrics:      validation PSNR {m['val_psnr']:.2f} dB, SSIM {m['val_ssim']:.4f}"
             + (f" (input as is: {base:.2f} dB, SSIM {m.get('baseline_ssim'):.4f})"
                if base is not None else "")
         )
+    elif mode and m.get("step") is None:
+        lines.append("metrics:      " + ("none yet (no epoch finished)" if isinstance(state, dict)
+                                         else "not recorded"))
     elif mode:
         lines.append("metrics:      no validation images"
                      + (f"; train loss {m['train_loss']:.4g}" if m.get("train_loss") else ""))
@@ -295,9 +299,59 @@ def describe(path: Path, payload: dict[str, Any], net) -> str:
     return "\n".join(lines)
 
 
+def _run(m: dict[str, Any], state: Any) -> dict[str, Any]:
+    """How far the whole run got: steps, epochs, seconds (None where the file does not say).
+
+    Files of older convkits record only the saved weights' step; a checkpoint's training state
+    still tells how far the run got."""
+    st = state if isinstance(state, dict) else {}
+    return {"steps": m.get("run_steps", st.get("step")),
+            "epochs": m.get("run_epochs", st.get("epoch")),
+            "seconds": m.get("run_seconds", st.get("elapsed")),
+            "total": m.get("steps_total")}
+
+
+def _run_text(m: dict[str, Any], run: dict[str, Any]) -> str:
+    steps, total, epochs = run["steps"], run["total"], run["epochs"]
+    device = f" on {m['device']}" if m.get("device") else ""
+    if steps is None:
+        planned = f"{total} steps planned{device}; " if total is not None else ""
+        return f"{planned}how far the run got is not recorded in this file"
+    parts = [f"{steps} of {total} steps" if total is not None else f"{steps} steps"]
+    if _unfinished(run):
+        parts[0] += " (unfinished)"
+    if epochs is not None:
+        parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'}")
+    if run["seconds"] is not None:
+        parts.append(_secs(run["seconds"]) + device)
+    return ", ".join(parts)
+
+
+def _weights_text(m: dict[str, Any], run: dict[str, Any], state: Any) -> str:
+    """Which weights the model file holds: the step they were taken at, and why those."""
+    if m.get("val_psnr") is None:
+        which = "the last epoch's"
+    elif run["steps"] is None:
+        which = "the best"
+    else:
+        which = "the best so far" if _unfinished(run) else "the best of the run"
+    text = f"{which}, from step {m.get('step')} (epoch {m.get('epoch')})"
+    if not isinstance(state, dict):
+        return f"weights:      {text}"
+    output = (state.get("train_config") or {}).get("output")
+    return f"model file:   {text}" + (f", in {Path(output).name}" if output else "")
+
+
+def _unfinished(run: dict[str, Any]) -> bool:
+    steps, total = run["steps"], run["total"]
+    return isinstance(steps, int) and isinstance(total, int) and steps < total
+
+
 def _secs(s: Any) -> str:
     if not isinstance(s, (int, float)):
         return "?"
+    if s < 10:
+        return f"{s:.1f} s"
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 

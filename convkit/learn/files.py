@@ -42,6 +42,7 @@ __all__ = [
     "FORMAT_VERSION",
     "load_model",
     "save_model",
+    "update_metrics",
     "read_model_file",
     "build_learned",
     "atomic_write",
@@ -106,15 +107,29 @@ def save_model(
     """
     path = Path(path)
     payload = model_payload(model, metrics, provenance)
+    if path.suffix.lower() == ".safetensors" and extra:
+        raise ValueError(f"{path}: a checkpoint cannot be a .safetensors file")
+    payload.update(extra or {})
+    _write_payload(payload, path)
+    return path
+
+
+def update_metrics(path: str | Path, metrics: dict) -> None:
+    """Replace the metrics a model file records, keeping its weights and everything else
+    (atomically). Raises ValueError as :func:`read_model_file` does."""
+    path = Path(path)
+    payload = read_model_file(path)
+    del payload["config_obj"]
+    payload["metrics"] = dict(metrics)
+    _write_payload(payload, path)
+
+
+def _write_payload(payload: dict[str, Any], path: Path) -> None:
     json.dumps({"m": payload["metrics"], "p": payload["provenance"]})  # fail early, not in load
     if path.suffix.lower() == ".safetensors":
-        if extra:
-            raise ValueError(f"{path}: a checkpoint cannot be a .safetensors file")
         atomic_write(path, lambda f: f.write(_safetensors_bytes(payload)))
     else:
-        payload.update(extra or {})
         atomic_write(path, lambda f: torch.save(payload, f))
-    return path
 
 
 # --- reading --------------------------------------------------------------------------------

@@ -3,7 +3,10 @@ processes under torchrun.
 
 Files written beside the model ``OUT`` (``model.pt`` -> stem ``model``):
 
-* ``OUT``: the best model so far (by validation PSNR; the last one without validation).
+* ``OUT``: the best model so far (by validation PSNR; the last one without validation). Its
+  metrics describe those weights (``step``, ``epoch``, ``train_seconds`` when they were taken,
+  validation PSNR and SSIM) and, refreshed after every epoch and when the run stops, the whole
+  run so far (``run_steps`` of ``steps_total``, ``run_epochs``, ``run_seconds``, ``device``).
 * ``model.last.ckpt``: the latest training state (a model file plus optimizer, schedule, RNG
   state and counters), written at the start, after every epoch, every ``save_every`` steps and
   when the run is stopped. ``resume`` continues from it exactly.
@@ -45,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import TrainData, build_data
-from .files import FORMAT_VERSION, load_model, read_model_file, save_model
+from .files import FORMAT_VERSION, load_model, read_model_file, save_model, update_metrics
 from .metrics import clip_aware_error, psnr, quantize, ssim
 from .model import LearnedFilter, ModelConfig
 
@@ -484,6 +487,8 @@ class Trainer:
                 if stop is not None:
                     if not saved:
                         self._save_checkpoint()
+                        if self.dist.main and self.best:
+                            self._write_model(improved=False)
                     raise self._interrupted(stop)
                 if not saved and cfg.save_every and self.step % cfg.save_every == 0:
                     self._save_checkpoint()
@@ -492,7 +497,7 @@ class Trainer:
                 bar.close()
             self._bar = None
         pictures = self._final_pictures() if self.dist.main else []
-        metrics = self.best["metrics"] if self.best else {}
+        metrics = self._file_metrics() if self.best else {}
         return TrainResult(self.output, self.ckpt_path, self.log_path, metrics, self.history,
                            self.notes, pictures)
 
@@ -640,8 +645,8 @@ class Trainer:
             if improved:
                 self.best = {"epoch": self.epoch, "psnr": row["val_psnr"],
                              "metrics": self._metrics(row)}
-                save_model(self.model, self.output, self.best["metrics"], self._provenance())
                 flag = " (best, saved)" if row["val_psnr"] is not None else " (saved)"
+            self._write_model(improved)
             val = ""
             if row["val_psnr"] is not None:
                 val = f", val PSNR {row['val_psnr']:.2f} dB, SSIM {row['val_ssim']:.4f}"
@@ -667,6 +672,28 @@ class Trainer:
             "device": str(self.device),
         }
         return m  # a perfect PSNR stays inf here; the JSON writers turn it into null
+
+    def _run_metrics(self) -> dict[str, Any]:
+        """How far the whole run has got (the best weights' metrics say when they were taken)."""
+        return {"run_steps": self.step, "run_epochs": self.epoch, "steps_total": self.total,
+                "run_seconds": round(self.elapsed, 3), "device": str(self.device)}
+
+    def _file_metrics(self) -> dict[str, Any]:
+        """The metrics a file records: the best weights' and the run's so far."""
+        return {**(self.best["metrics"] if self.best else {}), **self._run_metrics()}
+
+    def _write_model(self, improved: bool) -> None:
+        """Write ``OUT``: this step's weights when they are the best so far, else the best ones
+        it holds, with their record of the run brought up to date."""
+        if improved:
+            save_model(self.model, self.output, self._file_metrics(), self._provenance())
+            return
+        if not self.output.exists():
+            return
+        try:
+            update_metrics(self.output, self._file_metrics())
+        except ValueError as e:  # replaced by something else meanwhile: leave it alone
+            self.log(f"{e}; its record of the run is not updated")
 
     def _provenance(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -720,8 +747,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "format_version": FORMAT_VERSION,
         }
-        metrics = self.best["metrics"] if self.best else {}
-        save_model(self.model, self.ckpt_path, metrics, self._provenance(),
+        save_model(self.model, self.ckpt_path, self._file_metrics(), self._provenance(),
                    extra={"train_state": state})
 
     def _write_log(self) -> None:

@@ -309,48 +309,53 @@ def chain_members(rounds: int, device: str) -> None:
 
 # --- the rule's measurements ------------------------------------------------------------------
 def methods(rounds: int, device: str) -> None:
-    """Time every method on one 1920x1080 uint8 plane (batch 1, 1 channel) per kernel shape:
-    the opencv backend on the CPU, the torch backend on ``device`` when it is a GPU (torch on
-    the CPU is the fallback for float64/float16 and gradients, slow for one plane)."""
-    img = photo()[:, :, 1]
-    x = torch.from_numpy(np.ascontiguousarray(img))[None, None].to(device)
-    backends = ("opencv",) if device == "cpu" else ("torch",)
+    """Time every method on a 1920x1080 RGB uint8 image per kernel shape: on the CPU the opencv
+    backend (its planes shared among OpenCV's threads) and torch's fft, which the CPU rule
+    sends large kernels to; on a GPU the torch backend."""
+    img = photo()
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
     rng = np.random.default_rng(0)
-    print("One 1920x1080 uint8 plane, ms per call (best round); '-' = method cannot run it.")
-    print(f"{'kernel':22s} {'backend':8s} " + " ".join(f"{m:>9s}" for m in engine.METHODS)
-          + "   rule")
+    print("1920x1080 RGB uint8, ms per call (best round); '-' = method cannot run it; the rule's "
+          "pick last.")
+    print(f"{'kernel':22s} " + " ".join(f"{m:>9s}" for m in engine.METHODS) + "   rule")
     cases = []
-    for n in (3, 5, 7, 9, 13, 21, 31, 49):
-        cases.append((f"box {n}x{n}", np.full((n, n), 1.0 / (n * n))))
+    for n in (3, 5, 7, 9, 13, 21, 31, 49, 97, 145, 193):
         g = np.exp(-((np.arange(n) - n // 2) ** 2) / (2 * (n / 6) ** 2))
         cases.append((f"rank1 {n}x{n}", np.outer(g, g) / g.sum() ** 2))
-        u, v = rng.normal(size=(2, n)), rng.normal(size=(2, n))
-        cases.append((f"rank2 {n}x{n}", (u[0][:, None] * v[0] + u[1][:, None] * v[1]) / n))
+        if n <= 49:
+            cases.append((f"box {n}x{n}", np.full((n, n), 1.0 / (n * n))))
+            u, v = rng.normal(size=(2, n)), rng.normal(size=(2, n))
+            cases.append((f"rank2 {n}x{n}", (u[0][:, None] * v[0] + u[1][:, None] * v[1]) / n))
         if n <= 31:
             cases.append((f"full {n}x{n}", rng.normal(size=(n, n)) / n))
+    cpu = device == "cpu"
     for name, k in cases:
         mod = convkit.Kernel2d(k, scale=1.0).to(device)
         op = LinearOp(k)
-        for backend in backends:
-            fns = {}
-            for meth in engine.METHODS:
-                if meth == "fft" and backend == "opencv":
-                    continue
-                if meth == "separable" and op.rank != 1:
-                    continue
-                if meth == "box" and op.box_weight is None:
-                    continue
-                fns[meth] = lambda meth=meth, b=backend, mod=mod: (engine.apply(
-                    mod, x, method=meth, backend=b), _sync(device))
-            r = rounds
-            t = timeit_rounds(fns, r)
-            cells = " ".join(f"{t[m] * 1e3:9.2f}" if m in t else f"{'-':>9s}"
-                             for m in engine.METHODS)
-            best = min(t, key=t.get)
-            rule = engine.choose_method(op, backend)
-            mark = "" if rule == best or t.get(rule, 1e9) <= 1.15 * t[best] else \
-                f" (best: {best})"
-            print(f"{name:22s} {backend:8s} {cells}   {rule}{mark}", flush=True)
+        taps = k.shape[0] * k.shape[1]
+        fns = {}
+        for meth in engine.METHODS:
+            if meth == "separable" and op.rank != 1:
+                continue
+            if meth == "box" and op.box_weight is None:
+                continue
+            if meth == "lowrank" and op.rank * 2 * (k.shape[0] + k.shape[1]) > taps * 2:
+                continue  # hopeless (full rank): minutes at 31x31
+            if meth == "fft" and taps < 49:
+                continue
+            if meth == "direct" and cpu and taps > 49 and op.rank == 1:
+                continue  # OpenCV's DFT, never better than separable for rank 1
+            backend = "torch" if (meth == "fft" or not cpu) else "opencv"
+            fns[meth] = lambda meth=meth, b=backend, mod=mod: (engine.apply(
+                mod, x, method=meth, backend=b), _sync(device))
+        t = timeit_rounds(fns, rounds if taps < 2500 else max(2, rounds // 3))
+        cells = " ".join(f"{t[m] * 1e3:9.1f}" if m in t else f"{'-':>9s}"
+                         for m in engine.METHODS)
+        best = min(t, key=t.get)
+        rule = engine.choose_method(op, "opencv" if cpu else "torch")
+        mark = "" if rule == best or t.get(rule, 1e9) <= 1.15 * t[best] else \
+            f" (best: {best})"
+        print(f"{name:22s} {cells}   {rule}{mark}", flush=True)
 
 
 def machine() -> str:

@@ -141,9 +141,12 @@ def options(*, method: str | None = None, backend: str | None = None, fuse: bool
 
 # --- the rule ---------------------------------------------------------------------------------
 def choose_method(op: LinearOp, backend: str) -> str:
-    """The method the rule picks for ``op`` on ``backend`` ("opencv" or "torch")."""
-    if backend == "opencv":
+    """The method the rule picks for ``op``: ``backend`` "opencv" (OpenCV's methods), "cpu"
+    (the automatic choice on the CPU: OpenCV's methods or torch's fft) or "torch"."""
+    if backend in ("opencv", "cpu"):
         costs = method_costs(op)
+        if backend == "opencv":
+            costs.pop("fft", None)
         return min(costs, key=costs.get)
     kh, kw = op.shape
     taps = kh * kw
@@ -321,6 +324,12 @@ def _backend_for(op, x: Tensor, opts: Options) -> str:
     return "opencv"
 
 
+def _cpu_fft(op: LinearOp, opts: Options) -> bool:
+    """Whether an op that OpenCV could run goes to torch's fft instead (automatic backend)."""
+    return opts.backend == "auto" and (op.method or opts.method or choose_method(op, "cpu")) \
+        == "fft"
+
+
 def _method_for(op: LinearOp, backend: str, opts: Options) -> str:
     method = op.method or opts.method or choose_method(op, backend)
     if method not in METHODS:
@@ -341,9 +350,10 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
     cl = opts.channels_last if opts.channels_last is not None else x.device.type == "cpu"
 
     if isinstance(op, LinearOp):
-        if (op.method or opts.method) == "fft" and opts.backend == "auto":
-            backend = "torch"  # fft is a torch method; only an explicit opencv refuses it
-        method = _method_for(op, backend, opts)
+        if backend == "opencv" and _cpu_fft(op, opts):
+            backend, method = "torch", "fft"  # only an explicit backend="opencv" refuses fft
+        else:
+            method = _method_for(op, backend, opts)
         if trace is not None:
             trace.append(_Step(op.name, backend, method))
         if backend == "opencv":
@@ -416,8 +426,8 @@ def _banded(plan: Plan, x: Tensor, opts: Options, trace: list | None) -> Tensor 
     ops = plan.ops
     if (len(ops) < 2 or x.dtype not in fastpath.CV_DTYPES
             or not all(isinstance(op, LinearOp) and fastpath.bandable(op)
-                       and (op.method or opts.method) != "fft"
-                       and _backend_for(op, x, opts) == "opencv" for op in ops)):
+                       and _backend_for(op, x, opts) == "opencv" and not _cpu_fft(op, opts)
+                       for op in ops)):
         return None
     steps = []
     out_dtype = x.dtype

@@ -257,16 +257,28 @@ def compose(a: LinearOp, b: LinearOp) -> LinearOp:
 PASS_COST = 1.5  # one more float32 intermediate: its write, its read and the final store
 
 
+# torch's FFT on the CPU (pad, rfft2, product, irfft2, round): flat in the kernel size; cheaper
+# than OpenCV's separable pass from about 66x66 (a gaussian of sigma 11 on 8-bit images) and
+# than its DFT-based filter2D from about 13x13.
+FFT_COST = 11.0
+FFT_MIN_TAPS = 121
+
+
 def method_costs(op: LinearOp) -> dict[str, float]:
-    """Estimated ns per sample of each method that can run ``op`` (OpenCV backend)."""
+    """Estimated ns per sample of each method that can run ``op`` on the CPU: OpenCV's, and
+    ``fft`` (torch's, for large kernels)."""
     kh, kw = op.shape
     taps = kh * kw
-    out = {"direct": max(1.0, 0.16 * taps) if taps < 121 else 21.0}  # DFT above 11x11
+    # filter2D switches to its DFT from 11x11
+    out = {"direct": max(1.0, 0.16 * taps) if taps < 121 else min(21.0, 10.0 + 0.02 * (
+        taps - 121))}
     if op.box_weight is not None and kh > 1 and kw > 1:
-        out["box"] = 1.0
+        out["box"] = 0.9
     if op.rank == 1 and kh > 1 and kw > 1:
         out["separable"] = 0.5 + 0.08 * (kh + kw)
     out["lowrank"] = op.rank * (2.0 + 0.08 * (kh + kw)) + 2.0
+    if taps >= FFT_MIN_TAPS:
+        out["fft"] = FFT_COST
     return out
 
 

@@ -141,7 +141,21 @@ def test_auto_rule_picks_documented_methods():
     assert picked("avgpool(size=2)") == ("torch", "module")
     big = Kernel2d(R.normal(size=(15, 15)), scale=1.0)
     assert engine.explain(big, x, backend="torch")[0][1:] == ("torch", "fft")
-    assert engine.explain(big, x)[0][1:] == ("opencv", "direct")  # OpenCV's own DFT
+    assert engine.explain(big, x)[0][1:] == ("torch", "fft")  # cheaper than OpenCV's DFT
+    assert engine.explain(big, x, backend="opencv")[0][1:] == ("opencv", "direct")
+    mid = Kernel2d(R.normal(size=(11, 11)), scale=1.0)
+    assert engine.explain(mid, x)[0][1:] == ("opencv", "direct")
+    # gaussians: separable up to about sigma 11 (8-bit: 67x67), then fft, flat in the size
+    assert picked("gaussian(sigma=8)") == ("opencv", "separable")
+    assert picked("gaussian(sigma=16)") == ("torch", "fft")
+    assert picked("gaussian(sigma=16)", "opencv") == ("opencv", "separable")
+    ch = convkit.chain("gaussian(sigma=16) | sharpen")
+    assert [s[1:] for s in engine.explain(ch, x, fuse=False)] == [("torch", "fft"),
+                                                                   ("opencv", "direct")]
+    ref = KF.to_integer(ch.double()(KF.to_float(x, torch.float64)), torch.uint8)
+    ch.float()
+    for fuse in (True, False):
+        assert_close(engine.apply(ch, x, fuse=fuse), ref, what=f"fft then direct, fuse={fuse}")
     low = Kernel2d(KERNELS["rank2_9"], scale=1.0)
     assert engine.explain(low, x)[0][1:] == ("opencv", "lowrank")
     # float64 and gradients need torch

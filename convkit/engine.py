@@ -14,32 +14,44 @@ choice, and results never depend on it beyond float rounding (1 grey level on in
    says is cheaper.
 2. Each linear kernel runs by one *method*: ``direct`` (2-D correlation), ``separable`` (two
    1-D passes, rank 1 by SVD or the exact factors of gaussian/box), ``lowrank`` (a sum of
-   separable passes, for kernels of small SVD rank), ``fft`` (torch only) or ``box`` (running
-   sums, O(1) per pixel, for kernels whose taps are all equal).
+   separable passes, for kernels of small SVD rank), ``fft`` (torch's FFT, on any device) or
+   ``box`` (running sums, O(1) per pixel, for kernels whose taps are all equal).
 3. Each operation runs on a *backend*: ``opencv`` (CPU; uint8, uint16 and float32 planes, see
    :mod:`convkit.fastpath`; integer conversion folded into the kernel, so an integer image goes
-   in and out in one pass) or ``torch`` (any device and dtype; channels_last on the CPU).
+   in and out in one pass; the planes shared among OpenCV's threads) or ``torch`` (any device
+   and dtype; channels_last on the CPU).
+4. On the CPU, a plan of several linear kernels that OpenCV runs goes through the image in bands
+   of rows, every kernel on one band before the next band (:func:`convkit.fastpath.linear_chain`):
+   the float32 intermediates stay in the cache. Each band carries the rows its kernels reach,
+   so the result is the whole-image one.
 
 Method rule (``method=None``). ``taps`` is kh*kw, ``r`` the SVD rank, ``n`` = kh + kw.
 
-opencv backend (CPU): the cheapest method by a cost model fitted to
-``python benchmarks/bench_filters.py --methods`` (one 1920x1080 uint8 plane, 2-core x86 AVX2,
-OpenCV 5, best of 9 rounds on a machine shared with other jobs; ms per plane, excerpt):
+CPU: the cheapest method by a cost model (:func:`convkit.fusion.method_costs`) fitted to
+``python benchmarks/bench_filters.py --methods`` (a 1920x1080 RGB uint8 image, 2-core x86 AVX2,
+OpenCV 5 and torch 2.14, best of 5 rounds on a machine shared with other jobs; ms, excerpt; fft
+is torch's, the others OpenCV's):
 
-=============  ======  =========  =======  =====  ==================================
-kernel         direct  separable  lowrank  box    cost model, ns per sample (picked)
-=============  ======  =========  =======  =====  ==================================
-box 3x3          3.0     1.7        4.7     0.8   box 1.0
-box 31x31       44.4     6.7       10.4     2.1   box 1.0 (flat in size)
-rank1 3x3        2.5     1.3        4.4      -    separable 0.5 + 0.08 n
-rank1 13x13     42.0     3.8        6.6      -    separable
-rank1 49x49     45.6    15.6       20.1      -    separable
-rank2 3x3        2.5      -        11.6      -    direct max(1, 0.16 taps) below 121 taps
-rank2 13x13     43.8      -        26.4      -    lowrank r (2 + 0.08 n) + 2
-rank2 31x31     44.4      -        45.2      -    lowrank (a tie)
-full 7x7        13.2      -        81.6      -    direct
-full 13x13      42.4      -       143        -    direct: 21 from 121 taps (OpenCV's DFT)
-=============  ======  =========  =======  =====  ==================================
+=============  ======  =========  =======  =====  =====  ====================================
+kernel         direct  separable  lowrank  fft    box    cost model, ns per sample (picked)
+=============  ======  =========  =======  =====  =====  ====================================
+box 3x3          5.5     4.6        9.0      -     2.0   box 0.9
+box 49x49         -     30.4       35.1     62.6   6.8   box 0.9 (flat in size)
+rank1 3x3        5.8     5.1        9.9      -      -    separable 0.5 + 0.08 n
+rank1 13x13       -      7.2        9.1     53.3    -    separable
+rank1 49x49       -     29.2       65.7    135      -    separable
+rank1 97x97       -     87.0       78.9     54.4    -    fft 11 from 121 taps (flat in size)
+rank1 193x193     -    182         189      83.8    -    fft
+rank2 5x5       12.4      -        28.8      -      -    direct max(1, 0.16 taps) below 121
+rank2 13x13     64.5      -        33.2     57.0    -    lowrank r (2 + 0.08 n) + 2
+full 7x7        29.2      -          -      57.6    -    direct
+full 13x13      65.3      -          -      65.5    -    direct 10 + 0.02 (taps - 121) (DFT)
+full 21x21      82.4      -          -      56.1    -    fft
+=============  ======  =========  =======  =====  =====  ====================================
+
+A gaussian therefore runs separable up to sigma 11 on 8-bit images (67x67) and through the FFT
+above, where its cost no longer grows with sigma. An explicit ``backend="opencv"`` keeps to
+OpenCV's methods.
 
 torch backend (CUDA, and the CPU fallback): a threshold rule, written for the GPU and not yet
 measured on one (benchmarks/gpu.sh measures sharpen): box -> ``box`` (running sums) from 121

@@ -217,8 +217,12 @@ def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch
         cuts = np.linspace(0, n, min(workers(), n // STACK_MIN_PLANES) + 1).astype(int)
         parallel(lambda a, b: _stacked(block[0][a:b], block[1][a:b], op, run),
                  list(zip(cuts[:-1], cuts[1:])))
-    else:
-        parallel(run, list(zip(srcs, dsts, strict=True)))
+        return out
+    # planes that do not share out evenly among the workers (3 planes, 2 workers) are cut into
+    # one band per worker, so that no worker is left with a whole plane to do alone
+    n = workers()
+    split = bandable(op) and len(srcs) % n != 0 and len(srcs) < 4 * n
+    _in_bands(srcs, dsts, [(op, method, s, delta, fill, negative)], n if split else 1)
     return out
 
 
@@ -378,11 +382,20 @@ def linear_chain(x: Tensor, steps: list[Step], out_dtype: torch.dtype) -> Tensor
     result is the same. Bands go to the worker threads in runs of consecutive bands.
     """
     srcs, out, dsts, _ = _units(x, out_dtype)
+    _in_bands(srcs, dsts, steps, None)
+    return out
+
+
+def _in_bands(srcs: list, dsts: list, steps: list[Step], per_plane: int | None) -> None:
+    """Every plane through ``steps``, cut into ``per_plane`` bands of rows (None: bands of about
+    :data:`BAND_FLOATS` floats), the bands shared among the workers."""
     top = sum(op.pads[0] for op, *_ in steps)
     bottom = sum(op.pads[1] for op, *_ in steps)
     h = srcs[0].shape[0]
-    floats_per_row = int(np.prod(srcs[0].shape[1:]))
-    rows = max(BAND_FLOATS // floats_per_row, 4 * (top + bottom), 16)
+    if per_plane is None:
+        rows = max(BAND_FLOATS // int(np.prod(srcs[0].shape[1:])), 4 * (top + bottom), 16)
+    else:
+        rows = max(-(-h // per_plane), 4 * (top + bottom), 16)
     cuts = list(range(0, h, rows)) + [h]
     if len(cuts) > 2 and cuts[-1] - cuts[-2] <= top + bottom:
         # the bottom border rule of each step reads up to its bottom pad rows above the last
@@ -397,7 +410,6 @@ def linear_chain(x: Tensor, steps: list[Step], out_dtype: torch.dtype) -> Tensor
 
     n = max(1, min(workers(), len(jobs)))
     parallel(run, [(jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n],) for i in range(n)])
-    return out
 
 
 def _chain_band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int, top: int, bottom: int,

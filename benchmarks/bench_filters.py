@@ -307,6 +307,29 @@ def chain_members(rounds: int, device: str) -> None:
           f"{t['blur chain (fused)'] / t['gaussian(sigma=1)']:.2f}x gaussian(sigma=1) alone")
 
 
+def sweep(rounds: int, device: str) -> None:
+    """Cost against kernel size: gaussian sigma 1..32 and box 3..101, convkit beside OpenCV."""
+    img = photo()
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
+    rows = [(f"gaussian sigma {s}", f"gaussian(sigma={s})",
+             lambda s=s: cv2.GaussianBlur(img, (0, 0), s)) for s in (1, 2, 4, 8, 16, 32)]
+    rows += [(f"box {n}", f"box(size={n})", lambda n=n: cv2.blur(img, (n, n)))
+             for n in (3, 11, 31, 101)]
+    print("\nCost against kernel size (1920x1080 RGB uint8; ms):")
+    print(f"  {'filter':18s} {'taps':>7s} {'convkit':>9s} {'method':>10s} {'OpenCV':>9s}")
+    for name, spec, cv in rows:
+        m = convkit.chain(spec).to(device)
+        fns = {"convkit": lambda m=m: (engine.apply(m, x), _sync(device))}
+        if device == "cpu":
+            fns["OpenCV"] = cv
+        t = timeit_rounds(fns, rounds if "32" not in name else max(2, rounds // 3))
+        k = m[0].weight.shape
+        steps = engine.explain(m, x)
+        cv_ms = f"{t['OpenCV'] * 1e3:9.1f}" if "OpenCV" in t else f"{'-':>9s}"
+        print(f"  {name:18s} {k[0]:>3d}x{k[1]:<3d} {t['convkit'] * 1e3:9.1f} "
+              f"{steps[0][2]:>10s} {cv_ms}", flush=True)
+
+
 # --- the rule's measurements ------------------------------------------------------------------
 def methods(rounds: int, device: str) -> None:
     """Time every method on a 1920x1080 RGB uint8 image per kernel shape: on the CPU the opencv
@@ -387,6 +410,7 @@ def main() -> None:
           f"(kornia 3, Pillow 5); device {args.device}\n")
     results = table(args.rounds, args.device)
     chain_members(args.rounds, args.device)
+    sweep(max(3, args.rounds // 2), args.device)
     print("\nPlans:")
     for r in results:
         print(f"  {r['row']:28s} {[(n[:40], b, m) for n, b, m in r['plan']]}")

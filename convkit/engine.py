@@ -242,14 +242,7 @@ def _torch_method(op: LinearOp, x: Tensor, method: str, s: float, fill: float,
             acc = y if acc is None else acc.add_(y)
         return acc
     if method == "fft":
-        ft = torch.float64 if dt == torch.float64 else torch.float32
-        xp = KF.pad(x, t, b, l, r, op.border, fill).to(ft)
-        hp, wp = xp.shape[-2:]
-        size = (_next_fast(hp), _next_fast(wp))
-        kf = op.cached(("t", dev, ft, s, "fft", size), lambda: torch.fft.rfft2(
-            torch.as_tensor(op.kernel[::-1, ::-1] * s, dtype=ft, device=dev), s=size))
-        y = torch.fft.irfft2(torch.fft.rfft2(xp, s=size) * kf, s=size)
-        return y[..., kh - 1:hp, kw - 1:wp].to(dt)
+        return _fft(op, x, s, fill)
     if method == "box":
         # running sums in float64: exact enough for any image range and size
         xp = KF.pad(x, t, b, l, r, op.border, fill).to(torch.float64)
@@ -259,6 +252,33 @@ def _torch_method(op: LinearOp, x: Tensor, method: str, s: float, fill: float,
         y = c[..., kh:, :] - c[..., :-kh, :]
         return y.mul_(op.box_weight * s).to(dt)
     raise AssertionError(method)
+
+
+def _fft(op: LinearOp, x: Tensor, s: float, fill: float) -> Tensor:
+    """``correlate(pad(x), kernel * s)`` through the FFT. ``x`` may be an integer image (then
+    the result is float32): it is padded by the border rule straight into the FFT buffer.
+
+    The padded image sits in the top-left of a buffer of a fast FFT size; the circular
+    correlation's output rows kh-1 .. hp-1 (and columns likewise) read only the padded image,
+    never the wrapped-around margin, which is zero (uninitialised memory could hold NaN)."""
+    t, b, l, r = op.pads
+    kh, kw = op.shape
+    ft = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out_dt = x.dtype if x.is_floating_point() else torch.float32
+    if not x.is_floating_point() and (x.dtype != torch.uint8 or (
+            op.border == "constant" and fill != int(fill))):
+        x = x.to(ft)  # torch pads uint16 in no mode; a fractional fill needs float padding
+    xp = KF.pad(x, t, b, l, r, op.border, fill)
+    hp, wp = xp.shape[-2:]
+    size = (_next_fast(hp), _next_fast(wp))
+    buf = torch.empty((*xp.shape[:-2], *size), dtype=ft, device=x.device)
+    buf[..., :hp, :wp] = xp
+    buf[..., hp:, :] = 0
+    buf[..., :hp, wp:] = 0
+    kf = op.cached(("t", x.device, ft, s, "fft", size), lambda: torch.fft.rfft2(
+        torch.as_tensor(op.kernel[::-1, ::-1] * s, dtype=ft, device=x.device), s=size))
+    y = torch.fft.irfft2(torch.fft.rfft2(buf).mul_(kf), s=size)
+    return y[..., kh - 1:hp, kw - 1:wp].to(out_dt)
 
 
 def _finalize(y: Tensor, dtype: torch.dtype, top: float, negative: str) -> Tensor:
@@ -377,7 +397,8 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
                 and not x.requires_grad and (negative is None or x.dtype == out_dtype)
                 and (x.dtype in _MAX or x.dtype == torch.float32)):
             return _compiled_direct(op, x, s, fill, bias, out_max, negative)
-        xf = x if x.is_floating_point() else x.to(torch.float32)
+        # (fft converts the integer image while it pads it into its FFT buffer)
+        xf = x if x.is_floating_point() or method == "fft" else x.to(torch.float32)
         y = _torch_method(op, xf, method, s, fill, cl)
         if bias:
             y = y.add_(bias)

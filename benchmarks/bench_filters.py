@@ -271,7 +271,7 @@ def targets(results: list[dict], sizes: dict[str, float]) -> None:
               f"separable passes grow with the taps)")
     g16, g32 = sizes.get("gaussian sigma 16"), sizes.get("gaussian sigma 32")
     if g16 and g32:
-        print(f"  gaussian sigma 32 / sigma 16: {g32 / g16:.2f}x (fft from sigma 11: flat "
+        print(f"  gaussian sigma 32 / sigma 16: {g32 / g16:.2f}x (fft from sigma ~10.5: flat "
               f"{'ok' if g32 <= 1.3 * g16 else 'MISSED'})")
     b11, b101 = sizes.get("box 11"), sizes.get("box 101")
     if b11 and b101:
@@ -387,7 +387,7 @@ def methods(rounds: int, device: str) -> None:
         cells = " ".join(f"{t[m] * 1e3:9.1f}" if m in t else f"{'-':>9s}"
                          for m in engine.METHODS)
         best = min(t, key=t.get)
-        rule = engine.choose_method(op, "opencv" if cpu else "torch")
+        rule = engine.choose_method(op, "cpu" if cpu else "torch")
         mark = "" if rule == best or t.get(rule, 1e9) <= 1.15 * t[best] else \
             f" (best: {best})"
         print(f"{name:22s} {cells}   {rule}{mark}", flush=True)

@@ -35,22 +35,24 @@ is torch's, the others OpenCV's):
 =============  ======  =========  =======  =====  =====  ====================================
 kernel         direct  separable  lowrank  fft    box    cost model, ns per sample (picked)
 =============  ======  =========  =======  =====  =====  ====================================
-box 3x3          5.5     4.6        9.0      -     2.0   box 0.9
-box 49x49         -     30.4       35.1     62.6   6.8   box 0.9 (flat in size)
-rank1 3x3        5.8     5.1        9.9      -      -    separable 0.5 + 0.08 n
-rank1 13x13       -      7.2        9.1     53.3    -    separable
-rank1 49x49       -     29.2       65.7    135      -    separable
-rank1 97x97       -     87.0       78.9     54.4    -    fft 11 from 121 taps (flat in size)
-rank1 193x193     -    182         189      83.8    -    fft
-rank2 5x5       12.4      -        28.8      -      -    direct max(1, 0.16 taps) below 121
-rank2 13x13     64.5      -        33.2     57.0    -    lowrank r (2 + 0.08 n) + 2
-full 7x7        29.2      -          -      57.6    -    direct
-full 13x13      65.3      -          -      65.5    -    direct 10 + 0.02 (taps - 121) (DFT)
-full 21x21      82.4      -          -      56.1    -    fft
+box 3x3          4.8     3.1        5.5      -     2.1   box 0.9
+box 49x49         -     24.7       29.6     67.2   6.0   box 0.9 (flat in size)
+rank1 3x3        4.8     3.1        5.5      -      -    separable 0.5 + 0.08 n
+rank1 13x13       -      7.6       10.1     54.1    -    separable
+rank1 49x49       -     27.5       28.5     67.6    -    separable
+rank1 97x97       -     59.8       68.0     76.5    -    fft 10.5 from 121 taps (flat in size)
+rank1 193x193     -    175         191      61.1    -    fft
+rank2 5x5       11.1      -        16.1      -      -    direct max(1, 0.16 taps) below 121
+rank2 13x13     63.0      -        31.9     50.6    -    lowrank r (2 + 0.08 n) + 2
+full 9x9        37.4      -          -      50.0    -    direct
+full 13x13      60.3      -          -      44.4    -    fft (filter2D's DFT: 10 + 0.02 (taps
+full 31x31      76.1      -          -      65.4    -    fft  - 121), at most 21)
 =============  ======  =========  =======  =====  =====  ====================================
 
-A gaussian therefore runs separable up to sigma 11 on 8-bit images (67x67) and through the FFT
-above, where its cost no longer grows with sigma. An explicit ``backend="opencv"`` keeps to
+The fft column swings most between runs (45-77 ms at every size in two runs); the rule puts its
+crossover with the separable pass between them, about 63x63. A gaussian therefore runs
+separable up to sigma 10 on 8-bit images (61x61) and through the FFT above, where its cost no
+longer grows with sigma. An explicit ``backend="opencv"`` keeps to
 OpenCV's methods.
 
 torch backend (CUDA, and the CPU fallback): a threshold rule, written for the GPU and not yet

@@ -257,10 +257,10 @@ def compose(a: LinearOp, b: LinearOp) -> LinearOp:
 PASS_COST = 1.5  # one more float32 intermediate: its write, its read and the final store
 
 
-# torch's FFT on the CPU (pad, rfft2, product, irfft2, round): flat in the kernel size; cheaper
-# than OpenCV's separable pass from about 66x66 (a gaussian of sigma 11 on 8-bit images) and
-# than its DFT-based filter2D from about 13x13.
-FFT_COST = 11.0
+# torch's FFT on the CPU (pad, rfft2, product, irfft2, round): flat in the kernel size (45-75 ms
+# for 1080p RGB); cheaper than OpenCV's separable pass from about 63x63 (a gaussian of sigma
+# 10.5 on 8-bit images) and than its DFT-based filter2D from 13x13.
+FFT_COST = 10.5
 FFT_MIN_TAPS = 121
 
 

@@ -145,7 +145,7 @@ def test_auto_rule_picks_documented_methods():
     assert engine.explain(big, x, backend="opencv")[0][1:] == ("opencv", "direct")
     mid = Kernel2d(R.normal(size=(11, 11)), scale=1.0)
     assert engine.explain(mid, x)[0][1:] == ("opencv", "direct")
-    # gaussians: separable up to about sigma 11 (8-bit: 67x67), then fft, flat in the size
+    # gaussians: separable up to about sigma 10 (8-bit: 61x61), then fft, flat in the size
     assert picked("gaussian(sigma=8)") == ("opencv", "separable")
     assert picked("gaussian(sigma=16)") == ("torch", "fft")
     assert picked("gaussian(sigma=16)", "opencv") == ("opencv", "separable")

@@ -73,6 +73,8 @@ def _pool(n: int) -> ThreadPoolExecutor:
     with _POOL_LOCK:
         # a forked child (a DataLoader worker) inherits the object but not its threads
         if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != n:
+            # (a replaced pool's idle threads end once it is garbage collected; a caller that
+            # still holds it finishes its jobs there)
             _POOL = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="convkit-cv"))
         return _POOL[2]
 
@@ -80,12 +82,13 @@ def _pool(n: int) -> ThreadPoolExecutor:
 def parallel(fn: Callable[..., object], jobs: Sequence[tuple]) -> None:
     """``fn(*job)`` for every job, shared among :func:`workers` threads (OpenCV releases the
     GIL); the first exception is raised after all jobs have finished."""
-    n = min(workers(), len(jobs))
-    if n <= 1 or threading.current_thread().name.startswith("convkit-cv"):
+    n = workers()
+    if n <= 1 or len(jobs) <= 1 or threading.current_thread().name.startswith("convkit-cv"):
         for job in jobs:
             fn(*job)
         return
-    futures = [_pool(n).submit(fn, *job) for job in jobs]
+    pool = _pool(n)
+    futures = [pool.submit(fn, *job) for job in jobs]
     errors = [f.exception() for f in futures]
     for e in errors:
         if e is not None:

@@ -379,8 +379,8 @@ def methods(rounds: int, device: str) -> None:
                 continue  # hopeless (full rank): minutes at 31x31
             if meth == "fft" and taps < 49:
                 continue
-            if meth == "direct" and cpu and taps > 49 and op.rank == 1:
-                continue  # OpenCV's DFT, never better than separable for rank 1
+            if meth == "direct" and taps > 49 and op.rank == 1:
+                continue  # never better than separable for rank 1 (and slow on a GPU)
             backend = "torch" if (meth == "fft" or not cpu) else "opencv"
             fns[meth] = lambda meth=meth, b=backend, mod=mod: (engine.apply(
                 mod, x, method=meth, backend=b), _sync(device))

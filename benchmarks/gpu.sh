@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One go on a CUDA machine, under 5 minutes: the CUDA tests, then the GPU benchmark (batched
 # 1080p sharpen against the memory-bandwidth roofline, JPEGs end to end with GPU decoding, the
-# CLI on the GPU). Usage: bash benchmarks/gpu.sh   (PYTHON=... to pick the interpreter)
+# CLI on the GPU), then bench_filters' rows on the GPU next to kornia.
+# Usage: bash benchmarks/gpu.sh   (PYTHON=... to pick the interpreter)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -15,10 +16,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 status=0
 echo "== CUDA tests (every test parametrized on cuda, the slow torch.compile one included)"
-timeout 170 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or not slow" -k cuda tests/ \
+timeout 140 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or not slow" -k cuda tests/ \
   || status=$?
 
 echo "== GPU benchmark"
-# first torch.compile of the fused kernel takes ~30 s; the whole benchmark stays under 2 min
-timeout 120 "$PY" benchmarks/bench_gpu.py || status=$?
+# first torch.compile of the fused kernel takes ~30 s; the whole benchmark stays under 90 s
+timeout 90 "$PY" benchmarks/bench_gpu.py || status=$?
+
+echo "== the filter rows on the GPU, convkit beside kornia (bench_filters.py --device cuda)"
+timeout 60 "$PY" benchmarks/bench_filters.py --device cuda --rounds 5 || status=$?
 exit $status

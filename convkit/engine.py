@@ -267,6 +267,8 @@ def _fft(op: LinearOp, x: Tensor, s: float, fill: float) -> Tensor:
     kh, kw = op.shape
     ft = torch.float64 if x.dtype == torch.float64 else torch.float32
     out_dt = x.dtype if x.is_floating_point() else torch.float32
+    if x.numel() == 0:
+        return torch.empty(x.shape, dtype=out_dt, device=x.device)  # (an FFT of nothing fails)
     if not x.is_floating_point() and (x.dtype != torch.uint8 or (
             op.border == "constant" and fill != int(fill))):
         x = x.to(ft)  # torch pads uint16 in no mode; a fractional fill needs float padding

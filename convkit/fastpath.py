@@ -392,6 +392,8 @@ def linear_chain(x: Tensor, steps: list[Step], out_dtype: torch.dtype) -> Tensor
 def _in_bands(srcs: list, dsts: list, steps: list[Step], per_plane: int | None) -> None:
     """Every plane through ``steps``, cut into ``per_plane`` bands of rows (None: bands of about
     :data:`BAND_FLOATS` floats), the bands shared among the workers."""
+    if not srcs:
+        return  # an empty batch
     top = sum(op.pads[0] for op, *_ in steps)
     bottom = sum(op.pads[1] for op, *_ in steps)
     h = srcs[0].shape[0]

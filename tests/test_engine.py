@@ -514,3 +514,12 @@ def test_opencv_thread_setting_is_respected():
         assert names == {threading.current_thread().name}
     finally:
         cv2.setNumThreads(n)
+
+
+@pytest.mark.parametrize("spec", ["sharpen", "gaussian(sigma=1) | sharpen | emboss",
+                                  "median(size=3)", "sobel", "gaussian(sigma=16)"])
+def test_empty_batch(spec):
+    for dtype in (torch.uint8, torch.float32):
+        x = torch.zeros(0, 3, 8, 8, dtype=dtype)
+        out = engine.apply(convkit.chain(spec), x)
+        assert out.shape == x.shape and out.dtype == dtype

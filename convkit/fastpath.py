@@ -353,7 +353,20 @@ def gradient(x: Tensor, op: GradientOp, in_max: float, out_dtype: torch.dtype, o
         mag = cv2.magnitude(np.ascontiguousarray(g[0]), np.ascontiguousarray(g[1]))
         _store(mag, dst, negative, delta=delta)
 
-    parallel(run, list(zip(srcs, dsts, strict=True)))
+    if not (bandable(op.gx) and bandable(op.gy)):
+        parallel(run, list(zip(srcs, dsts, strict=True)))
+        return out
+    # in bands: the two float32 derivatives and their magnitude stay in the cache
+    top = max(op.gx.pads[0], op.gy.pads[0])
+    bottom = max(op.gx.pads[1], op.gy.pads[1])
+
+    def band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int) -> None:
+        s0, s1 = max(0, r0 - top), min(src.shape[0], r1 + bottom)
+        res = np.empty(src[s0:s1].shape, dst.dtype)
+        run(src[s0:s1], res)
+        dst[r0:r1] = res[r0 - s0:r1 - s0]
+
+    _bands(srcs, dsts, top, bottom, None, band)
     return out
 
 
@@ -392,10 +405,19 @@ def linear_chain(x: Tensor, steps: list[Step], out_dtype: torch.dtype) -> Tensor
 def _in_bands(srcs: list, dsts: list, steps: list[Step], per_plane: int | None) -> None:
     """Every plane through ``steps``, cut into ``per_plane`` bands of rows (None: bands of about
     :data:`BAND_FLOATS` floats), the bands shared among the workers."""
-    if not srcs:
-        return  # an empty batch
     top = sum(op.pads[0] for op, *_ in steps)
     bottom = sum(op.pads[1] for op, *_ in steps)
+    _bands(srcs, dsts, top, bottom, per_plane,
+           lambda src, dst, r0, r1: _chain_band(src, dst, r0, r1, top, bottom, steps))
+
+
+def _bands(srcs: list, dsts: list, top: int, bottom: int, per_plane: int | None,
+           fn: Callable[[np.ndarray, np.ndarray, int, int], None]) -> None:
+    """``fn(src, dst, r0, r1)`` for bands of rows [r0, r1) of every plane, which read up to
+    ``top`` rows above and ``bottom`` below; the bands shared among the workers in runs of
+    consecutive bands."""
+    if not srcs:
+        return  # an empty batch
     h = srcs[0].shape[0]
     if per_plane is None:
         rows = max(BAND_FLOATS // int(np.prod(srcs[0].shape[1:])), 4 * (top + bottom), 16)
@@ -410,8 +432,8 @@ def _in_bands(srcs: list, dsts: list, steps: list[Step], per_plane: int | None) 
             for r0, r1 in zip(cuts[:-1], cuts[1:])]
 
     def run(chunk) -> None:
-        for src, dst, r0, r1 in chunk:
-            _chain_band(src, dst, r0, r1, top, bottom, steps)
+        for job in chunk:
+            fn(*job)
 
     n = max(1, min(workers(), len(jobs)))
     parallel(run, [(jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n],) for i in range(n)])

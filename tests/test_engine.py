@@ -523,3 +523,22 @@ def test_empty_batch(spec):
         x = torch.zeros(0, 3, 8, 8, dtype=dtype)
         out = engine.apply(convkit.chain(spec), x)
         assert out.shape == x.shape and out.dtype == dtype
+
+
+@pytest.mark.parametrize("border", ["reflect", "symmetric", "replicate", "constant", "circular"])
+def test_gradient_magnitude_in_bands(border, monkeypatch):
+    """The gradient magnitude runs band by band on OpenCV (pre-padded borders plane by plane);
+    either way it equals the module's own float64 forward."""
+    monkeypatch.setattr(engine.fastpath, "BAND_FLOATS", 64)
+    for spec in ("sobel", "scharr", "prewitt"):
+        m = convkit.chain(f"{spec}(border={border})")
+        for shape in [(83, 21), (5, 4), (1, 1)]:
+            for dtype in (torch.uint8, torch.uint16, torch.float32):
+                x = _image(shape, dtype)
+                ref = m.double()(KF.to_float(x, torch.float64))
+                m.float()
+                if not x.is_floating_point():
+                    ref = KF.to_integer(ref, x.dtype, m.negative)
+                out = engine.apply(m, x)
+                assert engine.explain(m, x)[0][1:] == ("opencv", "gradient")
+                assert_close(out, ref, 8.0, f"{spec} {border} {shape} {dtype}")

@@ -110,6 +110,9 @@ def supports(op, dtype: torch.dtype) -> bool:
 
 def _prepad(src: np.ndarray, pads, border: str, fill: float):
     """(source, OpenCV border, crop) so that OpenCV reads convkit's border pixels."""
+    if border == "constant" and src.dtype != np.float32 and not (
+            0 <= fill <= np.iinfo(src.dtype).max and fill == int(fill)):
+        src = src.astype(np.float32)  # copyMakeBorder would saturate the fill to the dtype
     if border == "circular" or (border == "constant" and fill != 0):
         t, b, l, r = pads
         padded = cv2.copyMakeBorder(src, t, b, l, r, _BORDER[border], value=(fill,) * 4)

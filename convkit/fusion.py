@@ -31,7 +31,7 @@ rebuilt only when a kernel buffer or border changes.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -323,7 +323,11 @@ def split_group(group: list[LinearOp]) -> list[LinearOp]:
             tail.append(o)
         cand = [_fold(sep), *tail]
         if _total(cand) < _total(best):
-            best = cand
+            # Moving kernels changes which kernels each bias passes through; a constant passes
+            # through a kernel as itself times the kernel's sum (no constant border here), so
+            # the group's bias, folded in the original order, goes to the last operation.
+            total = best[0].bias
+            best = [replace(o, bias=0.0) for o in cand[:-1]] + [replace(cand[-1], bias=total)]
     return best
 
 

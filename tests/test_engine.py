@@ -542,3 +542,44 @@ def test_gradient_magnitude_in_bands(border, monkeypatch):
                 out = engine.apply(m, x)
                 assert engine.explain(m, x)[0][1:] == ("opencv", "gradient")
                 assert_close(out, ref, 8.0, f"{spec} {border} {shape} {dtype}")
+
+
+@pytest.mark.parametrize("value", [-5.0, 300.0, 200.5])
+def test_constant_fill_the_dtype_cannot_hold(value):
+    """A fill outside 0..255 (or fractional) is used as it is, not saturated to the image's
+    dtype, on every path: OpenCV (separable, direct, box, gradient) and the FFT."""
+    five = Kernel2d(R.normal(size=(5, 5)), scale=1.0, border="constant", value=value)
+    mods = [convkit.chain(s) for s in (
+        f"gaussian(sigma=16, border=constant, value={value})",
+        f"gaussian(sigma=2, border=constant, value={value})",
+        f"box(size=5, border=constant, value={value})",
+        f"sobel(border=constant, value={value})")] + [five]
+    for m in mods:
+        for dtype in (torch.uint8, torch.uint16, torch.float32):
+            x = _image((40, 33), dtype)
+            ref = m.double()(KF.to_float(x, torch.float64))
+            m.float()
+            if not x.is_floating_point():
+                ref = KF.to_integer(ref, x.dtype, getattr(m, "negative", "clip")
+                                    if isinstance(getattr(m, "negative", None), str) else "clip")
+            assert_close(engine.apply(m, x), ref, 8.0, f"{engine.explain(m, x)} {dtype}")
+
+
+@pytest.mark.parametrize("border", ["circular", "reflect"])
+def test_reordered_fusion_keeps_the_biases(border):
+    """When a fused group runs its separable members first, the biases still add up as in the
+    chain's order (each bias passes through the kernels after it)."""
+    a = R.random((5, 5))
+    a = a + a[::-1] + a[:, ::-1] + a[::-1, ::-1]  # symmetric, so that reflect fuses too
+    a = 0.5 * a / a.sum()
+    g = np.exp(-np.arange(-4, 5) ** 2 / 8.0)
+    ch = convkit.Chain(Kernel2d(a, scale=1.0, border=border, offset=-20),
+                       Kernel2d(np.outer(g, g), border=border, offset=40),
+                       Kernel2d(R.normal(size=(3, 3)), scale=1.0, border=border, offset=7))
+    x = _image((64, 48), torch.float32)
+    plan = fusion.get_plan(ch)
+    assert plan.ops[0].shape == (9, 9) and plan.ops[0].rank == 1, plan.describe()  # moved first
+    ref = ch.double()(x.double())
+    ch.float()
+    for backend in ("opencv", "torch"):
+        assert_close(engine.apply(ch, x, backend=backend), ref, 4.0, backend)

@@ -63,6 +63,16 @@ _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 _POOL_LOCK = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # the child has none of the parent's threads, and a lock held by one of them stays held
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def workers() -> int:
     """How many threads the fast path shares planes among: OpenCV's own thread setting."""
     return max(1, min(cv2.getNumThreads(), MAX_WORKERS))

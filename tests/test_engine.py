@@ -5,6 +5,8 @@ fusion is exact where the engine fuses. No timings here (see benchmarks/bench_fi
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -583,3 +585,29 @@ def test_reordered_fusion_keeps_the_biases(border):
     ch.float()
     for backend in ("opencv", "torch"):
         assert_close(engine.apply(ch, x, backend=backend), ref, 4.0, backend)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_its_own_worker_pool():
+    """A child forked while another thread held the pool's lock (a DataLoader worker, say)
+    still filters: it starts with a fresh lock and pool."""
+    import time
+
+    x = _image((300, 200), torch.uint8)
+    m = convkit.chain("gaussian(sigma=1) | sharpen")
+    want = engine.apply(m, x)
+    engine.fastpath._POOL_LOCK.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child
+            os._exit(0 if torch.equal(engine.apply(m, x), want) else 1)
+    finally:
+        engine.fastpath._POOL_LOCK.release()
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0

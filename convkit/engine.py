@@ -473,8 +473,7 @@ def _banded(plan: Plan, x: Tensor, opts: Options, trace: list | None) -> Tensor 
         method = _method_for(op, "opencv", opts)
         if trace is not None:
             trace.append(_Step(op.name, "opencv", method))
-        delta = op.bias * out_max + (OFFSET * out_max if negative == "offset" else 0.0)
-        steps.append((op, method, out_max / in_max, delta, op.value * in_max, negative))
+        steps.append(fastpath.step(op, method, in_max, out_max, negative))
     return fastpath.linear_chain(x, steps, out_dtype)
 
 

@@ -59,12 +59,13 @@ CV_METHODS = ("direct", "separable", "lowrank", "box")  # fft is a torch method
 
 # --- plane-parallel execution -----------------------------------------------------------------
 MAX_WORKERS = 8
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
 _POOL_LOCK = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    # the child has none of the parent's threads, and a lock held by one of them stays held
+    # a forked child (a DataLoader worker) has none of the parent's threads, and a lock held by
+    # one of them stays held
     global _POOL, _POOL_LOCK
     _POOL, _POOL_LOCK = None, threading.Lock()
 
@@ -81,12 +82,11 @@ def workers() -> int:
 def _pool(n: int) -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
-        # a forked child (a DataLoader worker) inherits the object but not its threads
-        if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != n:
+        if _POOL is None or _POOL[0] != n:
             # (a replaced pool's idle threads end once it is garbage collected; a caller that
             # still holds it finishes its jobs there)
-            _POOL = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="convkit-cv"))
-        return _POOL[2]
+            _POOL = (n, ThreadPoolExecutor(n, thread_name_prefix="convkit-cv"))
+        return _POOL[1]
 
 
 def parallel(fn: Callable[..., object], jobs: Sequence[tuple]) -> None:
@@ -220,12 +220,10 @@ def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch
     integer dtype and ``negative`` its mapping.
     """
     srcs, out, dsts, block = _units(x, out_dtype)
-    s = out_max / in_max
-    delta = op.bias * out_max + (OFFSET * out_max if negative == "offset" else 0.0)
-    fill = op.value * in_max
+    one = step(op, method, in_max, out_max, negative)
 
     def run(src: np.ndarray, dst: np.ndarray) -> None:
-        _linear_unit(src, dst, op, method, s, delta, fill, negative)
+        _linear_unit(src, dst, *one)
 
     if block is not None and _stackable(block[0], op):
         # one tall plane per worker, each a run of whole planes
@@ -238,7 +236,7 @@ def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch
     # one band per worker, so that no worker is left with a whole plane to do alone
     n = workers()
     split = bandable(op) and len(srcs) % n != 0 and len(srcs) < 4 * n
-    _in_bands(srcs, dsts, [(op, method, s, delta, fill, negative)], n if split else 1)
+    _in_bands(srcs, dsts, [one], n if split else 1)
     return out
 
 
@@ -370,16 +368,8 @@ def gradient(x: Tensor, op: GradientOp, in_max: float, out_dtype: torch.dtype, o
         parallel(run, list(zip(srcs, dsts, strict=True)))
         return out
     # in bands: the two float32 derivatives and their magnitude stay in the cache
-    top = max(op.gx.pads[0], op.gy.pads[0])
-    bottom = max(op.gx.pads[1], op.gy.pads[1])
-
-    def band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int) -> None:
-        s0, s1 = max(0, r0 - top), min(src.shape[0], r1 + bottom)
-        res = np.empty(src[s0:s1].shape, dst.dtype)
-        run(src[s0:s1], res)
-        dst[r0:r1] = res[r0 - s0:r1 - s0]
-
-    _bands(srcs, dsts, top, bottom, None, band)
+    _bands(srcs, dsts, max(op.gx.pads[0], op.gy.pads[0]), max(op.gx.pads[1], op.gy.pads[1]),
+           None, run)
     return out
 
 
@@ -393,6 +383,13 @@ BANDABLE_BORDERS = ("reflect", "symmetric", "replicate", "constant")
 
 # One step of a chain: (op, method, scale, delta, fill, negative), as _linear_unit takes them.
 Step = tuple[LinearOp, str, float, float, float, "str | None"]
+
+
+def step(op: LinearOp, method: str, in_max: float, out_max: float, negative: str | None) -> Step:
+    """``op`` from values in units of ``in_max`` to units of ``out_max``: the kernel's scale,
+    OpenCV's ``delta`` (bias and offset) and the constant border's fill."""
+    delta = op.bias * out_max + (OFFSET * out_max if negative == "offset" else 0.0)
+    return op, method, out_max / in_max, delta, op.value * in_max, negative
 
 
 def bandable(op: LinearOp) -> bool:
@@ -420,15 +417,14 @@ def _in_bands(srcs: list, dsts: list, steps: list[Step], per_plane: int | None) 
     :data:`BAND_FLOATS` floats), the bands shared among the workers."""
     top = sum(op.pads[0] for op, *_ in steps)
     bottom = sum(op.pads[1] for op, *_ in steps)
-    _bands(srcs, dsts, top, bottom, per_plane,
-           lambda src, dst, r0, r1: _chain_band(src, dst, r0, r1, top, bottom, steps))
+    _bands(srcs, dsts, top, bottom, per_plane, lambda src, dst: _chain(src, dst, steps))
 
 
 def _bands(srcs: list, dsts: list, top: int, bottom: int, per_plane: int | None,
-           fn: Callable[[np.ndarray, np.ndarray, int, int], None]) -> None:
-    """``fn(src, dst, r0, r1)`` for bands of rows [r0, r1) of every plane, which read up to
-    ``top`` rows above and ``bottom`` below; the bands shared among the workers in runs of
-    consecutive bands."""
+           fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """``fn(src, dst)`` filters whole arrays of rows; run it band by band on every plane, each
+    band with the ``top`` rows above it and ``bottom`` below that it reads (see :func:`_band`),
+    the bands shared among the workers in runs of consecutive bands."""
     if not srcs:
         return  # an empty batch
     h = srcs[0].shape[0]
@@ -445,23 +441,31 @@ def _bands(srcs: list, dsts: list, top: int, bottom: int, per_plane: int | None,
             for r0, r1 in zip(cuts[:-1], cuts[1:])]
 
     def run(chunk) -> None:
-        for job in chunk:
-            fn(*job)
+        for src, dst, r0, r1 in chunk:
+            _band(src, dst, r0, r1, top, bottom, fn)
 
     n = max(1, min(workers(), len(jobs)))
     parallel(run, [(jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n],) for i in range(n)])
 
 
-def _chain_band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int, top: int, bottom: int,
-                steps: list[Step]) -> None:
+def _band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int, top: int, bottom: int,
+          fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """Rows [r0, r1) of ``dst``: ``fn`` on the rows of ``src`` they read (the plane's border
+    rule applies where those reach past the plane), then the band's own rows kept."""
     s0, s1 = max(0, r0 - top), min(src.shape[0], r1 + bottom)
-    cur = src[s0:s1]
-    for i, (op, method, s, delta, fill, negative) in enumerate(steps):
-        last = i == len(steps) - 1
-        if last and s0 == r0 and s1 == r1:
-            _linear_unit(cur, dst[r0:r1], op, method, s, delta, fill, negative)
-            return
-        buf = np.empty(cur.shape, dst.dtype if last else np.float32)
-        _linear_unit(cur, buf, op, method, s, delta, fill, negative)
+    if s0 == r0 and s1 == r1:
+        fn(src[r0:r1], dst[r0:r1])
+        return
+    buf = np.empty(src[s0:s1].shape, dst.dtype)
+    fn(src[s0:s1], buf)
+    dst[r0:r1] = buf[r0 - s0:r1 - s0]
+
+
+def _chain(src: np.ndarray, dst: np.ndarray, steps: list[Step]) -> None:
+    """``steps`` one after the other, float32 in between."""
+    cur = src
+    for one in steps[:-1]:
+        buf = np.empty(cur.shape, np.float32)
+        _linear_unit(cur, buf, *one)
         cur = buf
-    dst[r0:r1] = cur[r0 - s0:r1 - s0]
+    _linear_unit(cur, dst, *steps[-1])

@@ -451,8 +451,8 @@ def test_banded_chain_equals_the_chain(spec, border, monkeypatch):
                                   else f"{p}(border={border})" for p in parts))
     ch.append(Kernel2d(R.normal(size=(2, 3)), scale=1.0, border=border))  # an even kernel
     calls = []
-    real = engine.fastpath._chain_band
-    monkeypatch.setattr(engine.fastpath, "_chain_band",
+    real = engine.fastpath._band
+    monkeypatch.setattr(engine.fastpath, "_band",
                         lambda *a: (calls.append(a[2:4]), real(*a))[1])
     monkeypatch.setattr(engine.fastpath, "BAND_FLOATS", 64)
     for shape in [(83, 21), (200, 7), (17, 9), (2, 3)]:

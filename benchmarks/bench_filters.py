@@ -45,6 +45,11 @@ def photo(w: int = 1920, h: int = 1080) -> np.ndarray:
     return cv2.resize(data.astronaut(), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+def as_batch(img: np.ndarray, device: str) -> torch.Tensor:
+    """An (H, W, 3) image as a (1, 3, H, W) tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
+
+
 def timeit_rounds(fns: dict[str, Callable[[], object]], rounds: int,
                   slow: dict[str, int] | None = None) -> dict[str, float]:
     """Fastest seconds per call of each function, measured round-robin after one warm-up (the
@@ -170,7 +175,7 @@ def _sync(device: str) -> None:
 
 def table(rounds: int, device: str) -> list[dict]:
     img = photo()
-    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
+    x = as_batch(img, device)
     results = []
     cols = ["convkit", "OpenCV", "Pillow", "kornia", "torchvision"]
     for name, spec, peers in rows(img, device):
@@ -293,7 +298,7 @@ def _single_member_time() -> float:
 
 def chain_members(rounds: int, device: str) -> None:
     img = photo()
-    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
+    x = as_batch(img, device)
     fns = {}
     for spec in [s.strip() for s in CHAIN.split("|")]:
         m = convkit.chain(spec).to(device)
@@ -320,7 +325,7 @@ def sweep(rounds: int, device: str) -> dict[str, float]:
     """Cost against kernel size: gaussian sigma 1..32 and box 3..101, convkit beside OpenCV.
     Returns convkit's seconds per row name."""
     img = photo()
-    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
+    x = as_batch(img, device)
     rows = [(f"gaussian sigma {s}", f"gaussian(sigma={s})",
              lambda s=s: cv2.GaussianBlur(img, (0, 0), s)) for s in (1, 2, 4, 8, 16, 32)]
     rows += [(f"box {n}", f"box(size={n})", lambda n=n: cv2.blur(img, (n, n)))
@@ -349,7 +354,7 @@ def methods(rounds: int, device: str) -> None:
     backend (its planes shared among OpenCV's threads) and torch's fft, which the CPU rule
     sends large kernels to; on a GPU the torch backend."""
     img = photo()
-    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
+    x = as_batch(img, device)
     rng = np.random.default_rng(0)
     print("1920x1080 RGB uint8, ms per call (best round); '-' = method cannot run it; the rule's "
           "pick last.")
@@ -375,7 +380,7 @@ def methods(rounds: int, device: str) -> None:
                 continue
             if meth == "box" and op.box_weight is None:
                 continue
-            if meth == "lowrank" and op.rank * 2 * (k.shape[0] + k.shape[1]) > taps * 2:
+            if meth == "lowrank" and op.rank * (k.shape[0] + k.shape[1]) > taps:
                 continue  # hopeless (full rank): minutes at 31x31
             if meth == "fft" and taps < 49:
                 continue

@@ -81,6 +81,11 @@ def _run_params() -> list[click.Parameter]:
                           "the CPU)."),
         click.Option(["--device"], default="auto", show_default=True,
                      help="auto (CUDA when present), cpu, cuda or cuda:N."),
+        click.Option(["--decode"], type=click.Choice(["cpu", "gpu"], case_sensitive=False),
+                     default="cpu", show_default=True,
+                     help="Where JPEGs are decoded: cpu (libjpeg-turbo, the same pixels "
+                          "everywhere) or gpu (nvJPEG on the CUDA device, a batch at a time; "
+                          "pixels can differ by a few levels)."),
         click.Option(["--workers"], type=click.IntRange(min=1), default=None,
                      help="Decode and encode threads each (default: CPU count, 2 to 8)."),
         click.Option(["--max-pixels"], type=click.IntRange(min=1), default=None,

@@ -31,8 +31,10 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "WRITE_EXTENSIONS",
+    "EncodedJPEG",
     "ImageFileError",
     "ImageInfo",
+    "decode_jpegs",
     "is_image_path",
     "read_image",
     "read_image_with_info",
@@ -123,6 +125,80 @@ class ImageInfo:
     has_alpha: bool
 
 
+@dataclass
+class EncodedJPEG:
+    """A grey or RGB JPEG read but not decoded, from ``read_image_with_info(defer_jpeg=True)``.
+
+    Its header was parsed and checked like any file's, so ``shape`` and ``dtype`` are those of
+    the image :func:`decode_jpegs` will give (display layout, after the EXIF orientation), and
+    batches can be planned before any pixel is decoded.
+
+    Attributes:
+        name: The file, for error messages.
+        data: The file's bytes, a 1-D ``uint8`` tensor on the CPU.
+        channels: 1 for grey, 3 for RGB (YCbCr in the file).
+        height, width: As stored, before the orientation is applied.
+        orientation: The EXIF orientation (1 to 8) to apply after decoding.
+    """
+
+    name: str
+    data: torch.Tensor
+    channels: int
+    height: int
+    width: int
+    orientation: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        h, w = (self.width, self.height) if self.orientation >= 5 else (self.height, self.width)
+        return self.channels, h, w
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
+
+def decode_jpegs(items: list[EncodedJPEG], device: torch.device | str) -> list[torch.Tensor]:
+    """Decode JPEGs read with ``defer_jpeg=True`` on ``device``, in as few calls as possible.
+
+    On a CUDA device torchvision hands them to nvJPEG as one batch (one per channel count). Its
+    IDCT and chroma upsampling are not libjpeg-turbo's, so the pixels can differ from the CPU
+    decoder's by a few grey levels, as JPEG decoders are allowed to; on the CPU torchvision's
+    libjpeg-turbo gives the same pixels as :func:`read_image`.
+
+    Returns:
+        One contiguous ``(C, H, W)`` ``uint8`` tensor per item, in order, on ``device``, in
+        display layout.
+
+    Raises:
+        ImageFileError: The decoder refused the data. With one item the message names its file;
+            with several it names the first and the count (decode them one by one to find which).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out: list[torch.Tensor | None] = [None] * len(items)
+    for channels, mode in ((1, ImageReadMode.GRAY), (3, ImageReadMode.RGB)):
+        idx = [i for i, item in enumerate(items) if item.channels == channels]
+        if not idx:
+            continue
+        try:
+            decoded = decode_jpeg([items[i].data for i in idx], mode=mode, device=device)
+        except Exception as e:  # nvJPEG and libjpeg report damage as RuntimeError, mostly
+            first = items[idx[0]].name
+            which = first if len(idx) == 1 else f"{first} (or one of {len(idx) - 1} more)"
+            raise ImageFileError(f"{which}: cannot decode JPEG on {device} ({_describe(e)})") \
+                from None
+        for i, image in zip(idx, decoded, strict=True):
+            item = items[i]
+            if tuple(image.shape) != (channels, item.height, item.width):
+                raise ImageFileError(
+                    f"{item.name}: JPEG decoded on {device} to shape {tuple(image.shape)}, "
+                    f"expected {(channels, item.height, item.width)} from its header"
+                )
+            out[i] = _apply_orientation(image, item.orientation)
+    return out  # type: ignore[return-value]
+
+
 def is_image_path(path: StrPath) -> bool:
     """Tell from the name alone whether ``path`` is a file :func:`read_image` can read."""
     return Path(os.fsdecode(path)).suffix.lower() in SUPPORTED_EXTENSIONS
@@ -140,8 +216,8 @@ def read_image(path: StrPath, *, max_pixels: int | None = None) -> torch.Tensor:
 
 
 def read_image_with_info(
-    path: StrPath, *, max_pixels: int | None = None
-) -> tuple[torch.Tensor, ImageInfo]:
+    path: StrPath, *, max_pixels: int | None = None, defer_jpeg: bool = False
+) -> tuple[torch.Tensor | EncodedJPEG, ImageInfo]:
     """Read an image file into a tensor, with the metadata needed to write it back.
 
     The format is told from the content, not the name: PNG, JPEG, WebP, TIFF, BMP and GIF. Of an
@@ -156,6 +232,9 @@ def read_image_with_info(
         max_pixels: Refuse images with more pixels (width * height) than this. None or 0 keeps
             Pillow's limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million unless changed;
             None there means no limit).
+        defer_jpeg: Leave a complete grey or RGB JPEG undecoded: ``image`` is then an
+            :class:`EncodedJPEG` (its header checked, its metadata read) for
+            :func:`decode_jpegs` to decode on a GPU. Other files are decoded as usual.
 
     Returns:
         ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` tensor, ``uint8`` for 8-bit
@@ -183,12 +262,17 @@ def read_image_with_info(
                 f"{name}: image is {width}x{height} = {width * height} pixels, over the limit "
                 f"of {limit}; raise it with max_pixels"
             )
-        if _is_16bit_colour(im, data):
+        if defer_jpeg and _plain_jpeg(im, data):
+            orientation, mode = _orientation(im), im.mode
+            image = EncodedJPEG(name, torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                1 if im.mode == "L" else 3, height, width, orientation)
+        elif _is_16bit_colour(im, data):
             chw, mode, orientation = _decode_16bit_colour(im, data, name)
+            image = _apply_orientation(torch.from_numpy(chw), orientation)
         else:
             decoded = _decode_jpeg_with_opencv(im, data)
             chw, mode, orientation = decoded or _decode_with_pillow(im, name)
-        image = _apply_orientation(torch.from_numpy(chw), orientation)
+            image = _apply_orientation(torch.from_numpy(chw), orientation)
         info = ImageInfo(
             format="JPEG" if im.format == "MPO" else im.format,
             mode=mode,
@@ -400,6 +484,12 @@ _CONVERT = {
 _KEEP = {"L", "LA", "RGB", "RGBA", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
+def _plain_jpeg(im: Image.Image, data: bytes, formats: tuple[str, ...] = ("JPEG",)) -> bool:
+    """A grey or RGB JPEG that ends with its EOI marker (a file cut short does not)."""
+    return (im.format in formats and im.mode in ("L", "RGB") and "transparency" not in im.info
+            and data.rstrip(b"\x00").endswith(b"\xff\xd9"))
+
+
 def _decode_jpeg_with_opencv(im: Image.Image, data: bytes) -> tuple[np.ndarray, str, int] | None:
     """Decode a grey or RGB JPEG with OpenCV, or return None to leave the file to Pillow.
 
@@ -408,9 +498,7 @@ def _decode_jpeg_with_opencv(im: Image.Image, data: bytes) -> tuple[np.ndarray, 
     Anything unusual (CMYK, a colour key, no EOI marker at the end: a file cut short, which
     Pillow reports as truncated) goes to Pillow, whose errors are the ones documented.
     """
-    if im.format not in ("JPEG", "MPO") or im.mode not in ("L", "RGB") or "transparency" in im.info:
-        return None
-    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if not _plain_jpeg(im, data, ("JPEG", "MPO")):
         return None
     grey = im.mode == "L"
     flags = (cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION

@@ -420,6 +420,7 @@ def run(
     workers: int | None = None,
     max_pixels: int | None = None,
     max_memory: int | str | None = None,
+    decode: str = "cpu",
     name: str | None = None,
     progress: bool | None = None,
     on_error: Callable[[str], None] | None = None,
@@ -446,6 +447,11 @@ def run(
             None keeps convkit.io's default.
         max_memory: working memory for filtering one huge image in tiles, bytes or a size
             like "512M" (see :func:`filter_image`); None: automatic.
+        decode: where grey and RGB JPEGs are decoded. "cpu" (default): libjpeg-turbo in the
+            decode threads, the same pixels on every machine. "gpu": nvJPEG on the CUDA device,
+            a batch at a time (``torchvision.io.decode_jpeg``); its pixels can differ from
+            libjpeg-turbo's by a few grey levels, and a JPEG it refuses is decoded on the CPU.
+            Other formats are always decoded on the CPU.
         name: the tag in default output names (default: from the spec).
         progress: show a tqdm bar on stderr; default when stderr is a terminal.
         on_error: called with each one-line error as it happens (default: print to stderr).
@@ -461,6 +467,8 @@ def run(
         raise UsageError(f"quality should be in 1..100. Got {quality}")
     if skip_existing and in_place:
         raise UsageError("--skip-existing cannot be combined with --in-place")
+    if decode not in ("cpu", "gpu"):
+        raise UsageError(f"decode should be 'cpu' or 'gpu'. Got {decode!r}")
     if max_memory is not None:
         from .tiling import parse_memory
 
@@ -494,15 +502,23 @@ def run(
 
     if todo:
         module, dev = _prepare(spec, device, rank)
+        if decode == "gpu" and not _device_decodes(dev):
+            raise UsageError(f"--decode gpu needs a CUDA device. Got device {dev}")
         summary.device = str(dev)
         if batch_size is None:
             batch_size = 8 if dev.type == "cuda" else 1
         with _torch_threads(dev):
             _loop(todo, module, dev, summary, fail, batch_size=batch_size,
                   workers=workers or _default_workers(), quality=quality, format=format,
-                  max_pixels=max_pixels, max_memory=max_memory, progress=progress)
+                  max_pixels=max_pixels, max_memory=max_memory, progress=progress,
+                  defer_jpeg=decode == "gpu")
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _device_decodes(dev) -> bool:
+    """Whether ``decode="gpu"`` can run on ``dev`` (nvJPEG: CUDA only)."""
+    return dev.type == "cuda"
 
 
 def _prepare(spec: Any, device: str | None, rank: int):
@@ -551,7 +567,8 @@ def _bar(total: int, progress: bool | None, rank: int):
 
 def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], None], *,
           batch_size: int, workers: int, quality: int, format: str | None,
-          max_pixels: int | None, max_memory: int | None, progress: bool | None) -> None:
+          max_pixels: int | None, max_memory: int | None, progress: bool | None,
+          defer_jpeg: bool = False) -> None:
     io = _io()
     bar = _bar(len(todo), progress, summary.rank)
     if bar is not None:
@@ -564,6 +581,8 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
         fail_line = fail
 
     read_kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+    if defer_jpeg:
+        read_kw["defer_jpeg"] = True
 
     from .modules import Pool2d
 
@@ -606,20 +625,33 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
         if stop.event.is_set():
             return
         try:
+            images = _decoded([img for _, img, _ in batch], dev)
             if len(batch) == 1:
-                outs = [filter_image(module, batch[0][1], alpha=alpha, device=dev,
+                outs = [filter_image(module, images[0], alpha=alpha, device=dev,
                                      max_memory=max_memory)]
             else:
                 import torch
 
-                x = torch.stack([img for _, img, _ in batch])
+                x = torch.stack(images)
                 outs = list(filter_batch(module, x, alpha=alpha, device=dev))
         except Exception as e:
             if len(batch) > 1:  # find the image that fails; filter the others
                 for item in batch:
                     emit([item], alpha)
                 return
-            fail_line(_one_line(batch[0][0].shown, e))
+            job, image, _ = batch[0]
+            error = e
+            if isinstance(image, io.EncodedJPEG):
+                # The device decoder refused it: the CPU decoder reads it or names the problem.
+                try:
+                    image, info = io.read_image_with_info(job.src, **dict(read_kw,
+                                                                          defer_jpeg=False))
+                except Exception as cpu_error:
+                    error = cpu_error
+                else:
+                    emit([(job, image, info)], alpha)
+                    return
+            fail_line(_one_line(job.shown, error))
             if bar is not None:
                 bar.update(1)
             return
@@ -677,6 +709,19 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
 
 
 _STREAMED = object()
+
+
+def _decoded(images: list, dev) -> list:
+    """The batch's images as tensors: JPEGs left encoded (``defer_jpeg``) are decoded on ``dev``
+    in one call, and then the others are moved there too, so they stack."""
+    io = _io()
+    encoded = [i for i, img in enumerate(images) if isinstance(img, io.EncodedJPEG)]
+    if not encoded:
+        return images
+    out = list(images)
+    for i, img in zip(encoded, io.decode_jpegs([images[i] for i in encoded], dev), strict=True):
+        out[i] = img
+    return [img.to(dev) for img in out]
 
 
 def _make_parent(job: Job) -> None:

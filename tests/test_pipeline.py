@@ -201,6 +201,89 @@ def test_unknown_device_and_bad_spec_raise(tmp_path):
     assert not (tmp_path / "b.png").exists()
 
 
+# --- JPEGs decoded on the device (decode="gpu") -------------------------------------------
+
+
+def _jpeg_folder(folder: Path) -> dict[str, np.ndarray]:
+    """Same-size RGB JPEGs, a grey one, one stored rotated (EXIF 6), a PNG of the batch's size,
+    a CMYK JPEG and a truncated one; returns what OpenCV decodes of each readable file (RGB)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(5):
+        Image.fromarray(photo(40, 56, seed=i)).save(folder / f"rgb{i}.jpg", quality=90)
+    Image.fromarray(photo(40, 56, seed=9)[..., 0]).save(folder / "grey.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 56 wide x 40 high, shown rotated clockwise: 40 wide x 56 high
+    Image.fromarray(photo(40, 56, seed=7)).save(folder / "rotated.jpg", quality=90, exif=exif)
+    Image.fromarray(photo(40, 56, seed=8)).save(folder / "png.png")
+    Image.fromarray(photo(40, 56, seed=6)).convert("CMYK").save(folder / "cmyk.jpg")
+    whole = (folder / "rgb0.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    return {p.name: convkit.io.read_image(p).permute(1, 2, 0).numpy()
+            for p in sorted(folder.iterdir()) if p.name != "cut.jpg"}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_jpegs_decoded_on_the_device_in_batches(tmp_path, monkeypatch, device):
+    """decode="gpu": JPEGs are decoded in batches on the device. On the CPU (the same machinery,
+    torchvision's libjpeg-turbo) the results equal the CPU-decoding run's exactly; nvJPEG's may
+    differ by a few levels. Files it cannot take are decoded on the CPU; errors still name them."""
+    from convkit import io
+
+    want = _jpeg_folder(tmp_path / "in")
+    if device == "cpu":
+        monkeypatch.setattr(pipeline, "_device_decodes", lambda dev: True)
+    calls = []
+    real = io.decode_jpegs
+
+    def spy(items, dev):
+        calls.append(sorted(Path(item.name).name for item in items))
+        if any(Path(item.name).name == "rgb3.jpg" for item in items):
+            raise io.ImageFileError(f"{items[0].name}: simulated nvJPEG refusal")
+        return real(items, dev)
+
+    monkeypatch.setattr(io, "decode_jpegs", spy)
+    errors = []
+    summary = convkit.run("sharpen", tmp_path / "in", tmp_path / "gpu", batch_size=4,
+                          decode="gpu", device=device, progress=False, on_error=errors.append)
+    assert (summary.written, summary.failed) == (9, 1), errors
+    assert len(errors) == 1 and "cut.jpg" in errors[0] and "truncated" in errors[0], errors
+    # JPEGs went to the device decoder in batches (png.png batched beside them, decoded on the
+    # CPU); the batch with rgb3 in it was tried whole, then one by one; cmyk.jpg never went
+    assert any(len(call) > 1 and "rgb3.jpg" in call for call in calls), calls
+    assert ["rgb3.jpg"] in calls, calls
+    assert not any(name in ("cmyk.jpg", "png.png") for call in calls for name in call), calls
+    assert ["rotated.jpg"] in calls and ["grey.jpg"] in calls, calls
+    cpu = convkit.run("sharpen", tmp_path / "in", tmp_path / "cpu", progress=False,
+                      on_error=lambda line: None)
+    assert cpu.written == 9
+    for name, img in want.items():
+        got = io.read_image(tmp_path / "gpu" / name).permute(1, 2, 0).numpy()
+        ref = io.read_image(tmp_path / "cpu" / name).permute(1, 2, 0).numpy()
+        assert got.shape == ref.shape == img.shape, name  # the rotation was applied
+        if name.endswith(".png"):  # lossless: the filter itself, against OpenCV
+            assert np.abs(got.astype(int) - sharpened(img).astype(int)).max() <= 1
+        if device == "cpu":
+            assert np.array_equal(got, ref), name
+        else:  # nvJPEG against libjpeg-turbo, then the same JPEG encoder: close, not equal
+            mse = np.mean((got.astype(float) - ref.astype(float)) ** 2)
+            assert mse == 0 or 10 * np.log10(255**2 / mse) > 35, (name, mse)
+    from PIL import Image
+
+    with Image.open(tmp_path / "gpu" / "rotated.jpg") as im:  # EXIF kept, orientation reset
+        assert im.getexif().get(0x0112) == 1
+
+
+def test_decode_gpu_needs_cuda_and_a_known_value(tmp_path):
+    src = write(tmp_path / "a.jpg", photo())
+    with pytest.raises(UsageError, match="--decode gpu needs a CUDA device. Got device cpu"):
+        convkit.run("sharpen", src, tmp_path / "b.png", device="cpu", decode="gpu")
+    with pytest.raises(UsageError, match="decode should be 'cpu' or 'gpu'. Got 'nvjpeg'"):
+        convkit.run("sharpen", src, tmp_path / "b.png", decode="nvjpeg")
+    assert not (tmp_path / "b.png").exists()
+
+
 def test_progress_bar_goes_to_stderr(tmp_path, capsys):
     for i in range(3):
         write(tmp_path / "in" / f"{i}.png", photo(seed=i))

@@ -468,13 +468,12 @@ def _banded(plan: Plan, x: Tensor, opts: Options, trace: list | None) -> Tensor 
                        for op in ops)):
         return None
     steps = []
-    out_dtype = x.dtype
-    for op, (in_max, out_dtype, out_max, negative) in zip(ops, _scales(plan, x), strict=True):
+    for op, (in_max, _, out_max, negative) in zip(ops, _scales(plan, x), strict=True):
         method = _method_for(op, "opencv", opts)
         if trace is not None:
             trace.append(_Step(op.name, "opencv", method))
         steps.append(fastpath.step(op, method, in_max, out_max, negative))
-    return fastpath.linear_chain(x, steps, out_dtype)
+    return fastpath.linear_chain(x, steps, x.dtype)  # (uint8, uint16 or float32: kept)
 
 
 def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Tensor:

@@ -230,7 +230,7 @@ def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch
         n = block[0].shape[0]
         cuts = np.linspace(0, n, min(workers(), n // STACK_MIN_PLANES) + 1).astype(int)
         parallel(lambda a, b: _stacked(block[0][a:b], block[1][a:b], op, run),
-                 list(zip(cuts[:-1], cuts[1:])))
+                 list(zip(cuts[:-1], cuts[1:], strict=False)))
         return out
     # planes that do not share out evenly among the workers (3 planes, 2 workers) are cut into
     # one band per worker, so that no worker is left with a whole plane to do alone
@@ -438,7 +438,7 @@ def _bands(srcs: list, dsts: list, top: int, bottom: int, per_plane: int | None,
         # row, which must be rows that the earlier steps computed right
         del cuts[-2]
     jobs = [(src, dst, r0, r1) for src, dst in zip(srcs, dsts, strict=True)
-            for r0, r1 in zip(cuts[:-1], cuts[1:])]
+            for r0, r1 in zip(cuts[:-1], cuts[1:], strict=False)]
 
     def run(chunk) -> None:
         for src, dst, r0, r1 in chunk:

@@ -388,15 +388,31 @@ def test_pooling_chain_and_learned_like_module():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])])
 def test_torch_methods_on_device(device):
-    for kname in ("odd3", "rank1_7x5", "box5", "big11"):
+    """Every method the engine can choose on the device (the torch backend: the GPU path), for
+    every kernel, border, size (smaller than the kernel too) and dtype, against the float64
+    direct reference computed on the CPU; then fused chains with the automatic plan."""
+    for kname in KERNELS:
         for border in BORDERS:
-            m = Kernel2d(KERNELS[kname], scale=1.0, border=border).to(device)
-            x = _image((33, 20), torch.uint8).to(device)
-            ref = reference(m.cpu(), x.cpu())
-            for method in _valid_methods(kname):
-                out = engine.apply(m.to(device), x, method=method)
-                assert out.device.type == device
-                assert_close(out.cpu(), ref, what=f"{kname} {border} {method} {device}")
+            value = 37.0 if border == "constant" else 0.0
+            m = Kernel2d(KERNELS[kname], scale=1.0, border=border, value=value)
+            for shape in SIZES:
+                for dtype in (torch.uint8, torch.float32):
+                    x = _image(shape, dtype)
+                    ref = reference(m, x)
+                    for method in _valid_methods(kname):
+                        out = engine.apply(m.to(device), x.to(device), method=method)
+                        assert out.device.type == device
+                        what = f"{kname} {border} {method} {shape} {dtype} {device}"
+                        assert_close(out.cpu(), ref, float(np.abs(KERNELS[kname]).sum()), what)
+                        m = m.cpu()
+    ch = convkit.chain("gaussian(sigma=2) | box(size=3) | gaussian(sigma=1) | sharpen | emboss")
+    for shape in ((45, 38), (3, 2)):
+        x = _image(shape, torch.uint8)
+        ref = KF.to_integer(ch(KF.to_float(x, torch.float64)), torch.uint8, ch.negative)
+        for fuse in (True, False):
+            out = engine.apply(ch.to(device), x.to(device), fuse=fuse)
+            assert_close(out.cpu(), ref, what=f"chain {shape} fuse={fuse} {device}")
+        ch = ch.cpu()
 
 
 @pytest.mark.slow

@@ -77,6 +77,7 @@ def roofline(dev: torch.device, batch: int) -> list[dict]:
     m = convkit.chain("sharpen").to(dev)
     rows = [{"path": "device-to-device copy", "s": copy, "GB/s": copy_bw / 1e9}]
     runs = [("convkit sharpen (eager)", {}),
+            ("convkit sharpen (eager, channels_last)", {"channels_last": True}),
             ("convkit sharpen (compile=True)", {"compile": True})]
     for name, opts in runs:
         try:
@@ -113,14 +114,14 @@ def roofline(dev: torch.device, batch: int) -> list[dict]:
             r["% peak"] = 100 * r["GB/s"] * 1e9 / peak if peak else None
     print(f"\nBatched sharpen, {batch} x 1080p RGB uint8 ({nbytes / 1e6:.0f} MB in, same out); "
           f"theoretical peak {peak / 1e9:.0f} GB/s" if peak else "")
-    print(f"| {'path':34s} | {'ms':>8s} | {'GB/s':>8s} | {'% of copy':>9s} | {'% of peak':>9s} |")
-    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 11}|")
+    print(f"| {'path':40s} | {'ms':>8s} | {'GB/s':>8s} | {'% of copy':>9s} | {'% of peak':>9s} |")
+    print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 11}|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['path']:34s} | {r['error'][:60]}")
+            print(f"| {r['path']:40s} | {r['error'][:60]}")
             continue
         pk = f"{r['% peak']:8.1f}%" if r.get("% peak") is not None else f"{'-':>9s}"
-        print(f"| {r['path']:34s} | {r['s'] * 1e3:8.2f} | {r['GB/s']:8.1f} | "
+        print(f"| {r['path']:40s} | {r['s'] * 1e3:8.2f} | {r['GB/s']:8.1f} | "
               f"{r['% copy']:8.1f}% | {pk} |")
     best = max((r for r in rows[1:] if "s" in r and r["path"].startswith("convkit")),
                key=lambda r: r["GB/s"], default=None)

@@ -377,6 +377,30 @@ def test_the_samples_folder_holds_only_the_photos(tmp_path):
     assert sorted(Path(j.src).name for j in jobs) == photos and not errors
 
 
+def test_training_scan_skips_hidden_files_and_folders_as_the_pipeline_does(tmp_path):
+    # macOS leaves ._NAME resource forks (not images) and .DS_Store beside the photos; a hidden
+    # folder or file may hold real images: neither the training scan nor `convkit apply` reads them
+    from convkit.learn.data import list_images
+    from convkit.pipeline import plan
+
+    d = _folder(tmp_path, n=2, size=(16, 16))
+    (d / "._img0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (d / "sub").mkdir()
+    (d / ".hidden").mkdir()
+    for dest in (d / ".img2.png", d / "sub" / "img3.png", d / ".hidden" / "img4.png"):
+        dest.write_bytes((d / "img0.png").read_bytes())
+    for recursive, names in ((False, ["img0.png", "img1.png"]),
+                             (True, ["img0.png", "img1.png", "sub/img3.png"])):
+        found = [p.relative_to(d).as_posix() for p in list_images(d, recursive)]
+        assert found == names
+        jobs, errors = plan(d, tmp_path / "out", recursive=recursive)
+        assert sorted(Path(j.src).relative_to(d).as_posix() for j in jobs) == names
+        data = build_data(d, "denoise", sigma=5, val=0, recursive=recursive)
+        assert sorted(Path(it.name).as_posix() for it in data.train) == names
+        assert not data.notes and data.source["skipped"] == 0
+
+
 # --- model files -----------------------------------------------------------------------------
 def _trained_linear(tmp_path: Path) -> tuple[LearnedFilter, Path]:
     torch.manual_seed(0)

@@ -53,12 +53,17 @@ class Item:
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (by extension), sorted by path."""
-    folder = Path(folder)
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-    )
+    """Image files in ``folder`` (by extension), sorted by path.
+
+    The folder is walked by the batch pipeline's walk (:func:`convkit.pipeline._walk`), so
+    training reads what ``convkit apply`` would: hidden files and folders (``.x``: macOS
+    ``._x.png`` resource forks, ``.DS_Store``, a writer's temporaries) are skipped, and a
+    symlinked folder is entered once.
+    """
+    from ..pipeline import _walk
+
+    found, _ = _walk(str(folder), recursive, None)
+    return sorted(p for p in map(Path, found) if p.is_file())
 
 
 def read_image(path: str | Path, grey: bool = False, rgb: bool = False) -> Tensor:

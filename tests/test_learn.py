@@ -727,6 +727,32 @@ def test_cli_train_and_info(tmp_path):
     assert convkit.load_model(sidecar(out, "last.ckpt")).config.depth == 3
 
 
+def test_cli_train_summary_tells_the_whole_run_as_info_does(tmp_path, monkeypatch):
+    import convkit.learn.train as T
+
+    scores = [30.0, 29.0]  # the first epoch's weights stay the best
+
+    def fake_evaluate(model, val_set, device):
+        psnr = 25.0 if isinstance(model, torch.nn.Identity) else scores.pop(0)
+        return {"psnr": psnr, "ssim": 0.9, "base_psnr": 25.0, "base_ssim": 0.8}
+
+    monkeypatch.setattr(T, "evaluate", fake_evaluate)
+    folder, out = _folder(tmp_path, n=3), tmp_path / "m.pt"
+    r = CliRunner().invoke(train_command, [
+        str(folder), "-o", str(out), "--mimic", "sharpen", "--steps", "4", "--epoch-steps", "2",
+        "--patch", "16", "--batch-size", "2", "--depth", "3", "--width", "8", "--val", "1",
+        "--no-strip", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    summary = r.output[r.output.index(f"wrote {out}"):].splitlines()
+    assert summary[0].endswith("; best at epoch 1, step 2"), summary
+    assert summary[1].startswith("run: 4 of 4 steps, 2 epochs, ") and summary[1].endswith(
+        " s on cpu"), summary
+    # word for word what `convkit info` says of the run
+    info = CliRunner().invoke(info_command, [str(out)]).output
+    assert f"training:     {summary[1][len('run: '):]}\n" in info
+    assert summary[2] == f"log {sidecar(out, 'log.jsonl')}, checkpoint {sidecar(out, 'last.ckpt')}"
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_info_tells_the_whole_run_from_the_step_of_the_saved_weights(tmp_path, monkeypatch,
                                                                       suffix):

@@ -203,6 +203,8 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
 
 
 def _summary(result) -> str:
+    """The lines ``convkit train`` prints when the run is done: the model file and the step of
+    its weights, then the whole run (the words of ``convkit info``'s training line)."""
     m = result.metrics
     parts = [f"wrote {result.output}"]
     if m.get("val_psnr") is not None:
@@ -210,8 +212,14 @@ def _summary(result) -> str:
         parts.append(f"val PSNR {m['val_psnr']:.2f} dB"
                      + (f" (input {base:.2f} dB)" if base is not None else "")
                      + f", SSIM {m['val_ssim']:.4f}")
-    parts.append(f"epoch {m.get('epoch')}, step {m.get('step')}")
-    lines = ["; ".join(parts), f"log {result.log}, checkpoint {result.checkpoint}"]
+        parts.append(f"best at epoch {m.get('epoch')}, step {m.get('step')}")
+    else:
+        parts.append(f"epoch {m.get('epoch')}, step {m.get('step')}")
+    lines = ["; ".join(parts)]
+    run = _run(m, None)
+    if run["steps"] is not None:
+        lines.append(f"run: {_run_text(m, run)}")
+    lines.append(f"log {result.log}, checkpoint {result.checkpoint}")
     if result.pictures:
         lines.append("pictures: " + ", ".join(str(p) for p in result.pictures))
     return "\n".join(lines)

@@ -14,6 +14,12 @@ rows through one :func:`zlib.compressobj`, so the output is a single ordinary PN
 Streamable: non-interlaced 8- or 16-bit grey, grey+alpha, RGB and RGBA without a tRNS chunk.
 Others (palette, 1/2/4-bit, interlaced) are reported by :func:`streamable` so that the caller
 can decode them whole.
+
+Metadata: :func:`read_info` keeps the chunks that the ICC profile, the EXIF block and the EXIF
+orientation are read from (iCCP, eXIf, and text chunks with the keywords Pillow takes them from),
+before and after the image data, skipping the image data itself. :func:`metadata_png` puts them
+in a 1x1 PNG that Pillow can parse as it would parse the whole file. :class:`PngWriter` writes
+no ancillary chunk of its own; the caller passes the ones it wants in ``head``.
 """
 
 from __future__ import annotations
@@ -27,12 +33,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["PngInfo", "read_info", "streamable", "iter_bands", "PngWriter"]
+__all__ = ["PngInfo", "read_info", "streamable", "iter_bands", "header", "metadata_png",
+           "PngWriter"]
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel in the file
-# ancillary chunks about colour and resolution, copied to the output
-_KEEP = {b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"pHYs", b"sBIT", b"tEXt", b"zTXt", b"iTXt"}
+# Chunks Pillow reads the ICC profile, EXIF and orientation from: iCCP, eXIf, and text chunks
+# (tEXt, zTXt, iTXt) with these keywords ("Raw profile type exif": ImageMagick's EXIF; the XMP
+# packet's tiff:Orientation; the others are keys of Pillow's info dict that a text chunk of that
+# name overwrites).
+_META = {b"iCCP", b"eXIf"}
+_TEXT = {b"tEXt", b"zTXt", b"iTXt"}
+_TEXT_KEYS = {b"exif", b"Raw profile type exif", b"XML:com.adobe.xmp", b"xmp", b"icc_profile"}
 
 
 @dataclass
@@ -43,7 +55,8 @@ class PngInfo:
     colour_type: int
     interlace: int
     idat_offset: int  # file offset of the first IDAT chunk
-    extra: list[tuple[bytes, bytes]] = field(default_factory=list)  # (type, data) to copy
+    # the metadata chunks (see _META), whole (length, type, data, CRC), in file order
+    metadata: list[bytes] = field(default_factory=list)
     has_trns: bool = False
 
     @property
@@ -61,11 +74,14 @@ class PngInfo:
 
 
 def _chunks(f) -> Iterator[tuple[bytes, int, int]]:
-    """(type, data offset, length) of each chunk, without reading IDAT data."""
+    """(type, data offset, length) of each chunk, without reading their data, up to IEND or
+    the end of the file (a file cut short inside its image data is caught when it is read)."""
     while True:
         head = f.read(8)
+        if not head:
+            return
         if len(head) < 8:
-            raise ValueError("truncated PNG (no IEND chunk)")
+            raise ValueError("truncated PNG (ends inside a chunk header)")
         length, ctype = struct.unpack(">I4s", head)
         start = f.tell()
         yield ctype, start, length
@@ -75,12 +91,14 @@ def _chunks(f) -> Iterator[tuple[bytes, int, int]]:
 
 
 def read_info(path: str | Path) -> PngInfo:
-    """Parse the header chunks of a PNG file (ValueError when it is not a PNG)."""
+    """Parse the chunks of a PNG file other than its image data (ValueError when it is not a
+    PNG). Every chunk header is read, up to IEND, but of the chunk data only the header's and
+    the metadata chunks'."""
     with open(path, "rb") as f:
         if f.read(8) != SIGNATURE:
             raise ValueError(f"{path}: not a PNG file")
         info: PngInfo | None = None
-        extra, trns = [], False
+        metadata, trns, frames = [], False, 0
         for ctype, start, length in _chunks(f):
             if ctype == b"IHDR":
                 f.seek(start)
@@ -89,15 +107,30 @@ def read_info(path: str | Path) -> PngInfo:
             elif ctype == b"IDAT":
                 if info is None:
                     raise ValueError(f"{path}: IDAT before IHDR")
-                info.idat_offset = start - 8
-                info.extra, info.has_trns = extra, trns
-                return info
+                if not info.idat_offset:
+                    info.idat_offset = start - 8
+            elif info is not None and info.idat_offset and ctype == b"fcTL" and frames > 1:
+                break  # the next frame of an animated PNG: Pillow reads no further either
+            elif ctype == b"acTL":
+                f.seek(start)
+                frames = struct.unpack(">I", f.read(4))[0] if length >= 4 else 0
             elif ctype == b"tRNS":
                 trns = True
-            elif ctype in _KEEP:
-                f.seek(start)
-                extra.append((ctype, f.read(length)))
-    raise ValueError(f"{path}: PNG without image data")
+            elif ctype in _META or (ctype in _TEXT and _text_key(f, start, length) in _TEXT_KEYS):
+                f.seek(start - 8)
+                metadata.append(f.read(length + 12))
+    if info is None or not info.idat_offset:
+        raise ValueError(f"{path}: PNG without image data")
+    info.metadata, info.has_trns = metadata, trns
+    return info
+
+
+def _text_key(f, start: int, length: int) -> bytes:
+    """The keyword of a text chunk (at most 79 bytes, then NUL); longer ones are no keyword
+    of ours."""
+    f.seek(start)
+    head = f.read(min(length, 80))
+    return head.split(b"\0", 1)[0]
 
 
 def streamable(info: PngInfo) -> str | None:
@@ -142,6 +175,20 @@ def _chunk(ctype: bytes, data: bytes) -> bytes:
 def _ihdr(info: PngInfo, height: int) -> bytes:
     return _chunk(b"IHDR", struct.pack(">IIBBBBB", info.width, height, info.bit_depth,
                                        info.colour_type, 0, 0, 0))
+
+
+def header(info: PngInfo) -> bytes:
+    """Signature and IHDR of a non-interlaced PNG of ``info``'s size and kind (33 bytes)."""
+    return SIGNATURE + _ihdr(info, info.height)
+
+
+def metadata_png(info: PngInfo) -> bytes:
+    """A 1x1 8-bit grey PNG with the file's metadata chunks (as they were, CRC included) ahead
+    of its image data: parsing it gives the ICC profile, EXIF and text the whole file gives,
+    without touching the file's image data."""
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    return (SIGNATURE + ihdr + b"".join(info.metadata)
+            + _chunk(b"IDAT", zlib.compress(b"\0\0")) + _chunk(b"IEND", b""))
 
 
 def to_raw(info: PngInfo, rows: np.ndarray) -> np.ndarray:
@@ -192,17 +239,23 @@ def iter_bands(path: str | Path, info: PngInfo, rows: int) -> Iterator[np.ndarra
 
 
 class PngWriter:
-    """Write a PNG of ``info``'s kind band by band (Up filter, one zlib stream)."""
+    """Write a PNG of ``info``'s kind band by band (Up filter, one zlib stream).
 
-    def __init__(self, path: str | Path, info: PngInfo, level: int = 1) -> None:
+    ``head``: what comes before the image data, :func:`header` of ``info`` followed by any
+    ancillary chunks; by default :func:`header` alone (no metadata)."""
+
+    def __init__(self, path: str | Path, info: PngInfo, level: int = 1, *,
+                 head: bytes | None = None) -> None:
+        if head is None:
+            head = header(info)
+        elif not head.startswith(header(info)):
+            raise ValueError("PngWriter: head does not start with this image's signature and IHDR")
         self.info = info
         self.f = open(path, "wb")  # noqa: SIM115 - closed by close()
         self.zip = zlib.compressobj(level)
         self.prev = np.zeros((1, info.row_bytes), np.uint8)
         self.rows = 0
-        self.f.write(SIGNATURE + _ihdr(info, info.height))
-        for ctype, data in info.extra:
-            self.f.write(_chunk(ctype, data))
+        self.f.write(head)
 
     def write(self, band: np.ndarray) -> None:
         raw = to_raw(self.info, band)

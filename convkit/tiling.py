@@ -35,11 +35,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,6 +51,9 @@ from . import engine
 from . import functional as KF
 from .fusion import flatten
 from .modules import Filter, Pool2d
+
+if TYPE_CHECKING:
+    from .pngstream import PngInfo
 
 __all__ = ["apply_tiled", "filter_file", "plan_tiles", "halo", "parse_memory",
            "available_memory", "bytes_per_sample"]
@@ -477,6 +482,15 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     output is written to a temporary name and renamed, so no partial file is left; ``src`` is
     never modified.
 
+    A PNG written as PNG keeps the metadata :func:`convkit.io.write_image` would keep: the ICC
+    profile when it fits the channels written, and the EXIF block (found as
+    :func:`convkit.io.read_image_with_info` finds them; other ancillary chunks are not copied).
+    A PNG whose EXIF orientation is not 1 must be turned before it is filtered, which cannot be
+    done band by band: it is read whole by :func:`convkit.io.read_image_with_info` (turned, its
+    Orientation tag then reads 1), filtered in place and written by
+    :func:`convkit.io.write_image`, the same result as for any other image, with the memory of
+    that path (the file, the decoded image and its turned copy). Other formats keep no metadata.
+
     Args:
         module: a filter, chain, or chain spec string; it must keep the image size.
         max_memory: bytes (or "2G") for the decoded image plus the working memory; None: the
@@ -500,21 +514,16 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     if not src.is_file():
         raise ValueError(f"{src}: no such file")
     w, h, mode = _header(src, max_pixels)
-    streamed = _stream_png(module, src, dst, max_memory, alpha)
-    if streamed is not None:
-        return streamed
+    png = _png_source(src) if dst.suffix.lower() == ".png" else None
+    if png is not None and png.orientation != 1:
+        return _filter_with_io(module, src, dst, png, max_memory, max_pixels, quality, alpha)
+    if png is not None:
+        streamed = _stream_png(module, src, dst, png, max_memory, alpha)
+        if streamed is not None:
+            return streamed
     channels = {"L": 1, "LA": 4, "RGBA": 4, "PA": 4}.get(mode, 3)
     itemsize = 2 if mode.startswith("I;16") or mode == "I" else 1
-    decoded = w * h * channels * itemsize
-    if max_memory is not None:
-        budget = parse_memory(max_memory) - decoded
-        if budget < (16 << 20):
-            raise ValueError(
-                f"{src}: a {w}x{h} image needs {decoded / 2**30:.2f} GiB decoded; max_memory "
-                f"{parse_memory(max_memory) / 2**30:.2f} GiB leaves too little to filter it"
-            )
-    else:
-        budget = _auto_memory()
+    budget = _file_budget(src, w, h, w * h * channels * itemsize, max_memory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
@@ -547,6 +556,8 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     try:
         if not cv2.imwrite(str(tmp), img, params):
             raise ValueError(f"{dst}: OpenCV could not write this format")
+        if png is not None:
+            _insert_png_metadata(tmp, png, int(x.shape[1]))
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -555,16 +566,116 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
             "bands": len(tp.rows), "working_memory": budget, "streamed": False}
 
 
-def _stream_png(module: nn.Module, src: Path, dst: Path, max_memory, alpha) -> dict | None:
-    """PNG to PNG band by band; None when the files or the chain do not allow streaming."""
+def _file_budget(src: Path, w: int, h: int, decoded: int, max_memory) -> int:
+    """Working memory left by ``max_memory`` once the image is decoded (``decoded`` bytes)."""
+    if max_memory is None:
+        return _auto_memory()
+    budget = parse_memory(max_memory) - decoded
+    if budget < (16 << 20):
+        raise ValueError(
+            f"{src}: a {w}x{h} image needs {decoded / 2**30:.2f} GiB decoded; max_memory "
+            f"{parse_memory(max_memory) / 2**30:.2f} GiB leaves too little to filter it"
+        )
+    return budget
+
+
+@dataclass
+class _PngSource:
+    """A PNG's header chunks and the metadata :mod:`convkit.io` takes from it."""
+
+    info: PngInfo
+    icc: object  # Pillow's icc_profile, before it is matched to the channels written
+    exif: bytes | None  # as io would write it
+    orientation: int  # as io applies it on read
+
+
+def _png_source(src: Path) -> _PngSource | None:
+    """``src``'s header and metadata, or None when pngstream cannot parse it as a PNG.
+
+    The metadata is what :func:`convkit.io.read_image_with_info` would find: io's own helpers
+    run on Pillow's parse of the file's metadata chunks (copied into a 1x1 PNG by
+    :func:`convkit.pngstream.metadata_png`, so that no image data is read).
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    from . import io as cio
     from . import pngstream
 
-    if dst.suffix.lower() != ".png":
-        return None
     try:
         info = pngstream.read_info(src)
     except (ValueError, OSError, struct_error):
         return None
+    data = pngstream.metadata_png(info)
+    cio._check_png_chunks(data, str(src))  # a bad CRC or cut-off chunk, as io reports it
+    try:
+        with Image.open(BytesIO(data), formats=["PNG"]) as im:
+            orientation = cio._orientation(im)
+            icc = im.info.get("icc_profile")
+            exif = cio._exif_from(im, reset_orientation=orientation != 1)
+    except Exception as e:  # Pillow raises many kinds of exception for corrupt chunks
+        raise ValueError(f"{src}: corrupt PNG metadata ({e})") from None
+    return _PngSource(info, icc, exif, orientation)
+
+
+def _metadata_chunks(png: _PngSource, channels: int, head: bytes) -> bytes:
+    """``head`` (signature and IHDR) followed by the iCCP and eXIf chunks io writes for an
+    image of ``channels`` channels."""
+    from . import io as cio
+
+    return cio._png_with_metadata(head, cio._matching_icc(png.icc, channels), png.exif)
+
+
+def _insert_png_metadata(path: Path, png: _PngSource, channels: int) -> None:
+    """Put the metadata chunks into the PNG OpenCV wrote at ``path``, copying it in blocks."""
+    part = path.with_name(path.name + ".meta")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+            full = _metadata_chunks(png, channels, head)
+            if full == head:
+                return
+            with open(part, "wb") as g:
+                g.write(full)
+                shutil.copyfileobj(f, g, 1 << 20)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
+                    max_pixels: int | None, quality: int, alpha: bool | None) -> dict:
+    """The path of every other image (:mod:`convkit.io` reads, turns, writes), for a PNG whose
+    EXIF orientation is not 1: it must be turned before it is filtered, which needs it whole."""
+    from . import io as cio
+
+    if any(u.kind != "same" for u in units_of(module)[0]):
+        raise ValueError("filter_file needs a chain that keeps the image size; this one pools")
+    info = png.info
+    channels = 4 if info.colour_type == 3 else info.samples  # palette: RGB(A)
+    decoded = info.width * info.height * channels * (2 if info.bit_depth == 16 else 1)
+    budget = _file_budget(src, info.width, info.height, decoded, max_memory)
+    image, meta = cio.read_image_with_info(src, max_pixels=max_pixels)
+    x = image[None]
+    if alpha is None:
+        alpha = image.shape[0] in (2, 4)
+    tp = plan_tiles(module, tuple(x.shape), max_memory=budget, full_width=True)
+    with torch.no_grad():
+        apply_tiled(module, x, alpha=alpha, max_memory=budget, out=x)
+    cio.write_image(dst, image, quality=quality, info=meta)
+    c, h, w = image.shape
+    return {"width": w, "height": h, "channels": c, "dtype": str(image.dtype).split(".")[-1],
+            "bands": len(tp.rows), "working_memory": budget, "streamed": False}
+
+
+def _stream_png(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
+                alpha) -> dict | None:
+    """PNG to PNG band by band; None when the file or the chain do not allow streaming."""
+    from . import pngstream
+
+    info = png.info
     if pngstream.streamable(info) is not None:
         return None
     units, wrap = units_of(module)
@@ -583,7 +694,9 @@ def _stream_png(module: nn.Module, src: Path, dst: Path, max_memory, alpha) -> d
     step = max(r[1] - r[0] for r, _ in bands)
     reader = pngstream.iter_bands(src, info, step)
     tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
-    writer = pngstream.PngWriter(tmp, info)
+    # the file's own channels (grey+alpha stays grey+alpha), which are also io's on read
+    head = _metadata_chunks(png, info.samples, pngstream.header(info))
+    writer = pngstream.PngWriter(tmp, info, head=head)
     buf, buf_lo, cols = None, 0, [(0, info.width)]
     try:
         with torch.no_grad():

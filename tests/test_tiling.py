@@ -262,3 +262,203 @@ def test_filter_file_guards(tmp_path):
             tiling.filter_file("sharpen", src, dst)
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+# --- metadata of huge PNGs: the same as the normal path (convkit.io) writes -------------------
+
+KERNEL = np.array([[0, 0, 0], [0, 2, 1], [0, -1, 0]], np.float32) / 2  # not rotation-invariant
+KERNEL_SPEC = "kernel(weights=[[0,0,0],[0,2,1],[0,-1,0]], scale=2)"
+
+
+def _icc(space: bytes = b"RGB ") -> bytes:
+    """Pillow's sRGB profile; with b"GRAY" its header claims a grey colour space."""
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[16:20] = space
+    return bytes(icc)
+
+
+def _exif(orientation: int = 1):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "ConvkitCam"  # Make
+    exif[0x0110] = "Model 7"  # Model
+    exif[0x0112] = orientation
+    return exif
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, whole chunk) of each chunk of a PNG file's bytes."""
+    import struct
+
+    out, pos = [], 8
+    while pos < len(data):
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        out.append((ctype, data[pos:pos + 12 + length]))
+        pos += 12 + length
+    return out
+
+
+def _ancillary(path) -> list[bytes]:
+    return sorted(t for t, _ in _png_chunks(path.read_bytes()) if t not in (b"IDAT", b"IHDR",
+                                                                               b"IEND"))
+
+
+def _move_after_idat(path, ctype: bytes) -> None:
+    """Move the chunk ``ctype`` behind the image data, where PNG allows eXIf and text."""
+    chunks = _png_chunks(path.read_bytes())
+    moved = [c for t, c in chunks if t == ctype]
+    rest = [c for t, c in chunks if t != ctype]
+    assert len(moved) == 1
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(rest[:-1] + moved + rest[-1:]))
+
+
+def _run_both(tmp_path, monkeypatch, src, spec: str, *, max_memory=None):
+    """Filter ``src`` through the normal path, then through the huge-PNG path (HUGE_PIXELS
+    lowered); returns (normal output, huge output, filter_file's summary)."""
+    from convkit import pipeline
+
+    normal, huge = tmp_path / "normal.png", tmp_path / "huge.png"
+    s = convkit.run(spec, [str(src)], str(normal), device="cpu", progress=False)
+    assert s.written == 1
+    summaries = []
+    real = tiling.filter_file
+    monkeypatch.setattr(tiling, "filter_file",
+                        lambda *a, **k: summaries.append(real(*a, **k)) or summaries[-1])
+    monkeypatch.setattr(pipeline, "HUGE_PIXELS", 100)
+    s = convkit.run(spec, [str(src)], str(huge), device="cpu", max_memory=max_memory,
+                    progress=False)
+    assert s.written == 1 and len(summaries) == 1
+    return normal, huge, summaries[0]
+
+
+def _cv_reference(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """OpenCV's filter of the colour channels (reflect border); alpha passes through."""
+    colour = img[..., :3] if img.ndim == 3 and img.shape[2] == 4 else img
+    out = cv2.filter2D(colour, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return np.dstack([out, img[..., 3]]) if colour is not img else out
+
+
+def _pillow_info(path):
+    """The ICC profile and EXIF as Pillow reads them (after the image data too)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.info.get("icc_profile"), im.info.get("exif"), dict(im.getexif())
+
+
+SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+
+
+@pytest.mark.parametrize("case", ["rgb", "grey16", "rgba-exif-after-idat", "rgb-grey-icc",
+                                  "raw-profile-exif"])
+def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, monkeypatch, case):
+    """A huge PNG written as PNG streams band by band (tiling.filter_file) and keeps what
+    convkit.io keeps: the ICC profile when it fits the channels, the EXIF block; no more (no
+    gAMA, pHYs or text). Checked against Pillow's reading of the input and the normal path."""
+    from PIL import Image, PngImagePlugin
+
+    from convkit import pngstream
+
+    rng = np.random.default_rng(21)
+    h, w = 90, 70
+    pixels = {"rgb": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+              "grey16": rng.integers(0, 65536, (h, w), dtype=np.uint16),
+              "rgba-exif-after-idat": rng.integers(0, 256, (h, w, 4), dtype=np.uint8),
+              "rgb-grey-icc": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+              "raw-profile-exif": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}[case]
+    icc = _icc(b"GRAY" if case in ("grey16", "rgb-grey-icc") else b"RGB ")
+    exif = _exif()
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "not carried by convkit.io")
+    options = {"icc_profile": icc, "exif": exif, "dpi": (300, 300), "pnginfo": text}
+    if case == "raw-profile-exif":  # ImageMagick's way: hex EXIF in a text chunk
+        raw = exif.tobytes()
+        options.pop("exif")
+        text.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}")
+    src = tmp_path / "src.png"
+    Image.fromarray(pixels).save(src, **options)
+    if case == "rgba-exif-after-idat":
+        _move_after_idat(src, b"eXIf")
+    in_icc, in_exif, in_tags = _pillow_info(src)
+    assert in_icc == icc and in_tags[0x010F] == "ConvkitCam"
+
+    normal, huge, summary = _run_both(tmp_path, monkeypatch, src, "sharpen", max_memory="64K")
+    assert summary["streamed"] and summary["bands"] >= 3
+
+    fits = case != "rgb-grey-icc"  # a grey profile on an RGB image is dropped
+    for out in (huge, normal):
+        out_icc, out_exif, out_tags = _pillow_info(out)
+        assert out_icc == (in_icc if fits else None), out.name
+        assert out_tags == in_tags, out.name
+        if case != "raw-profile-exif":  # the EXIF block as it was, byte for byte
+            assert out_exif == in_exif, out.name
+    assert _ancillary(huge) == _ancillary(normal) == sorted(
+        [b"eXIf"] + [b"iCCP"] * fits)
+    assert huge.read_bytes().index(b"eXIf") < huge.read_bytes().index(b"IDAT")
+    # the metadata was found without reading the image data
+    assert len(pngstream.metadata_png(pngstream.read_info(src))) < len(src.read_bytes()) // 4
+
+    got = cv2.imread(str(huge), cv2.IMREAD_UNCHANGED)
+    assert_same(torch.from_numpy(got),
+                torch.from_numpy(cv2.imread(str(normal), cv2.IMREAD_UNCHANGED)), "vs normal")
+    bgr = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
+    assert_same(torch.from_numpy(got), torch.from_numpy(_cv_reference(bgr, SHARPEN)), "vs cv2")
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_huge_png_with_exif_orientation_is_turned_like_the_normal_path(tmp_path, monkeypatch,
+                                                                       orientation):
+    """A band-by-band stream cannot turn the image, so a PNG whose EXIF orientation is not 1
+    goes through convkit.io whole: turned before it is filtered (the kernel is not symmetric),
+    its Orientation tag then 1, the rest of the EXIF and the ICC profile kept. It is not
+    written unturned with its orientation dropped."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(22)
+    rgb = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    src = tmp_path / "src.png"
+    Image.fromarray(rgb).save(src, icc_profile=_icc(), exif=_exif(orientation))
+    in_icc, _, in_tags = _pillow_info(src)
+    with Image.open(src) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im))  # Pillow turns it as a viewer would
+
+    normal, huge, summary = _run_both(tmp_path, monkeypatch, src, KERNEL_SPEC)
+    assert not summary["streamed"]
+    assert (summary["height"], summary["width"]) == shown.shape[:2]
+    for out in (huge, normal):
+        out_icc, out_exif, out_tags = _pillow_info(out)
+        assert out_icc == in_icc
+        assert out_tags == {**in_tags, 0x0112: 1}
+    assert _pillow_info(huge)[1] == _pillow_info(normal)[1]
+    got = cv2.imread(str(huge), cv2.IMREAD_UNCHANGED)
+    assert got.shape[:2] == shown.shape[:2]
+    np.testing.assert_array_equal(got, cv2.imread(str(normal), cv2.IMREAD_UNCHANGED))
+    ref = _cv_reference(np.ascontiguousarray(shown[..., ::-1]), KERNEL)
+    assert_same(torch.from_numpy(got), torch.from_numpy(ref), "vs cv2 on the turned image")
+
+
+def test_huge_png_that_cannot_stream_keeps_icc_and_exif(tmp_path, monkeypatch):
+    """A palette PNG is decoded whole (OpenCV) instead of streamed; its output keeps the
+    metadata too."""
+    from PIL import Image
+
+    rng = np.random.default_rng(23)
+    rgb = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    src = tmp_path / "src.png"
+    Image.fromarray(rgb).quantize(64).save(src, icc_profile=_icc(), exif=_exif())
+    in_icc, in_exif, _ = _pillow_info(src)
+    normal, huge, summary = _run_both(tmp_path, monkeypatch, src, "sharpen")
+    assert not summary["streamed"]
+    for out in (huge, normal):
+        assert _pillow_info(out)[:2] == (in_icc, in_exif), out.name
+    assert _ancillary(huge) == _ancillary(normal) == [b"eXIf", b"iCCP"]
+    got = cv2.imread(str(huge), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(got, cv2.imread(str(normal), cv2.IMREAD_UNCHANGED))
+    with Image.open(src) as im:
+        bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
+    assert_same(torch.from_numpy(got), torch.from_numpy(_cv_reference(bgr, SHARPEN)))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

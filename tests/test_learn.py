@@ -912,3 +912,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
         torch.testing.assert_close(model.conv.weight[0, 0], expect, atol=1.5e-3, rtol=0)
     assert m.metrics["val_psnr"] > 50 and abs(m.metrics["val_psnr"] -
                                                single.metrics["val_psnr"]) < 5
+
+
+def test_learned_without_a_path_is_a_value_error():
+    with pytest.raises(ValueError, match=r"learned: give path=MODEL_FILE \(--path"):
+        convkit.chain("learned")

@@ -271,8 +271,11 @@ def load_model(path: str | Path) -> LearnedFilter:
     return model
 
 
-def build_learned(info: Any, path: str) -> LearnedFilter:
+def build_learned(info: Any, path: str | None = None) -> LearnedFilter:
     """Registry builder of the ``learned`` filter (``learned(path=model.pt)``)."""
+    if path is None:
+        raise ValueError("learned: give path=MODEL_FILE (--path on the command line), a model "
+                         "written by convkit train")
     return load_model(path)
 
 

@@ -177,6 +177,11 @@ def decode_jpegs(items: list[EncodedJPEG], device: torch.device | str) -> list[t
     from torchvision.io import ImageReadMode, decode_jpeg
 
     out: list[torch.Tensor | None] = [None] * len(items)
+    if torch.device(device).type == "cuda":
+        # nvJPEG's hardware engine can write its outputs before work queued earlier on the
+        # stream has run, into blocks the caching allocator freed to it while queued kernels
+        # still read them (pytorch/vision#9606): let that work finish first.
+        torch.cuda.current_stream(device).synchronize()
     for channels, mode in ((1, ImageReadMode.GRAY), (3, ImageReadMode.RGB)):
         idx = [i for i, item in enumerate(items) if item.channels == channels]
         if not idx:

@@ -76,6 +76,12 @@ def roofline(dev: torch.device, batch: int) -> list[dict]:
     peak = peak_bandwidth(dev)
     m = convkit.chain("sharpen").to(dev)
     rows = [{"path": "device-to-device copy", "s": copy, "GB/s": copy_bw / 1e9}]
+    import cv2
+
+    k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+    reference = torch.from_numpy(np.stack([
+        np.stack([cv2.filter2D(p, -1, k, borderType=cv2.BORDER_REFLECT_101) for p in img])
+        for img in x.cpu().numpy()])).to(dev).int()
     runs = [("convkit sharpen (eager)", {}),
             ("convkit sharpen (eager, channels_last)", {"channels_last": True}),
             ("convkit sharpen (compile=True)", {"compile": True})]
@@ -88,11 +94,13 @@ def roofline(dev: torch.device, batch: int) -> list[dict]:
                 first = time.perf_counter() - t0  # compile=True: the compile itself
                 t = timed(lambda: engine.apply(m, x), dev)
                 plan = engine.explain(m, x)
+                worst = int((engine.apply(m, x).int() - reference).abs().max())
         except Exception as e:  # report and go on: the script must finish its table
             rows.append({"path": name, "error": f"{type(e).__name__}: {e}"})
             continue
         rows.append({"path": name, "s": t, "GB/s": 2 * nbytes / t / 1e9, "plan": plan})
-        print(f"{name}: first call {first:.2f} s; plan {plan}", flush=True)
+        print(f"{name}: first call {first:.2f} s; plan {plan}; {worst} levels from OpenCV's "
+              f"filter2D", flush=True)
     try:
         import kornia
 

@@ -22,7 +22,7 @@ echo "== CUDA tests (every test parametrized on cuda, the slow torch.compile one
 # several test processes when pytest-xdist is there: the compile test alone takes a while
 XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")
 # shellcheck disable=SC2086
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider $XDIST -m "cuda or not slow" -k cuda tests/ \
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider $XDIST -m "cuda or not slow" -k cuda tests/ \
   || status=$?
 
 echo "== GPU benchmark"

@@ -55,12 +55,14 @@ separable up to sigma 10 on 8-bit images (61x61) and through the FFT above, wher
 longer grows with sigma. An explicit ``backend="opencv"`` keeps to
 OpenCV's methods.
 
-torch backend (CUDA, and the CPU fallback): a threshold rule, written for the GPU and not yet
-measured on one (benchmarks/gpu.sh measures sharpen): box -> ``box`` (running sums) from 121
-taps, else ``separable``; rank 1 with taps >= 9 -> ``separable``; taps <= 25 -> ``direct``;
-``r * n * 2 <= taps`` -> ``lowrank``; taps >= 225 -> ``fft``; else ``direct``. On the CPU,
-torch's own depthwise convolution is 5-50x slower than OpenCV's (it is the path for float64,
-float16 and inputs that need a gradient).
+torch backend (CUDA, and the CPU fallback): a threshold rule. Box kernels -> ``box`` (running
+sums) from 121 taps on the CPU, and on CUDA from n >= 146 (sides of 73): on an H100
+(``bench_filters.py --device cuda``, 1080p RGB uint8) the box method costs 1.0-1.1 ms at every
+size from 11 to 101, a separable gaussian 0.4 ms at 7 and 13 taps a side, 0.6 at 25, 0.8 at 49,
+1.3 at 97 and 2.3 at 193. Otherwise: rank 1 with taps >= 9 -> ``separable``; taps <= 25 ->
+``direct``; ``r * n * 2 <= taps`` -> ``lowrank``; taps >= 225 -> ``fft``; else ``direct``
+(these not measured on a GPU). On the CPU, torch's own depthwise convolution is 5-50x slower
+than OpenCV's (it is the path for float64, float16 and inputs that need a gradient).
 
 The opencv backend is used on the CPU for uint8, uint16 and float32 images when the input
 needs no gradient; torch otherwise (or when ``backend="torch"``). Median filters use
@@ -105,6 +107,7 @@ LOWRANK_FACTOR = 2  # lowrank when rank * (kh + kw) * LOWRANK_FACTOR <= taps
 T_BOX_MIN_TAPS = 121
 T_FFT_MIN_TAPS = 225
 COMPILE_MAX_TAPS = 49
+CUDA_BOX_MIN_N = 146  # box kernels on CUDA: running sums when kh + kw >= this
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,8 @@ def options(*, method: str | None = None, backend: str | None = None, fuse: bool
 # --- the rule ---------------------------------------------------------------------------------
 def choose_method(op: LinearOp, backend: str) -> str:
     """The method the rule picks for ``op``: ``backend`` "opencv" (OpenCV's methods), "cpu"
-    (the automatic choice on the CPU: OpenCV's methods or torch's fft) or "torch"."""
+    (the automatic choice on the CPU: OpenCV's methods or torch's fft), "torch" (torch on the
+    CPU) or "cuda" (torch on a GPU)."""
     if backend in ("opencv", "cpu"):
         costs = method_costs(op)
         if backend == "opencv":
@@ -165,6 +169,8 @@ def choose_method(op: LinearOp, backend: str) -> str:
     kh, kw = op.shape
     taps = kh * kw
     if op.box_weight is not None and kh > 1 and kw > 1:
+        if backend == "cuda":
+            return "box" if kh + kw >= CUDA_BOX_MIN_N else "separable"
         return "box" if taps >= T_BOX_MIN_TAPS else "separable"
     if op.rank == 1 and kh > 1 and kw > 1 and taps >= SEP_MIN_TAPS:
         return "separable"
@@ -367,8 +373,9 @@ def _cpu_fft(op: LinearOp, opts: Options) -> bool:
         == "fft"
 
 
-def _method_for(op: LinearOp, backend: str, opts: Options) -> str:
-    method = op.method or opts.method or choose_method(op, backend)
+def _method_for(op: LinearOp, backend: str, opts: Options, device: str = "cpu") -> str:
+    rule = "cuda" if backend == "torch" and device == "cuda" else backend
+    method = op.method or opts.method or choose_method(op, rule)
     if method not in METHODS:
         raise ValueError(f"Invalid method {method!r} on {op.name}. Expected one of "
                          f"{', '.join(METHODS)}.")
@@ -390,7 +397,7 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         if backend == "opencv" and _cpu_fft(op, opts):
             backend, method = "torch", "fft"  # only an explicit backend="opencv" refuses fft
         else:
-            method = _method_for(op, backend, opts)
+            method = _method_for(op, backend, opts, x.device.type)
         if trace is not None:
             trace.append(_Step(op.name, backend, method))
         if backend == "opencv":
@@ -428,8 +435,9 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
                 lambda lin: _method_for(lin, "opencv", replace(opts, method=None)))
         xf = x if x.is_floating_point() else x.to(torch.float32)
         s = out_max / in_max
-        g = [_torch_method(lin, xf, _method_for(lin, "torch", replace(opts, method=None)), s,
-                           lin.value * in_max, cl) for lin in (op.gx, op.gy)]
+        g = [_torch_method(lin, xf, _method_for(lin, "torch", replace(opts, method=None),
+                                                x.device.type), s, lin.value * in_max, cl)
+             for lin in (op.gx, op.gy)]
         y = torch.sqrt(g[0] * g[0] + g[1] * g[1])
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
 

@@ -590,7 +590,8 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
 
     def decode(job: Job):
         if keeps_size and dev.type == "cpu" and _huge_png_to_png(job, max_pixels):
-            # Streams band by band: memory does not grow with the image (tiling.filter_file).
+            # Streams band by band, so memory does not grow with the image; one stored turned
+            # (EXIF orientation) is read whole and filtered in tiles (tiling.filter_file).
             from .tiling import filter_file
 
             _make_parent(job)

@@ -449,8 +449,9 @@ def run(
             like "512M" (see :func:`filter_image`); None: automatic.
         decode: where grey and RGB JPEGs are decoded. "cpu" (default): libjpeg-turbo in the
             decode threads, the same pixels on every machine. "gpu": nvJPEG on the CUDA device,
-            a batch at a time (``torchvision.io.decode_jpeg``); its pixels can differ from
-            libjpeg-turbo's by a few grey levels, and a JPEG it refuses is decoded on the CPU.
+            a batch at a time (``torchvision.io.decode_jpeg``); its pixels differ from
+            libjpeg-turbo's (see :func:`convkit.io.decode_jpegs`), and a JPEG it refuses is
+            decoded on the CPU.
             Other formats are always decoded on the CPU.
         name: the tag in default output names (default: from the spec).
         progress: show a tqdm bar on stderr; default when stderr is a terminal.

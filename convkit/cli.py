@@ -85,7 +85,7 @@ def _run_params() -> list[click.Parameter]:
                      default="cpu", show_default=True,
                      help="Where JPEGs are decoded: cpu (libjpeg-turbo, the same pixels "
                           "everywhere) or gpu (nvJPEG on the CUDA device, a batch at a time; "
-                          "its pixels differ, by up to a few tens of levels at colour edges)."),
+                          "its pixels differ, by up to a few tens of levels)."),
         click.Option(["--workers"], type=click.IntRange(min=1), default=None,
                      help="Decode and encode threads each (default: CPU count, 2 to 8)."),
         click.Option(["--max-pixels"], type=click.IntRange(min=1), default=None,

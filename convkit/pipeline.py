@@ -451,8 +451,7 @@ def run(
             decode threads, the same pixels on every machine. "gpu": nvJPEG on the CUDA device,
             a batch at a time (``torchvision.io.decode_jpeg``); its pixels differ from
             libjpeg-turbo's (see :func:`convkit.io.decode_jpegs`), and a JPEG it refuses is
-            decoded on the CPU.
-            Other formats are always decoded on the CPU.
+            decoded on the CPU. Other formats are always decoded on the CPU.
         name: the tag in default output names (default: from the spec).
         progress: show a tqdm bar on stderr; default when stderr is a terminal.
         on_error: called with each one-line error as it happens (default: print to stderr).

@@ -420,29 +420,33 @@ def test_torch_methods_on_device(device):
         ch = ch.cpu()
 
 
+COMPILED_SPECS = ["sharpen", "emboss", "laplacian", "kernel(weights=[[1,2],[3,4]])",
+                  "sharpen(border=replicate)", "sharpen(border=circular)",
+                  "sharpen(border=symmetric)",
+                  "kernel(weights=[[1,-2],[3,4],[0,1]], border=constant, value=200)"]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("spec", COMPILED_SPECS)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])])
-def test_compiled_direct(device):
+def test_compiled_direct(device, spec):
     """torch.compile'd single-pass direct kernels (the CUDA roofline path): every border, images
-    smaller than the kernel, even kernels, the negative mappings, uint8/uint16/float32."""
-    specs = ["sharpen", "emboss", "laplacian", "kernel(weights=[[1,2],[3,4]])",
-             "sharpen(border=replicate)", "sharpen(border=circular)", "sharpen(border=symmetric)",
-             "kernel(weights=[[1,-2],[3,4],[0,1]], border=constant, value=200)"]
-    for n, spec in enumerate(specs):
-        torch._dynamo.reset()  # each spec compiled afresh, never the eager fallback
-        m = convkit.chain(spec).to(device)
-        cases = [((40, 30), torch.uint8), ((3, 2), torch.uint8), ((12, 13), torch.float32)]
-        for shape, dtype in cases + ([((17, 9), torch.uint16)] if n == 0 else []):
-            x = _image(shape, dtype).to(device)
-            with engine.options(compile=True, backend="torch", method="direct"):
-                out = engine.apply(m, x)
-            xf = x.cpu() if dtype == torch.float32 else KF.to_float(x.cpu(), torch.float64)
-            ref = m.cpu()(xf.double())
-            if dtype != torch.float32:
-                ref = KF.to_integer(ref, dtype, m.negative)
-            m.to(device)
-            assert_close(out.cpu(), ref, 10.0, what=f"{spec} {shape} {dtype}")
+    smaller than the kernel, even kernels, the negative mappings, uint8/uint16/float32. One test
+    per spec, so that pytest-xdist spreads the compiles (gpu.sh)."""
+    torch._dynamo.reset()  # compiled afresh, never the eager fallback of a spent recompile limit
+    m = convkit.chain(spec).to(device)
+    cases = [((40, 30), torch.uint8), ((3, 2), torch.uint8), ((12, 13), torch.float32)]
+    for shape, dtype in cases + ([((17, 9), torch.uint16)] if spec == "sharpen" else []):
+        x = _image(shape, dtype).to(device)
+        with engine.options(compile=True, backend="torch", method="direct"):
+            out = engine.apply(m, x)
+        xf = x.cpu() if dtype == torch.float32 else KF.to_float(x.cpu(), torch.float64)
+        ref = m.cpu()(xf.double())
+        if dtype != torch.float32:
+            ref = KF.to_integer(ref, dtype, m.negative)
+        m.to(device)
+        assert_close(out.cpu(), ref, 10.0, what=f"{spec} {shape} {dtype}")
 
 
 @pytest.mark.parametrize("spec", ["sharpen", "gaussian(sigma=2)", "box(size=7)", "sobel",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One go on a CUDA machine, under 5 minutes: the CUDA tests, then the GPU benchmark (batched
+# One go on a CUDA machine (about 3 minutes on an H100): the CUDA tests, then the GPU benchmark (batched
 # 1080p sharpen against the memory-bandwidth roofline, JPEGs end to end with GPU decoding, the
 # CLI on the GPU), then bench_filters' rows on the GPU next to kornia.
 # Usage: bash benchmarks/gpu.sh   (PYTHON=... to pick the interpreter)
@@ -26,7 +26,7 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider $XDIST -m "cuda or not slow" 
   || status=$?
 
 echo "== GPU benchmark"
-# the first torch.compile of the fused kernel takes ~30 s, in the roofline and in the CLI runs
+# the first torch.compile of the fused kernel takes 10-15 s (H100), in the roofline and the CLI runs
 timeout 125 "$PY" benchmarks/bench_gpu.py || status=$?
 
 echo "== the filter rows on the GPU, convkit beside kornia (bench_filters.py --device cuda)"

@@ -643,6 +643,18 @@ def test_training_writes_log_pictures_and_provenance(tmp_path):
     assert not [f for f in os.listdir(out.parent) if ".tmp-" in f]
 
 
+def test_model_written_inside_the_data_folder_does_not_train_on_its_own_pictures(tmp_path):
+    """-o inside the data folder: the pictures of the first run (PNG images like the photos)
+    are not read as training images by the next run."""
+    folder = _folder(tmp_path, n=3)
+    out = folder / "m.pt"
+    train(folder, out, chain="gaussian(sigma=1)", force=True, **_quick(strip=True))
+    assert all(sidecar(out, k).is_file() for k in ("curves.png", "kernels.png", "strip.png"))
+    train(folder, out, chain="gaussian(sigma=1)", force=True, **_quick(strip=True))
+    p = convkit.load_model(out).provenance
+    assert p["images"] == 3 and p["skipped"] == 0, p
+
+
 def _run_weights(path: Path) -> dict:
     return {k: v.clone() for k, v in convkit.load_model(path).state_dict().items()}
 

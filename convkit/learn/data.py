@@ -23,7 +23,8 @@ target is made from the crop itself, so model and target see the same borders.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,6 +307,7 @@ def build_data(
     channels: int = 1,
     recursive: bool = False,
     log: Callable[[str], None] | None = None,
+    exclude: Iterable[str | Path] = (),
 ) -> TrainData:
     """Read the folder and split it.
 
@@ -316,6 +318,8 @@ def build_data(
         val: the validation split: a fraction below 1, a count from 1 (none with 0 or one image).
         seed: picks the validation images.
         grey: convert every image to one channel. channels: 3 converts every image to RGB.
+        exclude: files that are not to be read even when they lie in the folder (a training
+            run's own pictures, when its model is written inside the data folder).
 
     Raises:
         ValueError with a one-line message for a missing or empty folder, a bad chain, or a
@@ -350,7 +354,8 @@ def build_data(
             if sigma is None or not math.isfinite(sigma) or sigma <= 0:
                 raise ValueError(f"denoise sigma should be a number > 0 (grey levels). Got {sigma}")
             s = float(sigma) / 255.0
-        paths = list_images(folder, recursive)
+        skip = {os.path.realpath(p) for p in exclude}
+        paths = [p for p in list_images(folder, recursive) if os.path.realpath(p) not in skip]
         items = []
         for p in paths:
             try:

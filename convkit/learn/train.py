@@ -192,6 +192,10 @@ class TrainResult:
     pictures: list[Path] = field(default_factory=list)
 
 
+# the files a run writes beside its model
+SIDECARS = ("last.ckpt", "log.jsonl", "curves.png", "kernels.png", "strip.png")
+
+
 def sidecar(output: str | Path, kind: str) -> Path:
     """A file beside the model: ``sidecar("run/model.pt", "log.jsonl")`` ->
     ``run/model.log.jsonl``."""
@@ -356,6 +360,8 @@ class Trainer:
             cfg.data, cfg.mode, chain=cfg.chain if cfg.mode == "mimic" else None,
             sigma=cfg.sigma if cfg.mode == "denoise" else None, val=cfg.val, seed=cfg.seed,
             grey=cfg.grey, channels=cfg.channels, recursive=cfg.recursive,
+            # -o inside the data folder: this run's own pictures are not training images
+            exclude=[sidecar(self.output, k) for k in SIDECARS],
         )
         for note in self.data.notes:
             self.log(note)
@@ -504,8 +510,7 @@ class Trainer:
     def _remove_stale_temporaries(self) -> None:
         """A run killed while writing leaves ``.NAME.tmp-PID`` beside its files (the file
         itself is intact: see :func:`~convkit.learn.files.atomic_write`); tidy them up."""
-        kinds = ("last.ckpt", "log.jsonl", "curves.png", "kernels.png", "strip.png")
-        for target in (self.output, *(sidecar(self.output, k) for k in kinds)):
+        for target in (self.output, *(sidecar(self.output, k) for k in SIDECARS)):
             for tmp in target.parent.glob(f".{target.name}.tmp-*"):
                 tmp.unlink(missing_ok=True)
 

@@ -276,7 +276,7 @@ def _fft(op: LinearOp, x: Tensor, s: float, fill: float) -> Tensor:
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=out_dt, device=x.device)  # (an FFT of nothing fails)
     if not x.is_floating_point() and (x.dtype != torch.uint8 or (
-            op.border == "constant" and not (0 <= fill <= 255 and fill == int(fill)))):
+            op.border == "constant" and not fastpath.fill_fits(fill, 255))):
         # torch pads uint16 in no mode; a fill that uint8 cannot hold needs float padding
         x = x.to(ft)
     xp = KF.pad(x, t, b, l, r, op.border, fill)

@@ -118,10 +118,16 @@ def supports(op, dtype: torch.dtype) -> bool:
     return False
 
 
+def fill_fits(fill: float, top: float) -> bool:
+    """Whether a constant border's ``fill`` is a value an integer image of maximum ``top``
+    holds exactly (padding in that dtype would otherwise saturate or truncate it)."""
+    return 0 <= fill <= top and fill == int(fill)
+
+
 def _prepad(src: np.ndarray, pads, border: str, fill: float):
     """(source, OpenCV border, crop) so that OpenCV reads convkit's border pixels."""
-    if border == "constant" and src.dtype != np.float32 and not (
-            0 <= fill <= np.iinfo(src.dtype).max and fill == int(fill)):
+    if border == "constant" and src.dtype != np.float32 and not fill_fits(
+            fill, np.iinfo(src.dtype).max):
         src = src.astype(np.float32)  # copyMakeBorder would saturate the fill to the dtype
     if border == "circular" or (border == "constant" and fill != 0):
         t, b, l, r = pads

@@ -581,8 +581,6 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
         fail_line = fail
 
     read_kw = {} if max_pixels is None else {"max_pixels": max_pixels}
-    if defer_jpeg:
-        read_kw["defer_jpeg"] = True
 
     from .modules import Pool2d
 
@@ -598,7 +596,7 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
             filter_file(module, job.src, job.out, max_memory=max_memory, max_pixels=max_pixels,
                         quality=quality)
             return _STREAMED, None
-        return io.read_image_with_info(job.src, **read_kw)
+        return io.read_image_with_info(job.src, defer_jpeg=defer_jpeg, **read_kw)
 
     def encode(job: Job, image, info) -> None:
         _make_parent(job)
@@ -645,8 +643,7 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
             if isinstance(image, io.EncodedJPEG):
                 # The device decoder refused it: the CPU decoder reads it or names the problem.
                 try:
-                    image, info = io.read_image_with_info(job.src, **dict(read_kw,
-                                                                          defer_jpeg=False))
+                    image, info = io.read_image_with_info(job.src, **read_kw)
                 except Exception as cpu_error:
                     error = cpu_error
                 else:

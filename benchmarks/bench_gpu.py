@@ -140,16 +140,21 @@ def roofline(dev: torch.device, batch: int) -> list[dict]:
     return rows
 
 
-def make_jpegs(folder: Path, n: int) -> None:
+def jpeg_bytes(n: int) -> list[bytes]:
+    """``n`` different 1920x1080 JPEG photos (quality 92), as file contents."""
     import cv2
     from skimage import data
 
     base = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (1920, 1080),
                       interpolation=cv2.INTER_CUBIC)
+    return [cv2.imencode(".jpg", np.roll(base, 17 * i, axis=1),
+                         [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for i in range(n)]
+
+
+def make_jpegs(folder: Path, n: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        cv2.imwrite(str(folder / f"img{i:03d}.jpg"), np.roll(base, 17 * i, axis=1),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+    for i, data in enumerate(jpeg_bytes(n)):
+        (folder / f"img{i:03d}.jpg").write_bytes(data)
 
 
 def gpu_decode_pipeline(folder: Path, out: Path, dev: torch.device, batch: int) -> float:

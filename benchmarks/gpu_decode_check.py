@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_gpu import jpeg_bytes  # (benchmarks/ is on the path when a script there runs)
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -38,16 +39,6 @@ def small_jpegs(n: int) -> list[bytes]:
         Image.fromarray(img).save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
     return out
-
-
-def photo_jpegs(n: int) -> list[bytes]:
-    import cv2
-    from skimage import data
-
-    base = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (1920, 1080),
-                      interpolation=cv2.INTER_CUBIC)
-    return [cv2.imencode(".jpg", np.roll(base, 17 * i, axis=1),
-                         [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for i in range(n)]
 
 
 def as_tensor(b: bytes) -> torch.Tensor:
@@ -149,7 +140,7 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     print(f"device {dev}: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}")
-    small, photos = small_jpegs(8), photo_jpegs(16)
+    small, photos = small_jpegs(8), jpeg_bytes(16)
     print("1. agreement with libjpeg-turbo")
     for name, blobs, reps in (("56x40", small, 10), ("1080p", photos, 2)):
         for batch in (1, 2, 4, 8):
@@ -158,7 +149,7 @@ def main() -> None:
     print("2. time per call")
     timing(photos, dev)
     print("3. the pipeline")
-    pipeline_run(photo_jpegs(48), dev)
+    pipeline_run(jpeg_bytes(48), dev)
 
 
 if __name__ == "__main__":

@@ -84,14 +84,15 @@ def roofline(dev: torch.device, batch: int) -> list[dict]:
         for img in x.cpu().numpy()])).to(dev).int()
     runs = [("convkit sharpen (eager)", {}),
             ("convkit sharpen (eager, channels_last)", {"channels_last": True}),
-            ("convkit sharpen (compile=True)", {"compile": True})]
+            ("convkit sharpen (compile=True)", {"compile": True}),
+            ("convkit sharpen (triton=True)", {"triton": True})]
     for name, opts in runs:
         try:
             with engine.options(**opts):
                 t0 = time.perf_counter()
                 engine.apply(m, x)
                 _sync(dev)
-                first = time.perf_counter() - t0  # compile=True: the compile itself
+                first = time.perf_counter() - t0  # compile/triton: the compile itself
                 t = timed(lambda: engine.apply(m, x), dev)
                 plan = engine.explain(m, x)
                 worst = int((engine.apply(m, x).int() - reference).abs().max())
@@ -137,7 +138,75 @@ def roofline(dev: torch.device, batch: int) -> list[dict]:
         ok = best["% peak"] >= 50
         print(f"target: >= 50% of the roofline: best convkit path {best['% peak']:.0f}% of peak "
               f"({'ok' if ok else 'MISSED'})")
+    stencil_blocks(x, reference, copy_bw, peak)
     return rows
+
+
+# (rows, columns, warps) per program tried for the Triton stencil; stencil.BLOCK is the default
+BLOCKS = [(8, 128, 4), (16, 128, 4), (32, 128, 8), (16, 256, 8), (8, 256, 4), (4, 512, 4),
+          (32, 64, 4), (64, 64, 8), (32, 256, 8), (64, 128, 8)]
+
+
+def stencil_blocks(x: torch.Tensor, reference: torch.Tensor, copy_bw: float,
+                   peak: float | None) -> None:
+    """The Triton stencil's sharpen at each tile shape, called directly (no engine)."""
+    from convkit import stencil
+
+    if not stencil.available(x.device):
+        print("\nTriton stencil: not available on this device (CUDA and Triton needed)")
+        return
+    k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float64)
+    w = stencil.prepare([k], 1.0, x.device)
+    nbytes = x.numel()
+    print(f"\nTriton stencil tile shapes (sharpen, same batch; default {stencil.BLOCK}):")
+    print("| rows x cols, warps | ms | GB/s | % of copy | % of peak | levels from OpenCV |")
+    print("|---|---|---|---|---|---|")
+    for block in BLOCKS:
+        def run(block=block):
+            return stencil.correlate(x, w, "reflect", 0.0, 0.0, torch.uint8, 255.0, "clip",
+                                     block=block)
+        try:
+            worst = int((run().int() - reference).abs().max())
+            t = timed(run, x.device)
+        except Exception as e:  # report and go on
+            print(f"| {block} | {type(e).__name__}: {str(e)[:80]} |")
+            continue
+        gbs = 2 * nbytes / t
+        pk = f"{100 * gbs / peak:.1f}" if peak else "-"
+        print(f"| {block[0]} x {block[1]}, {block[2]} | {t * 1e3:.3f} | {gbs / 1e9:.0f} | "
+              f"{100 * gbs / copy_bw:.1f} | {pk} | {worst} |", flush=True)
+
+
+FILTER_ROWS = [("sharpen", "sharpen"), ("emboss", "emboss"), ("laplacian", "laplacian"),
+               ("sobel magnitude", "sobel"),
+               ("chain of 4 linear", "gaussian(sigma=1) | sharpen | box(size=3) | emboss"),
+               ("box 3", "box(size=3)")]
+
+
+def triton_rows(dev: torch.device, batch: int) -> None:
+    """Eager torch against options(triton=True) on the filters the stencil takes."""
+    from convkit import stencil
+
+    if not stencil.available(dev):
+        return
+    x = photo_batch(batch, dev)
+    print(f"\nFilters on {batch} x 1080p RGB uint8: eager torch against options(triton=True)")
+    print("| filter | eager ms | triton ms | speed-up | triton plan | levels apart |")
+    print("|---|---|---|---|---|---|")
+    for name, spec in FILTER_ROWS:
+        m = convkit.chain(spec).to(dev)
+        try:
+            te = timed(lambda m=m: engine.apply(m, x), dev, reps=10)
+            with engine.options(triton=True):
+                tt = timed(lambda m=m: engine.apply(m, x), dev, reps=10)
+                plan = [f"{b}/{meth}" for _, b, meth in engine.explain(m, x)]
+                out = engine.apply(m, x)
+            apart = int((out.int() - engine.apply(m, x).int()).abs().max())  # eager's
+        except Exception as e:
+            print(f"| {name} | {type(e).__name__}: {str(e)[:80]} |")
+            continue
+        print(f"| {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} | {te / tt:.1f}x | "
+              f"{', '.join(plan)} | {apart} |", flush=True)
 
 
 def jpeg_bytes(n: int) -> list[bytes]:
@@ -197,10 +266,10 @@ def decoder_agreement(folder: Path, dev: torch.device) -> dict:
 
 
 def cli_end_to_end(folder: Path, out: Path, device: str, decode: str = "cpu",
-                   compile: bool = False) -> dict | None:
+                   triton: bool = False) -> dict | None:
     exe = shutil.which("convkit")
     cmd = [exe] if exe else [sys.executable, "-m", "convkit"]
-    env = dict(os.environ, CONVKIT_COMPILE="1" if compile else "0")
+    env = dict(os.environ, CONVKIT_TRITON="1" if triton else "0")
     t0 = time.perf_counter()
     r = subprocess.run([*cmd, "sharpen", str(folder), "-o", str(out), "--device", device,
                         "--decode", decode, "--json", "--quiet"], capture_output=True, text=True,
@@ -228,6 +297,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}")
     roofline(dev, args.batch)
+    triton_rows(dev, args.batch)
     if args.skip_cli:
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,12 +322,12 @@ def main() -> None:
         print(f"  | convkit CLI, --device {args.device} | wall s (start-up included) | "
               f"run s (its summary) | images/s (run) |")
         print("  |---|---|---|---|")
-        for decode, comp in runs * 2:  # twice each, interleaved: the first pays for cold caches
+        for decode, tri in runs * 2:  # twice each, interleaved: the first pays for cold caches
             out = Path(tmp) / f"cli-{decode}"
-            s = cli_end_to_end(folder, out, args.device, decode, comp)
+            s = cli_end_to_end(folder, out, args.device, decode, tri)
             if s is not None:
                 run_s = s.get("seconds", 0) or float("nan")
-                print(f"  | --decode {decode}{' CONVKIT_COMPILE=1' if comp else ''} | "
+                print(f"  | --decode {decode}{' CONVKIT_TRITON=1' if tri else ''} | "
                       f"{s['wall_s']:.2f} | {run_s:.2f} | {s.get('written', 0) / run_s:.1f} |",
                       flush=True)
             shutil.rmtree(out, ignore_errors=True)

@@ -74,7 +74,11 @@ is then never fused), ``apply(..., method=, backend=, fuse=)``, and the context 
 :func:`options`. A method that cannot run a kernel (``separable`` on a rank-2 kernel, ``box`` on
 unequal taps) raises ValueError. On CUDA, ``options(compile=True)`` (or CONVKIT_COMPILE=1) runs
 small direct kernels through one ``torch.compile``'d function that reads the integer image and
-writes the integer result in a single pass.
+writes the integer result in a single pass. ``options(triton=True)`` (or CONVKIT_TRITON=1)
+runs kernels of up to 49 taps whose method is automatic or ``direct``, and gradient magnitudes,
+through convkit's own one-pass Triton stencil (:mod:`convkit.stencil`): one read, one write,
+integer kernels on integer images summed exactly in int32. It takes precedence over
+``compile``; what it does not take runs as above.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import fastpath
+from . import fastpath, stencil
 from . import functional as KF
 from .fusion import GradientOp, LinearOp, MedianOp, ModuleOp, Plan, get_plan, method_costs
 
@@ -116,6 +120,7 @@ class Options:
     backend: str = "auto"
     fuse: bool = True
     compile: bool = os.environ.get("CONVKIT_COMPILE", "") not in ("", "0")
+    triton: bool = os.environ.get("CONVKIT_TRITON", "") not in ("", "0")
     channels_last: bool | None = None  # None: on the CPU only
 
 
@@ -133,7 +138,8 @@ def _checked(method: str | None, backend: str | None) -> None:
 
 @contextmanager
 def options(*, method: str | None = None, backend: str | None = None, fuse: bool | None = None,
-            compile: bool | None = None, channels_last: bool | None = None) -> Iterator[None]:
+            compile: bool | None = None, triton: bool | None = None,
+            channels_last: bool | None = None) -> Iterator[None]:
     """Set engine options for the calls inside the ``with`` block (this thread/task only).
 
     >>> with options(method="direct", backend="torch"):
@@ -147,6 +153,7 @@ def options(*, method: str | None = None, backend: str | None = None, fuse: bool
         backend=backend if backend is not None else cur.backend,
         fuse=cur.fuse if fuse is None else bool(fuse),
         compile=cur.compile if compile is None else bool(compile),
+        triton=cur.triton if triton is None else bool(triton),
         channels_last=cur.channels_last if channels_last is None else channels_last,
     )
     token = _OPTIONS.set(new)
@@ -386,6 +393,16 @@ def _method_for(op: LinearOp, backend: str, opts: Options, device: str = "cpu") 
     return method
 
 
+def _stencil_takes(op: LinearOp, x: Tensor, out_dtype: torch.dtype, negative: str | None,
+                   opts: Options) -> bool:
+    """Whether ``options(triton=True)`` runs this kernel through :mod:`convkit.stencil`: a
+    kernel of at most ``stencil.MAX_TAPS`` taps whose method is automatic or ``direct`` (one
+    pass beats two separable ones at that size), on a device the stencil runs on."""
+    forced = op.method or opts.method
+    return (opts.triton and forced in (None, "direct")
+            and stencil.runs(x, op.shape, out_dtype, negative))
+
+
 def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float,
             negative: str | None, opts: Options, trace: list | None) -> Tensor:
     """One operation: x (integer in pixel units, or float on the [0, 1] scale) -> float on the
@@ -398,13 +415,19 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
             backend, method = "torch", "fft"  # only an explicit backend="opencv" refuses fft
         else:
             method = _method_for(op, backend, opts, x.device.type)
+        s = out_max / in_max
+        fill = op.value * in_max
+        bias = op.bias * out_max
+        if backend == "torch" and _stencil_takes(op, x, out_dtype, negative, opts):
+            if trace is not None:
+                trace.append(_Step(op.name, "triton", "direct"))
+            w = op.cached(("stencil", x.device, s),
+                          lambda: stencil.prepare([op.kernel], s, x.device))
+            return stencil.correlate(x, w, op.border, fill, bias, out_dtype, out_max, negative)
         if trace is not None:
             trace.append(_Step(op.name, backend, method))
         if backend == "opencv":
             return fastpath.linear(x, op, method, in_max, out_dtype, out_max, negative)
-        s = out_max / in_max
-        fill = op.value * in_max
-        bias = op.bias * out_max
         if (opts.compile and method == "direct" and op.shape[0] * op.shape[1] <= COMPILE_MAX_TAPS
                 and not x.requires_grad and (negative is None or x.dtype == out_dtype)
                 and (x.dtype in _MAX or x.dtype == torch.float32)):
@@ -427,6 +450,15 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
                                                     negative)
 
     if isinstance(op, GradientOp):
+        if (backend == "torch" and op.gx.shape == op.gy.shape
+                and _stencil_takes(op.gx, x, out_dtype, negative, opts)):
+            if trace is not None:
+                trace.append(_Step(op.name, "triton", "gradient"))
+            s = out_max / in_max
+            w = op.gx.cached(("stencil-gradient", x.device, s), lambda: stencil.prepare(
+                [op.gx.kernel, op.gy.kernel], s, x.device))
+            return stencil.correlate(x, w, op.gx.border, op.gx.value * in_max, 0.0, out_dtype,
+                                     out_max, negative)
         if trace is not None:
             trace.append(_Step(op.name, backend, "gradient"))
         if backend == "opencv":

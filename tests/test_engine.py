@@ -6,6 +6,7 @@ fusion is exact where the engine fuses. No timings here (see benchmarks/bench_fi
 from __future__ import annotations
 
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import convkit
-from convkit import engine, fusion
+from convkit import engine, fusion, stencil
 from convkit import functional as KF
 from convkit.modules import GradientMagnitude, Kernel2d, Median
 
@@ -647,3 +648,124 @@ def test_forked_child_gets_its_own_worker_pool():
             pytest.fail("the forked child hung")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+DEFAULT_BLOCK = stencil.BLOCK
+SMALL_BLOCK = (16, 16, 1)  # a 40x50 image has inner tiles for kernels of up to 7x7
+
+
+@pytest.fixture(params=["interpreter", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])])
+def stencil_device(request, monkeypatch) -> str:
+    """Where convkit.stencil's Triton kernel runs: compiled on CUDA, or on the CPU through
+    Triton's interpreter (NumPy), which is how machines without a GPU test it.
+
+    For the interpreter the kernel module is loaded afresh under another name while
+    TRITON_INTERPRET=1: Triton decides at decoration time whether a kernel is compiled or
+    interpreted."""
+    pytest.importorskip("triton")
+    # small tiles, so that the test images have inner tiles (plain shifted reads) as well as
+    # border tiles (every index through the border rule)
+    monkeypatch.setattr(stencil, "BLOCK", SMALL_BLOCK)
+    if request.param == "cuda":
+        return "cuda"
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    path = Path(stencil.__file__).with_name("_stencil_kernel.py")
+    spec = importlib.util.spec_from_file_location("_convkit_stencil_interpreted", path)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # (the interpreter looks helpers up there)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(stencil, "_kernel", lambda: mod.stencil)
+    return "cpu"
+
+
+STENCIL_SPECS = COMPILED_SPECS + [
+    "sobel", "scharr(border=constant, value=90)", "box(size=3)",
+    "sharpen(border=constant, value=90)",
+    "kernel(weights=[[1,2,3,4,5,6,7],[0,0,0,0,0,0,1],[1,1,1,1,1,1,1],[2,0,0,0,0,0,0],"
+    "[0,0,0,9,0,0,0],[1,0,1,0,1,0,1],[0,0,0,0,0,0,-3]], scale=30, border=symmetric)",
+    "gaussian(sigma=2) | emboss"]
+
+
+def _triton_apply(m, x: torch.Tensor, dev: str, check_plan: bool = True) -> torch.Tensor:
+    """engine.apply with options(triton=True) on ``dev``, the result back on the CPU; checks
+    that the plan ran a step on the stencil (explain() runs the chain once more)."""
+    m, x = m.to(dev), x.to(dev)
+    with engine.options(triton=True, backend="torch"):
+        out = engine.apply(m, x)
+        steps = engine.explain(m, x) if check_plan else [("", "triton", "")]
+    m.cpu()
+    assert any(backend == "triton" for _, backend, _ in steps), steps
+    return out.cpu()
+
+
+@pytest.mark.parametrize("spec", STENCIL_SPECS)
+def test_triton_stencil(stencil_device, spec):
+    """options(triton=True): the one-pass Triton stencil (the CUDA roofline path) equals the
+    float64 module at every pixel: every border, images smaller than the kernel, even kernels,
+    a 7x7 (its most taps), gradient magnitudes, the negative mappings, uint8/uint16/float32,
+    channels_last and strided inputs; integer kernels (sharpen, laplacian, emboss) on integer
+    images take its exact int32 path, the others its float32 one."""
+    m = convkit.chain(spec)
+    cases = [((40, 50), torch.uint8), ((3, 2), torch.uint8), ((1, 1), torch.uint8),
+             ((12, 13), torch.float32), ((17, 9), torch.uint16)]
+    if spec.startswith("kernel(weights=[[1,2,3,4,5,6,7]"):
+        cases = cases[:3:2]  # 49 taps a pixel are slow in the interpreter
+    for n, (shape, dtype) in enumerate(cases):
+        x = _image(shape, dtype, b=1 + n % 2, c=2 - n % 2)  # batch and channel strides
+        if shape == (40, 50):
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif shape == (12, 13):
+            x = x[:, :, 1:, ::2]  # strided rows and columns
+        out = _triton_apply(m, x, stencil_device, check_plan=n == 0)
+        xf = x if dtype == torch.float32 else KF.to_float(x, torch.float64)
+        ref = m(xf.double())
+        if dtype != torch.float32:
+            ref = KF.to_integer(ref, dtype, m.negative)
+        assert_close(out, ref, 10.0, what=f"{spec} {shape} {dtype}")
+
+
+@pytest.mark.parametrize("block,shape", [(None, (70, 300)), (SMALL_BLOCK, (40, 50))])
+def test_triton_stencil_sharpen_equals_opencv(stencil_device, block, shape, monkeypatch):
+    """The roofline benchmark's case against an independent reference: OpenCV's filter2D on
+    uint8 with BORDER_REFLECT_101 (integer weights: no rounding ties), with the default tiles
+    (the image has inner ones) and small ones."""
+    monkeypatch.setattr(stencil, "BLOCK", block or DEFAULT_BLOCK)
+    x = _image(shape, torch.uint8, b=1, c=2)
+    k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+    out = _triton_apply(convkit.chain("sharpen"), x, stencil_device, check_plan=False)
+    ref = np.stack([[cv2.filter2D(p, -1, k, borderType=cv2.BORDER_REFLECT_101) for p in img]
+                    for img in x.numpy()])
+    assert np.array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16])
+def test_triton_stencil_rounds_half_to_even(stencil_device, dtype):
+    """Ties round to even, as torch.round and the core do: the mean of two neighbours is a tie
+    whenever their sum is odd. Hand-computed: y[i] = (x[i-1] + x[i]) / 2, replicate border."""
+    top = 255 if dtype == torch.uint8 else 65535
+    v = np.linspace(0, top, 16 * 16).astype(np.int64)
+    x = torch.from_numpy(v.reshape(1, 1, 16, 16).astype(np.uint8 if top == 255 else np.uint16))
+    m = convkit.chain("kernel(weights=[[1,1]], scale=2, border=replicate)")
+    out = _triton_apply(m, x, stencil_device, check_plan=False)
+    a = x.numpy().astype(np.int64)[0, 0]
+    left = np.concatenate([a[:, :1], a[:, :-1]], axis=1)
+    want = np.round((left + a) / 2)  # NumPy rounds half to even
+    assert (((left + a) % 2) == 1).sum() > 50  # plenty of ties
+    assert np.array_equal(out.numpy()[0, 0].astype(np.int64), want)
+
+
+def test_triton_stencil_declines(stencil_device):
+    """What the stencil does not take runs on torch's methods: more than MAX_TAPS taps, an
+    explicit separable method, float64, an input that needs a gradient."""
+    x = _image((20, 21), torch.uint8).to(stencil_device)
+    cases = [("gaussian(sigma=2)", x, {}), ("sharpen", x.double(), {}),
+             ("box(size=3)", x, {"method": "separable"}),
+             ("sharpen", x.float().requires_grad_(), {})]
+    for spec, inp, kw in cases:
+        with engine.options(triton=True, backend="torch"):
+            steps = engine.explain(convkit.chain(spec).to(stencil_device), inp, **kw)
+        assert all(backend == "torch" for _, backend, _ in steps), (spec, steps)

@@ -1,0 +1,156 @@
+"""One-pass stencil kernels for CUDA, written in Triton: ``options(triton=True)``.
+
+Eager torch runs a small direct kernel on an integer image as several float32 passes over
+memory (convert, pad, convolve, scale, round, saturate, convert back); ``torch.compile`` fuses
+them but, for a 3x3 on 1080p uint8, still moves several times the bytes of one read and one
+write. The kernel here (:mod:`convkit._stencil_kernel`) reads the image once and writes the
+result once: each program filters a tile of one plane, maps the source rows and columns of each
+tap through the border rule, accumulates in float32, and stores float32 or the rounded,
+saturated integer (round half to even, as the core defines it).
+
+It runs direct kernels of up to :data:`MAX_TAPS` taps (any sides, odd or even, any border mode,
+images smaller than the kernel) and the gradient magnitude of two such kernels, on uint8,
+uint16 and float32 images in any memory layout. Anything else goes to the torch methods.
+
+The results equal the torch path's to float rounding (1 grey level at a rounding tie). Under
+``TRITON_INTERPRET=1`` Triton runs the same kernel on the CPU through NumPy: that is how the
+test suite checks it on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["MAX_TAPS", "Weights", "available", "runs", "prepare", "correlate"]
+
+MAX_TAPS = 49
+BLOCK = (16, 128, 4)  # rows, columns per program, warps; benchmarks/bench_gpu.py sweeps these
+BORDERS = {"constant": 0, "replicate": 1, "reflect": 2, "symmetric": 3, "circular": 4}
+_KINDS = {torch.uint8: 0, torch.uint16: 1, torch.float32: 2}
+_NEGATIVE = {None: 0, "clip": 0, "abs": 1, "offset": 2}
+_INT32 = 2**31 - 1
+
+
+def interpreted() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+@cache
+def _kernel():
+    """The compiled kernel, or None when Triton is missing (imported on first use only)."""
+    try:
+        from ._stencil_kernel import stencil
+    except ImportError:
+        return None
+    return stencil
+
+
+def available(device: torch.device) -> bool:
+    """Whether the stencil can run on ``device``: CUDA with Triton installed, or any device
+    under the interpreter."""
+    if device.type != "cuda" and not (device.type == "cpu" and interpreted()):
+        return False
+    return _kernel() is not None
+
+
+def runs(x: Tensor, kernel_shape: tuple[int, int], out_dtype: torch.dtype,
+         negative: str | None) -> bool:
+    """Whether :func:`correlate` takes this call (else the caller uses the torch methods)."""
+    kh, kw = kernel_shape
+    if kh * kw > MAX_TAPS or x.dim() != 4 or x.requires_grad or x.dtype not in _KINDS:
+        return False
+    if negative is not None and out_dtype not in (torch.uint8, torch.uint16):
+        return False
+    if negative is None and out_dtype != torch.float32:
+        return False
+    # 32-bit offsets inside a plane
+    if any(s * n > _INT32 for s, n in zip(x.stride()[2:], x.shape[2:], strict=True)):
+        return False
+    return available(x.device)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Kernels scaled and flattened for :func:`correlate`, on one device (build once, reuse).
+
+    ``whole`` is an int32 copy of a single kernel whose weights are all whole numbers, small
+    enough that a sum over a uint16 image fits int32: the kernel then sums exactly in integers
+    (sharpen, laplacian, the derivative kernels, unnormalised boxes)."""
+
+    shape: tuple[int, int]
+    floats: tuple[Tensor, ...]
+    whole: Tensor | None
+
+
+def prepare(kernels: list[np.ndarray], s: float, device: torch.device) -> Weights:
+    """``k * s`` for each of one or two same-shaped kernels (anchored at (kh // 2, kw // 2))."""
+    if len(kernels) not in (1, 2) or any(k.shape != kernels[0].shape for k in kernels):
+        raise ValueError("the stencil takes one kernel or two of the same shape")
+    scaled = [np.ascontiguousarray(k, dtype=np.float64).reshape(-1) * s for k in kernels]
+    floats = tuple(torch.as_tensor(k, dtype=torch.float32, device=device) for k in scaled)
+    k = scaled[0]
+    whole = None
+    if (len(scaled) == 1 and np.all(np.isfinite(k)) and np.array_equal(k, np.round(k))
+            and np.abs(k).sum() * 65535 < 2**30):
+        whole = torch.as_tensor(k, dtype=torch.int32, device=device)
+    return Weights(tuple(kernels[0].shape), floats, whole)
+
+
+def _whole(v: float) -> bool:
+    return float(v).is_integer() and abs(v) < 2**24
+
+
+def correlate(x: Tensor, weights: Weights, border: str, fill: float, bias: float,
+              out_dtype: torch.dtype, top: float, negative: str | None,
+              block: tuple[int, int, int] | None = None) -> Tensor:
+    """``correlate(pad(x), k * s) + bias`` in one pass, for one kernel, or the magnitude
+    ``sqrt(a**2 + b**2) + bias`` of two (see :func:`prepare`).
+
+    Args:
+        x: (B, C, H, W) uint8, uint16 or float32, any strides.
+        weights: the scaled kernels, from :func:`prepare`, on x's device.
+        border: a convkit border mode; fill: the constant border's value in x's units.
+        bias: added after the sum, in output units.
+        out_dtype: float32 (then ``negative`` is None) or the integer dtype of the result.
+        top: the integer dtype's maximum; negative: "clip", "abs" or "offset" (integer out).
+        block: (rows, columns, warps) per program; :data:`BLOCK` by default.
+
+    Returns:
+        (B, C, H, W) ``out_dtype`` tensor, in x's memory layout.
+    """
+    kernel = _kernel()
+    if kernel is None:
+        raise RuntimeError("convkit's stencil kernels need Triton (pip install triton)")
+    kh, kw = weights.shape
+    b, c, h, w = x.shape
+    y = torch.empty_like(x, dtype=out_dtype)
+    if y.numel() == 0:
+        return y
+    offset = 128.0 / 255.0 * top
+    exact = (weights.whole is not None and x.dtype in (torch.uint8, torch.uint16)
+             and negative is not None and _whole(fill) and _whole(bias)
+             and (negative != "offset" or _whole(offset)))
+    wt = [weights.whole] if exact else list(weights.floats)
+    num = int if exact else float
+    bh, bw, warps = block or BLOCK
+    xv = x.view(torch.int16) if x.dtype == torch.uint16 else x
+    yv = y.view(torch.int16) if out_dtype == torch.uint16 else y
+    grid = (-(-w // bw), -(-h // bh), b * c)
+    with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
+        kernel[grid](
+            xv, yv, wt[0], wt[-1], 1,
+            c, h, w, *x.stride(), *y.stride(),
+            *(num(v) for v in (fill, bias, offset, top)),
+            KH=kh, KW=kw, AY=kh // 2, AX=kw // 2, BORDER=BORDERS[border],
+            IN_KIND=_KINDS[x.dtype], OUT_KIND=_KINDS[out_dtype],
+            NEG=_NEGATIVE[negative], TWO=len(wt) == 2, UNIT=x.stride(3) == 1, INT=exact,
+            BH=bh, BW=bw, num_warps=warps)
+    return y

@@ -154,3 +154,42 @@ def correlate(x: Tensor, weights: Weights, border: str, fill: float, bias: float
             NEG=_NEGATIVE[negative], TWO=len(wt) == 2, UNIT=x.stride(3) == 1, INT=exact,
             BH=bh, BW=bw, num_warps=warps)
     return y
+
+
+def compile_for(arch: int = 90, *, dtype: torch.dtype = torch.uint8,
+                out_dtype: torch.dtype = torch.uint8, shape: tuple[int, int] = (3, 3),
+                border: str = "reflect", negative: str | None = "clip", two: bool = False,
+                whole: bool = False, unit: bool = True,
+                block: tuple[int, int, int] | None = None):
+    """Compile the stencil for an NVIDIA GPU of architecture ``sm_<arch>`` without one, as a
+    launch on a contiguous 1920-wide image with these arguments would specialise it (Triton's
+    ahead-of-time path: ``triton.compile`` on an ``ASTSource``). ``whole``: the exact int32
+    path. Returns Triton's compiled kernel; ``.asm["cubin"]`` is the machine code.
+
+    For the tests (errors that only the compiler sees, not the interpreter) and
+    ``benchmarks/stencil_sass.py`` (instructions per pixel, without a GPU)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ._stencil_kernel import stencil
+
+    ptr = {torch.uint8: "*u8", torch.uint16: "*i16", torch.float32: "*fp32"}
+    num = "i32" if whole else "fp32"
+    kh, kw = shape
+    bh, bw, warps = block or BLOCK
+    types = dict(x_ptr=ptr[dtype], y_ptr=ptr[out_dtype], w_ptr="*i32" if whole else "*fp32",
+                 w2_ptr="*i32" if whole else "*fp32", fill=num, bias=num, offset=num, top=num)
+    const = dict(KH=kh, KW=kw, AY=kh // 2, AX=kw // 2, BORDER=BORDERS[border],
+                 IN_KIND=_KINDS[dtype], OUT_KIND=_KINDS[out_dtype], NEG=_NEGATIVE[negative],
+                 TWO=two, UNIT=unit, INT=whole, BH=bh, BW=bw)
+    if unit:  # Triton's launcher specialises an int argument equal to 1 into a constant
+        const.update(xsw=1, ysw=1)
+    names = stencil.arg_names
+    signature = {n: "constexpr" if n in const else types.get(n, "i32") for n in names}
+    aligned = ("x_ptr", "y_ptr", "w_ptr", "w2_ptr", "W", "xsb", "xsc", "xsh", "ysb", "ysc",
+               "ysh")  # pointers aligned to 16 bytes, ints divisible by 16
+    src = ASTSource(stencil, signature,
+                    constexprs={(names.index(n),): v for n, v in const.items()},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})

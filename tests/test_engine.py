@@ -769,3 +769,27 @@ def test_triton_stencil_declines(stencil_device):
         with engine.options(triton=True, backend="torch"):
             steps = engine.explain(convkit.chain(spec).to(stencil_device), inp, **kw)
         assert all(backend == "torch" for _, backend, _ in steps), (spec, steps)
+
+
+STENCIL_BUILDS = [
+    *[dict(border=b, whole=n % 2 == 0) for n, b in enumerate(BORDERS)],
+    dict(dtype=torch.uint16, out_dtype=torch.uint16, whole=True, border="constant"),
+    dict(dtype=torch.float32, out_dtype=torch.float32, negative=None, two=True,
+         border="constant"),
+    dict(out_dtype=torch.float32, negative=None),
+    dict(dtype=torch.float32, negative="offset"),
+    dict(negative="abs", whole=True, unit=False, shape=(2, 4)),
+    dict(shape=(7, 7), whole=True, block=(32, 256, 8)),
+    dict(two=True, arch=80),
+]
+
+
+@pytest.mark.parametrize("build", STENCIL_BUILDS, ids=str)
+def test_triton_stencil_compiles(build):
+    """The stencil compiles for the GPUs it targets (sm_90, sm_80), done ahead of time without
+    a GPU: the interpreter runs the Python and cannot see what only the compiler rejects (a
+    type that differs between branches, say)."""
+    pytest.importorskip("triton")
+    build = dict(build)
+    kernel = stencil.compile_for(build.pop("arch", 90), **build)
+    assert len(kernel.asm["cubin"]) > 1000

@@ -669,6 +669,10 @@ def stencil_device(request, monkeypatch) -> str:
     monkeypatch.setattr(stencil, "BLOCK", SMALL_BLOCK)
     if request.param == "cuda":
         return "cuda"
+    if torch.cuda.is_available():
+        # the compiled kernel is tested on the GPU; and Triton 3.5's interpreter leaves some of
+        # its patches behind, which broke later compiles in the same process (seen on the CPU)
+        pytest.skip("tested compiled on CUDA instead")
     import importlib.util
     from pathlib import Path
 

@@ -1,10 +1,11 @@
 """The Triton kernel behind :mod:`convkit.stencil` (imported only when that path runs, so that
 ``import convkit`` never imports Triton).
 
-One program filters a ``BH x BW`` tile of one image plane. For each tap it maps the tile's
-source rows and columns through the border rule (vectors of BH and BW indices, OpenCV's
-``borderInterpolate``), so every load stays inside the plane and needs no mask; the constant
-border loads a clamped index and replaces the value by the fill. The taps accumulate in
+One program filters a ``BH x BW`` tile of one image plane. Inner tiles read plain shifted
+addresses; border tiles map the source rows and columns of each tap through the border rule
+(vectors of BH and BW indices, OpenCV's ``borderInterpolate``), so every load stays inside the
+plane and needs no mask, and the constant border loads a clamped index and replaces the value
+by the fill. The taps accumulate in int32 (integer weights on an integer image: exact) or
 float32; the result is stored once, as float32 or rounded to the integer dtype.
 
 Only ``triton.language``'s builtins are used (``tl.full``, not ``tl.zeros``, which is itself a
@@ -113,12 +114,13 @@ def stencil(
     so that the compiler cannot prove the columns contiguous. It then gives each thread a column
     strip (BH rows of one column), whose vertically neighbouring taps share loads, instead of
     16 adjacent columns of one row read as a vector, whose shifted taps cannot use that vector
-    and are loaded again byte by byte (about 40 instructions per pixel for a 3x3 on uint8
-    against about 30, counted in the sm_90 SASS). UNIT: the column stride is 1, so the
-    column taps are constant offsets of one pointer per row. INT: integer weights (int32 at
-    w_ptr), an integer image and output, whole-number fill, bias and offset: the sum is
-    accumulated exactly in int32 and needs no rounding (fill, bias, offset and top come as
-    ints)."""
+    and are loaded again byte by byte (41 instructions per pixel for a 3x3 on uint8 against
+    28, counted in the sm_90 SASS by benchmarks/stencil_sass.py's method).
+
+    UNIT: the column stride is 1, so the column taps are constant offsets of one pointer per
+    row. INT: integer weights (int32 at w_ptr), an integer image and output, whole-number fill,
+    bias and offset: the sum is accumulated exactly in int32 and needs no rounding (fill, bias,
+    offset and top come as ints)."""
     plane = tl.program_id(2)
     b = plane // C
     c = plane % C

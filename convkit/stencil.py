@@ -4,9 +4,10 @@ Eager torch runs a small direct kernel on an integer image as several float32 pa
 memory (convert, pad, convolve, scale, round, saturate, convert back); ``torch.compile`` fuses
 them but, for a 3x3 on 1080p uint8, still moves several times the bytes of one read and one
 write. The kernel here (:mod:`convkit._stencil_kernel`) reads the image once and writes the
-result once: each program filters a tile of one plane, maps the source rows and columns of each
-tap through the border rule, accumulates in float32, and stores float32 or the rounded,
-saturated integer (round half to even, as the core defines it).
+result once: each program filters a tile of one plane (border tiles map the source rows and
+columns of each tap through the border rule), accumulates in float32, or exactly in int32 for
+integer weights on an integer image, and stores float32 or the rounded, saturated integer
+(round half to even, as the core defines it).
 
 It runs direct kernels of up to :data:`MAX_TAPS` taps (any sides, odd or even, any border mode,
 images smaller than the kernel) and the gradient magnitude of two such kernels, on uint8,
@@ -71,8 +72,10 @@ def runs(x: Tensor, kernel_shape: tuple[int, int], out_dtype: torch.dtype,
         return False
     if negative is None and out_dtype != torch.float32:
         return False
-    # 32-bit offsets inside a plane
+    # 32-bit offsets inside a plane; one grid row of programs per plane (CUDA allows 65535)
     if any(s * n > _INT32 for s, n in zip(x.stride()[2:], x.shape[2:], strict=True)):
+        return False
+    if x.shape[0] * x.shape[1] > 65535 or -(-x.shape[2] // BLOCK[0]) > 65535:
         return False
     return available(x.device)
 

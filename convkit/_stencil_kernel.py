@@ -62,7 +62,7 @@ def _finish(acc, acc2, bias, offset, top, OUT_KIND: tl.constexpr, NEG: tl.conste
     INT: the sum is an exact int32, and bias, offset and top are ints."""
     y = acc
     if TWO:
-        y = tl.sqrt(acc * acc + acc2 * acc2)
+        y = tl.sqrt_rn(acc * acc + acc2 * acc2)  # correctly rounded, as torch.sqrt
     y = y + bias
     if OUT_KIND != 2:
         if NEG == 1:

@@ -451,7 +451,7 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
 
     if isinstance(op, GradientOp):
         if (backend == "torch" and op.gx.shape == op.gy.shape
-                and _stencil_takes(op.gx, x, out_dtype, negative, opts)):
+                and _stencil_takes(op.gx, x, out_dtype, negative, replace(opts, method=None))):
             if trace is not None:
                 trace.append(_Step(op.name, "triton", "gradient"))
             s = out_max / in_max

@@ -37,6 +37,7 @@ BORDERS = {"constant": 0, "replicate": 1, "reflect": 2, "symmetric": 3, "circula
 _KINDS = {torch.uint8: 0, torch.uint16: 1, torch.float32: 2}
 _NEGATIVE = {None: 0, "clip": 0, "abs": 1, "offset": 2}
 _INT32 = 2**31 - 1
+_INPUT_MAX = {torch.uint8: 255, torch.uint16: 65535}
 
 
 def interpreted() -> bool:
@@ -72,8 +73,11 @@ def runs(x: Tensor, kernel_shape: tuple[int, int], out_dtype: torch.dtype,
         return False
     if negative is None and out_dtype != torch.float32:
         return False
-    # 32-bit offsets inside a plane; one grid row of programs per plane (CUDA allows 65535)
+    # 32-bit offsets inside a plane of x and of the dense result; one grid row of programs per
+    # plane (CUDA allows 65535)
     if any(s * n > _INT32 for s, n in zip(x.stride()[2:], x.shape[2:], strict=True)):
+        return False
+    if x.shape[1] * x.shape[2] * x.shape[3] > _INT32:
         return False
     if x.shape[0] * x.shape[1] > 65535 or -(-x.shape[2] // BLOCK[0]) > 65535:
         return False
@@ -84,13 +88,15 @@ def runs(x: Tensor, kernel_shape: tuple[int, int], out_dtype: torch.dtype,
 class Weights:
     """Kernels scaled and flattened for :func:`correlate`, on one device (build once, reuse).
 
-    ``whole`` is an int32 copy of a single kernel whose weights are all whole numbers, small
-    enough that a sum over a uint16 image fits int32: the kernel then sums exactly in integers
-    (sharpen, laplacian, the derivative kernels, unnormalised boxes)."""
+    ``whole`` is an int32 copy of a single kernel whose weights are all whole numbers: the
+    kernel then sums exactly in integers (sharpen, laplacian, the derivative kernels,
+    unnormalised boxes) where :func:`correlate` finds that the sum fits int32 (``l1``, the sum
+    of the weights' magnitudes, times the largest sample or fill)."""
 
     shape: tuple[int, int]
     floats: tuple[Tensor, ...]
     whole: Tensor | None
+    l1: float
 
 
 def prepare(kernels: list[np.ndarray], s: float, device: torch.device) -> Weights:
@@ -100,11 +106,11 @@ def prepare(kernels: list[np.ndarray], s: float, device: torch.device) -> Weight
     scaled = [np.ascontiguousarray(k, dtype=np.float64).reshape(-1) * s for k in kernels]
     floats = tuple(torch.as_tensor(k, dtype=torch.float32, device=device) for k in scaled)
     k = scaled[0]
+    l1 = float(np.abs(k).sum())
     whole = None
-    if (len(scaled) == 1 and np.all(np.isfinite(k)) and np.array_equal(k, np.round(k))
-            and np.abs(k).sum() * 65535 < 2**30):
+    if len(scaled) == 1 and np.isfinite(l1) and np.array_equal(k, np.round(k)) and l1 < 2**31:
         whole = torch.as_tensor(k, dtype=torch.int32, device=device)
-    return Weights(tuple(kernels[0].shape), floats, whole)
+    return Weights(tuple(kernels[0].shape), floats, whole, l1)
 
 
 def _whole(v: float) -> bool:
@@ -140,7 +146,9 @@ def correlate(x: Tensor, weights: Weights, border: str, fill: float, bias: float
     offset = 128.0 / 255.0 * top
     exact = (weights.whole is not None and x.dtype in (torch.uint8, torch.uint16)
              and negative is not None and _whole(fill) and _whole(bias)
-             and (negative != "offset" or _whole(offset)))
+             and (negative != "offset" or _whole(offset))
+             and weights.l1 * max(_INPUT_MAX[x.dtype], abs(fill)) + abs(bias) + abs(offset)
+             < 2**31 - 1)  # every partial sum fits int32
     wt = [weights.whole] if exact else list(weights.floats)
     num = int if exact else float
     bh, bw, warps = block or BLOCK

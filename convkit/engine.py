@@ -409,13 +409,13 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
     [0, 1] scale (``negative`` None) or the final integer image."""
     backend = _backend_for(op, x, opts)
     cl = opts.channels_last if opts.channels_last is not None else x.device.type == "cpu"
+    s = out_max / in_max  # kernel scale: input units -> output units
 
     if isinstance(op, LinearOp):
         if backend == "opencv" and _cpu_fft(op, opts):
             backend, method = "torch", "fft"  # only an explicit backend="opencv" refuses fft
         else:
             method = _method_for(op, backend, opts, x.device.type)
-        s = out_max / in_max
         fill = op.value * in_max
         bias = op.bias * out_max
         if backend == "torch" and _stencil_takes(op, x, out_dtype, negative, opts):
@@ -450,11 +450,11 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
                                                     negative)
 
     if isinstance(op, GradientOp):
+        own = replace(opts, method=None)  # its kernels run by their own rule, whatever method=
         if (backend == "torch" and op.gx.shape == op.gy.shape
-                and _stencil_takes(op.gx, x, out_dtype, negative, replace(opts, method=None))):
+                and _stencil_takes(op.gx, x, out_dtype, negative, own)):
             if trace is not None:
                 trace.append(_Step(op.name, "triton", "gradient"))
-            s = out_max / in_max
             w = op.gx.cached(("stencil-gradient", x.device, s), lambda: stencil.prepare(
                 [op.gx.kernel, op.gy.kernel], s, x.device))
             return stencil.correlate(x, w, op.gx.border, op.gx.value * in_max, 0.0, out_dtype,
@@ -462,14 +462,11 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         if trace is not None:
             trace.append(_Step(op.name, backend, "gradient"))
         if backend == "opencv":
-            return fastpath.gradient(
-                x, op, in_max, out_dtype, out_max, negative,
-                lambda lin: _method_for(lin, "opencv", replace(opts, method=None)))
+            return fastpath.gradient(x, op, in_max, out_dtype, out_max, negative,
+                                     lambda lin: _method_for(lin, "opencv", own))
         xf = x if x.is_floating_point() else x.to(torch.float32)
-        s = out_max / in_max
-        g = [_torch_method(lin, xf, _method_for(lin, "torch", replace(opts, method=None),
-                                                x.device.type), s, lin.value * in_max, cl)
-             for lin in (op.gx, op.gy)]
+        g = [_torch_method(lin, xf, _method_for(lin, "torch", own, x.device.type), s,
+                           lin.value * in_max, cl) for lin in (op.gx, op.gy)]
         y = torch.sqrt(g[0] * g[0] + g[1] * g[1])
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
 

@@ -562,7 +562,13 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"width": w, "height": h, "channels": int(x.shape[1]), "dtype": str(img.dtype),
+    return _tiled_summary(x, tp, budget)
+
+
+def _tiled_summary(x: Tensor, tp, budget: int) -> dict:
+    """filter_file's summary of an image filtered whole in tiles (``x``: (1, C, H, W))."""
+    _, c, h, w = x.shape
+    return {"width": w, "height": h, "channels": c, "dtype": str(x.dtype).split(".")[-1],
             "bands": len(tp.rows), "working_memory": budget, "streamed": False}
 
 
@@ -665,9 +671,7 @@ def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: _PngSource, ma
     with torch.no_grad():
         apply_tiled(module, x, alpha=alpha, max_memory=budget, out=x)
     cio.write_image(dst, image, quality=quality, info=meta)
-    c, h, w = image.shape
-    return {"width": w, "height": h, "channels": c, "dtype": str(image.dtype).split(".")[-1],
-            "bands": len(tp.rows), "working_memory": budget, "streamed": False}
+    return _tiled_summary(x, tp, budget)
 
 
 def _stream_png(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,

@@ -5,7 +5,7 @@
 1. Small JPEGs (56x40, like the test's) and 1080p photos decoded in batches of several sizes
    and one by one, repeatedly, each compared with libjpeg-turbo's decode of the same file: an
    image that nvJPEG left unwritten or wrote wrong shows as a large difference.
-2. The time of one decode call against the batch size.
+2. The time of one decode call against the batch size (median of 5, after two warm-ups).
 3. ``convkit.run(decode="gpu")`` on a folder of 1080p JPEGs with the decoder and the filter
    timed, and counts of device-decode failures (each one falls back to the CPU decoder).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_gpu import jpeg_bytes  # (benchmarks/ is on the path when a script there runs)
+from bench_gpu import jpeg_bytes, timed  # (benchmarks/ is on the path when a script there runs)
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -68,15 +68,8 @@ def agreement(name: str, blobs: list[bytes], dev: torch.device, batch: int, reps
 def timing(blobs: list[bytes], dev: torch.device) -> None:
     for batch in (1, 4, 8, 16):
         chunk = [as_tensor(b) for b in blobs[:batch]]
-        decode_jpeg(chunk, mode=ImageReadMode.RGB, device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        for _ in range(5):
-            decode_jpeg(chunk, mode=ImageReadMode.RGB, device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        per = (time.perf_counter() - t0) / 5
+        per = timed(lambda c=chunk: decode_jpeg(c, mode=ImageReadMode.RGB, device=dev), dev,
+                    reps=5)
         print(f"  decode_jpeg of {batch:2d} 1080p JPEGs: {per * 1e3:6.1f} ms per call, "
               f"{batch / per:6.0f} images/s", flush=True)
 

@@ -21,19 +21,25 @@ import re
 import subprocess
 import tempfile
 
+import numpy as np
 import torch
 
 from convkit import stencil
 
+SHARPEN = (stencil.tap_mask(np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])),)  # zero corners
+_DX = np.array([[1, 0, 1]] * 3)  # where sobel's x kernel is non-zero; its y kernel: the transpose
+SOBEL = (stencil.tap_mask(_DX), stencil.tap_mask(_DX.T))
 CASES = [
-    ("sharpen 3x3, uint8, int32 path", dict(whole=True)),
-    ("sharpen 3x3, uint8, float path", dict(whole=False)),
+    ("sharpen 3x3, uint8, int32 path", dict(whole=True, taps=SHARPEN)),
+    ("sharpen 3x3, uint8, float path", dict(whole=False, taps=SHARPEN)),
+    ("dense 3x3, uint8, int32 path (every tap non-zero)", dict(whole=True)),
     ("3x3, uint8 -> float32 (a chain's first step)", dict(out_dtype=torch.float32,
                                                           negative=None)),
     ("3x3, float32 -> uint8 (a chain's last step)", dict(dtype=torch.float32)),
-    ("sobel magnitude 3x3, uint8", dict(two=True)),
+    ("sobel magnitude 3x3, uint8", dict(two=True, taps=SOBEL)),
     ("5x5, uint8, float path", dict(shape=(5, 5))),
-    ("3x3 channels_last (column stride 3), int32 path", dict(whole=True, unit=False)),
+    ("sharpen 3x3 channels_last (column stride 3), int32 path",
+     dict(whole=True, unit=False, taps=SHARPEN)),
 ]
 BLOCKS = [(8, 128, 4), (16, 128, 4), (32, 128, 4), (16, 256, 8)]
 _OP = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)")

@@ -97,7 +97,7 @@ def stencil(
     KH: tl.constexpr, KW: tl.constexpr, AY: tl.constexpr, AX: tl.constexpr,
     BORDER: tl.constexpr, IN_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
     NEG: tl.constexpr, TWO: tl.constexpr, UNIT: tl.constexpr, INT: tl.constexpr,
-    BH: tl.constexpr, BW: tl.constexpr,
+    TAPS: tl.constexpr, TAPS2: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
 ):
     """``y = correlate(pad(x), w) + bias`` (or ``sqrt(corr(w)**2 + corr(w2)**2) + bias`` when
     TWO) for one tile. IN_KIND/OUT_KIND: 0 uint8, 1 uint16 (passed as int16), 2 float32.
@@ -120,7 +120,12 @@ def stencil(
     UNIT: the column stride is 1, so the column taps are constant offsets of one pointer per
     row. INT: integer weights (int32 at w_ptr), an integer image and output, whole-number fill,
     bias and offset: the sum is accumulated exactly in int32 and needs no rounding (fill, bias,
-    offset and top come as ints)."""
+    offset and top come as ints).
+
+    TAPS, TAPS2: which taps of the first and second kernel are non-zero, bit ``i * KW + j``
+    for tap (i, j). The weights stay runtime values (one compile serves every amount of
+    sharpening), but a zero tap is neither loaded nor multiplied: sharpen's four corners, the
+    derivative kernels' zero row or column."""
     plane = tl.program_id(2)
     b = plane // C
     c = plane % C
@@ -143,13 +148,15 @@ def stencil(
         for i in tl.static_range(KH):
             row = x_base + ((rows + (i - AY)) * xsh)[:, None]
             for j in tl.static_range(KW):
-                if UNIT:
-                    v = _tap(row + cols[None, :] + (j - AX), IN_KIND, INT)
-                else:
-                    v = _tap(row + ((cols + (j - AX)) * xsw)[None, :], IN_KIND, INT)
-                acc += v * tl.load(w_ptr + (i * KW + j))
-                if TWO:
-                    acc2 += v * tl.load(w2_ptr + (i * KW + j))
+                if ((TAPS | TAPS2) >> (i * KW + j)) & 1:
+                    if UNIT:
+                        v = _tap(row + cols[None, :] + (j - AX), IN_KIND, INT)
+                    else:
+                        v = _tap(row + ((cols + (j - AX)) * xsw)[None, :], IN_KIND, INT)
+                    if (TAPS >> (i * KW + j)) & 1:
+                        acc += v * tl.load(w_ptr + (i * KW + j))
+                    if (TAPS2 >> (i * KW + j)) & 1:
+                        acc2 += v * tl.load(w2_ptr + (i * KW + j))
         tl.store(out, _finish(acc, acc2, bias, offset, top, OUT_KIND, NEG, TWO, INT))
     else:
         for i in tl.static_range(KH):
@@ -157,14 +164,16 @@ def stencil(
             roff = _source(pr, H, BORDER) * xsh
             rin = (pr >= 0) & (pr < H)
             for j in tl.static_range(KW):
-                pc = cols + (j - AX)
-                v = _tap(x_base + roff[:, None] + (_source(pc, W, BORDER) * xsw)[None, :],
-                         IN_KIND, INT)
-                if BORDER == 0:
-                    cin = (pc >= 0) & (pc < W)
-                    v = tl.where(rin[:, None] & cin[None, :], v, fill)
-                acc += v * tl.load(w_ptr + (i * KW + j))
-                if TWO:
-                    acc2 += v * tl.load(w2_ptr + (i * KW + j))
+                if ((TAPS | TAPS2) >> (i * KW + j)) & 1:
+                    pc = cols + (j - AX)
+                    v = _tap(x_base + roff[:, None] + (_source(pc, W, BORDER) * xsw)[None, :],
+                             IN_KIND, INT)
+                    if BORDER == 0:
+                        cin = (pc >= 0) & (pc < W)
+                        v = tl.where(rin[:, None] & cin[None, :], v, fill)
+                    if (TAPS >> (i * KW + j)) & 1:
+                        acc += v * tl.load(w_ptr + (i * KW + j))
+                    if (TAPS2 >> (i * KW + j)) & 1:
+                        acc2 += v * tl.load(w2_ptr + (i * KW + j))
         mask = (rows < H)[:, None] & (cols < W)[None, :]
         tl.store(out, _finish(acc, acc2, bias, offset, top, OUT_KIND, NEG, TWO, INT), mask=mask)

@@ -7,7 +7,7 @@ write. The kernel here (:mod:`convkit._stencil_kernel`) reads the image once and
 result once: each program filters a tile of one plane (border tiles map the source rows and
 columns of each tap through the border rule), accumulates in float32, or exactly in int32 for
 integer weights on an integer image, and stores float32 or the rounded, saturated integer
-(round half to even, as the core defines it).
+(round half to even, as the core defines it). Zero taps are skipped at compile time.
 
 It runs direct kernels of up to :data:`MAX_TAPS` taps (any sides, odd or even, any border mode,
 images smaller than the kernel) and the gradient magnitude of two such kernels, on uint8,
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_TAPS", "Weights", "available", "runs", "prepare", "correlate"]
+__all__ = ["MAX_TAPS", "Weights", "available", "runs", "prepare", "correlate", "tap_mask"]
 
 MAX_TAPS = 49
 BLOCK = (16, 128, 4)  # rows, columns per program, warps; benchmarks/bench_gpu.py sweeps these
@@ -97,6 +97,13 @@ class Weights:
     floats: tuple[Tensor, ...]
     whole: Tensor | None
     l1: float
+    taps: tuple[int, ...]  # per kernel, its non-zero taps as bits (see :func:`tap_mask`)
+
+
+def tap_mask(kernel: np.ndarray) -> int:
+    """The non-zero taps of a kernel as the bits of an int, bit ``i * kw + j`` for tap (i, j):
+    the kernel skips the others at compile time."""
+    return sum(1 << n for n, v in enumerate(np.asarray(kernel).reshape(-1)) if v != 0)
 
 
 def prepare(kernels: list[np.ndarray], s: float, device: torch.device) -> Weights:
@@ -110,7 +117,8 @@ def prepare(kernels: list[np.ndarray], s: float, device: torch.device) -> Weight
     whole = None
     if len(scaled) == 1 and np.isfinite(l1) and np.array_equal(k, np.round(k)) and l1 < 2**31:
         whole = torch.as_tensor(k, dtype=torch.int32, device=device)
-    return Weights(tuple(kernels[0].shape), floats, whole, l1)
+    taps = tuple(tap_mask(f.cpu().numpy()) for f in floats)  # a weight that float32 flushes
+    return Weights(tuple(kernels[0].shape), floats, whole, l1, taps)  # to 0 is skipped, too
 
 
 def _whole(v: float) -> bool:
@@ -163,6 +171,7 @@ def correlate(x: Tensor, weights: Weights, border: str, fill: float, bias: float
             KH=kh, KW=kw, AY=kh // 2, AX=kw // 2, BORDER=BORDERS[border],
             IN_KIND=_KINDS[x.dtype], OUT_KIND=_KINDS[out_dtype],
             NEG=_NEGATIVE[negative], TWO=len(wt) == 2, UNIT=x.stride(3) == 1, INT=exact,
+            TAPS=weights.taps[0], TAPS2=weights.taps[1] if len(wt) == 2 else 0,
             BH=bh, BW=bw, num_warps=warps)
     return y
 
@@ -171,11 +180,13 @@ def compile_for(arch: int = 90, *, dtype: torch.dtype = torch.uint8,
                 out_dtype: torch.dtype = torch.uint8, shape: tuple[int, int] = (3, 3),
                 border: str = "reflect", negative: str | None = "clip", two: bool = False,
                 whole: bool = False, unit: bool = True,
-                block: tuple[int, int, int] | None = None):
+                block: tuple[int, int, int] | None = None,
+                taps: tuple[int, ...] | None = None):
     """Compile the stencil for an NVIDIA GPU of architecture ``sm_<arch>`` without one, as a
     launch on a contiguous 1920-wide image with these arguments would specialise it (Triton's
     ahead-of-time path: ``triton.compile`` on an ``ASTSource``). ``whole``: the exact int32
-    path. Returns Triton's compiled kernel; ``.asm["cubin"]`` is the machine code.
+    path; ``taps``: each kernel's :func:`tap_mask` (every tap by default). Returns Triton's
+    compiled kernel; ``.asm["cubin"]`` is the machine code.
 
     For the tests (errors that only the compiler sees, not the interpreter) and
     ``benchmarks/stencil_sass.py`` (instructions per pixel, without a GPU)."""
@@ -189,11 +200,13 @@ def compile_for(arch: int = 90, *, dtype: torch.dtype = torch.uint8,
     num = "i32" if whole else "fp32"
     kh, kw = shape
     bh, bw, warps = block or BLOCK
+    taps = taps or (2 ** (kh * kw) - 1,) * (1 + two)
     types = dict(x_ptr=ptr[dtype], y_ptr=ptr[out_dtype], w_ptr="*i32" if whole else "*fp32",
                  w2_ptr="*i32" if whole else "*fp32", fill=num, bias=num, offset=num, top=num)
     const = dict(KH=kh, KW=kw, AY=kh // 2, AX=kw // 2, BORDER=BORDERS[border],
                  IN_KIND=_KINDS[dtype], OUT_KIND=_KINDS[out_dtype], NEG=_NEGATIVE[negative],
-                 TWO=two, UNIT=unit, INT=whole, BH=bh, BW=bw)
+                 TWO=two, UNIT=unit, INT=whole, TAPS=taps[0], TAPS2=taps[1] if two else 0,
+                 BH=bh, BW=bw)
     if unit:  # Triton's launcher specialises an int argument equal to 1 into a constant
         const.update(xsw=1, ysw=1)
     names = stencil.arg_names

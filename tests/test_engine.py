@@ -688,7 +688,7 @@ STENCIL_SPECS = COMPILED_SPECS + [
     "sharpen(border=constant, value=90)", "laplacian(negative=offset, border=replicate)",
     "kernel(weights=[[1,2,3,4,5,6,7],[0,0,0,0,0,0,1],[1,1,1,1,1,1,1],[2,0,0,0,0,0,0],"
     "[0,0,0,9,0,0,0],[1,0,1,0,1,0,1],[0,0,0,0,0,0,-3]], scale=30, border=symmetric)",
-    "gaussian(sigma=2) | emboss"]
+    "gaussian(sigma=2) | emboss", "kernel(weights=[[0,0],[0,0]], offset=0.3)"]
 
 
 def _triton_apply(m, x: torch.Tensor, dev: str) -> torch.Tensor:
@@ -807,6 +807,10 @@ STENCIL_BUILDS = [
     dict(negative="abs", whole=True, unit=False, shape=(2, 4)),
     dict(shape=(7, 7), whole=True, block=(32, 256, 8)),
     dict(two=True, arch=80),
+    # zero taps skipped: sharpen's corners; sobel's zero column and row; an all-zero kernel
+    dict(whole=True, taps=(0b010111010,)),
+    dict(two=True, taps=(0b101101101, 0b111000111), border="constant"),
+    dict(dtype=torch.float32, out_dtype=torch.float32, negative=None, taps=(0,)),
 ]
 
 

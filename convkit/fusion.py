@@ -354,12 +354,20 @@ def build_plan(module: nn.Module, fuse: bool = True) -> Plan:
     return Plan(ops, negative, [m for m in leaves if isinstance(m, Pool2d)])
 
 
+def _weight_state(w: Tensor):
+    """What changes when a kernel's weights change in place: the version counter; a tensor
+    made under ``torch.inference_mode`` keeps none, so then its values (kernels are small)."""
+    if w.is_inference():
+        return w.detach().cpu().numpy().tobytes()
+    return w._version
+
+
 def _signature(module: nn.Module, fuse: bool) -> tuple:
     sig: list = [fuse]
     for m in flatten(module):
         if type(m) is Kernel2d:
             w = m.weight
-            sig.append((id(m), w.data_ptr(), w._version, m.border, m.value, m.bias,
+            sig.append((id(m), w.data_ptr(), _weight_state(w), m.border, m.value, m.bias,
                         getattr(m, "method", None), getattr(m, "negative", None)))
         elif type(m) in (Median, GradientMagnitude):
             sig.append((id(m), m.border, m.value, getattr(m, "size", None)))

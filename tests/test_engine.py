@@ -339,6 +339,23 @@ def test_plan_is_cached_and_rebuilt_when_a_kernel_changes():
     assert not torch.allclose(before, engine.apply(m, x))
 
 
+def test_chain_built_and_run_under_inference_mode():
+    """A chain made inside ``torch.inference_mode()`` (its weights then keep no version
+    counter) runs, equals OpenCV, and its plan still follows an in-place change of a kernel."""
+    x = _image((12, 15), torch.uint8)
+    k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+    want = np.stack([cv2.filter2D(p, -1, k, borderType=cv2.BORDER_REFLECT_101)
+                     for p in x[0].numpy()])
+    with torch.inference_mode():
+        m = convkit.chain("sharpen | box(size=1)")
+        assert np.array_equal(engine.apply(m, x)[0].numpy(), want)
+        assert np.array_equal(convkit.process(x, "sharpen")[0].numpy(), want)
+        m[0].weight.zero_()  # sharpen -> zero
+        assert not engine.apply(m, x).any()
+        m = m.to(torch.float64).to(torch.float32)  # .to() inside makes new inference tensors
+        assert not engine.apply(m, x).any()
+
+
 def test_options_context_manager_and_errors():
     m = convkit.get_filter("sharpen")
     x = _image((8, 8), torch.uint8)

@@ -100,8 +100,15 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, scale: float = 1.0, what:
         assert err <= 1, f"{what}: max error {err} grey levels"
 
 
+@pytest.fixture
+def worker_threads(monkeypatch):
+    """Small images share out among the worker threads as large ones do (stacked planes, bands
+    per worker), instead of running in the calling thread: the tests' images are small."""
+    monkeypatch.setattr(engine.fastpath, "SERIAL_MAX_SAMPLES", 0)
+
+
 @pytest.mark.parametrize("kname,method,backend", CASES)
-def test_method_equals_reference(kname, method, backend):
+def test_method_equals_reference(kname, method, backend, worker_threads):
     k = KERNELS[kname]
     scale = float(np.abs(k).sum())
     for border in BORDERS:
@@ -121,7 +128,7 @@ def test_method_equals_reference(kname, method, backend):
 
 @pytest.mark.parametrize("backend", ["torch", "opencv"])
 @pytest.mark.parametrize("negative", ["abs", "offset", "clip"])
-def test_negative_mapping_and_offset(backend, negative):
+def test_negative_mapping_and_offset(backend, negative, worker_threads):
     """Signed responses are mapped before rounding, on every path; the kernel offset (bias)
     is part of the response."""
     for kname in ("odd3", "rank1_7x5", "rank2_9", "box5", "big11"):
@@ -500,7 +507,7 @@ BAND_CHAINS = [
 
 @pytest.mark.parametrize("border", ["reflect", "symmetric", "replicate", "constant"])
 @pytest.mark.parametrize("spec", BAND_CHAINS)
-def test_banded_chain_equals_the_chain(spec, border, monkeypatch):
+def test_banded_chain_equals_the_chain(spec, border, monkeypatch, worker_threads):
     """Chains of linear kernels on OpenCV run band by band; with bands of a few rows (many
     bands, a short last band merged, halos of every size) the result is the chain's, computed
     op by op in float64."""
@@ -557,6 +564,35 @@ def test_parallel_runs_every_job_and_raises_the_first_error():
     assert sorted(done) == [0, 1, 2, 4, 5]  # the others still ran to the end
 
 
+@pytest.mark.parametrize("spec", ["sharpen", "gaussian(sigma=2)", "box(size=9)", "sobel",
+                                  "median(size=5)", "gaussian(sigma=1) | sharpen | emboss"])
+def test_small_images_run_in_the_calling_thread(spec, monkeypatch):
+    """Up to SERIAL_MAX_SAMPLES samples the OpenCV path runs in the calling thread (handing
+    jobs to the workers costs more than such an image takes); larger images go to the
+    workers. Either way the result is the module's."""
+    import threading
+
+    threads = set()
+
+    def spy(fn):
+        def call(*args, **kwargs):
+            threads.add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+        return call
+
+    for name in ("filter2D", "sepFilter2D", "boxFilter", "medianBlur", "magnitude"):
+        monkeypatch.setattr(engine.fastpath.cv2, name, spy(getattr(cv2, name)))
+    m = convkit.chain(spec)
+    limit = engine.fastpath.SERIAL_MAX_SAMPLES
+    for shape, calling in (((60, 70), True), ((limit // 3 // 120 + 1, 120), False)):
+        x = _image(shape, torch.uint8, b=1)
+        threads.clear()
+        out = engine.apply(m, x)
+        assert engine.explain(m, x)[0][1] == "opencv"
+        assert_close(out, module_reference(m, x), what=f"{spec} {shape}")
+        assert (threads == {threading.current_thread().name}) == calling, (spec, threads)
+
+
 def test_opencv_thread_setting_is_respected():
     n = cv2.getNumThreads()
     try:
@@ -582,7 +618,7 @@ def test_empty_batch(spec):
 
 
 @pytest.mark.parametrize("border", ["reflect", "symmetric", "replicate", "constant", "circular"])
-def test_gradient_magnitude_in_bands(border, monkeypatch):
+def test_gradient_magnitude_in_bands(border, monkeypatch, worker_threads):
     """The gradient magnitude runs band by band on OpenCV (pre-padded borders plane by plane);
     either way it equals the module's own float64 forward."""
     monkeypatch.setattr(engine.fastpath, "BAND_FLOATS", 64)

@@ -5,6 +5,11 @@
 # to end with GPU decoding, the CLI on the GPU), then bench_filters' rows on the GPU next to
 # kornia.
 # Usage: bash benchmarks/gpu.sh   (PYTHON=... to pick the interpreter)
+# The Triton stencil's CUDA tests compile about 95 kernel variants (about a second each): with
+# pytest-xdist installed they run in 4 processes. On a machine without network, carry the wheels
+# (pytest-xdist, execnet, kornia, kornia_rs) in a folder and first run
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site WHEELS/*.whl
+#   export PYTHONPATH=$PWD:/tmp/site PYTHON=python3
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}

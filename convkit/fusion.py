@@ -153,9 +153,11 @@ def _name(m: nn.Module) -> str:
     """A short readable name: the spec when the registry built the module, else its type."""
     if getattr(m, "spec_name", None) is not None:
         try:
-            return m.spec()  # type: ignore[operator]
+            spec = m.spec()  # type: ignore[operator]
         except (ValueError, NotImplementedError):
-            pass
+            spec = ""
+        if 0 < len(spec) <= 80:  # (not the weights of a kernel whose values were changed)
+            return spec
     w = getattr(m, "weight", None)
     if type(m) is Kernel2d and w is not None:
         return f"kernel {w.shape[0]}x{w.shape[1]}"
@@ -176,8 +178,12 @@ def _kernel_op(m: Kernel2d) -> LinearOp:
     k = m.weight.detach().double().cpu().numpy().copy()
     factors = None
     if getattr(m, "separable", None) and hasattr(m, "col"):
-        factors = (m.col.detach().double().cpu().numpy().copy(),
-                   m.row.detach().double().cpu().numpy().copy())
+        col = m.col.detach().double().cpu().numpy()
+        row = m.row.detach().double().cpu().numpy()
+        # only while they still give the weights: load_state_dict or an in-place edit changes
+        # the weights, not these factors (they are not saved: they follow from the weights)
+        if np.abs(np.outer(col, row) - k).max() <= 1e-6 * max(np.abs(k).max(), 1e-30):
+            factors = (col.copy(), row.copy())
     return LinearOp(k, float(m.bias), m.border, m.value / 255.0,
                     getattr(m, "method", None), _name(m), factors)
 

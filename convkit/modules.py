@@ -126,6 +126,7 @@ class Kernel2d(Filter):
             ident[self.anchor] = 1.0
             k = ident + self.strength * (k - ident)
         self.register_buffer("weight", k.float(), persistent=True)
+        self._built = self.weight.clone()  # the weights its parameters give (see spec())
         self.bias = self.strength * self.offset / 255.0
         self.separable = None
         if separable is not None and self.strength == 1.0:
@@ -142,6 +143,25 @@ class Kernel2d(Filter):
     def forward(self, x: Tensor) -> Tensor:
         out = KF.filter2d(x, self.weight, self.border, self.value / 255.0)
         return out + self.bias if self.bias else out
+
+    def spec(self) -> str:
+        """The spec of its parameters; once the weights were changed (``load_state_dict``, an
+        in-place edit), a ``kernel`` spec of the weights it now holds."""
+        w = self.weight.detach().cpu()
+        if torch.equal(w, self._built.to(w.dtype)):  # (also after .double(), .half())
+            return super().spec()
+        from .spec import format_call
+
+        params: dict = {"weights": self.weight.detach().cpu().double().tolist(), "scale": 1.0}
+        if self.bias:
+            params["offset"] = self.bias * 255.0
+        if self.border != "reflect":
+            params["border"] = self.border
+        if self.value != 0.0:
+            params["value"] = self.value
+        if self.negative is not None:
+            params["negative"] = self.negative
+        return format_call("kernel", params)
 
     def _own_spec(self) -> tuple[str, dict]:
         params: dict = {"weights": self.raw_weights}

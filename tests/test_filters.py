@@ -301,6 +301,28 @@ def test_buffers_not_parameters_and_state_dict():
     assert g.weight is w  # not rebuilt per call
 
 
+def test_loaded_or_edited_weights_are_what_runs_and_prints(rng):
+    """Weights loaded with load_state_dict (or edited in place) are what every path runs: the
+    separable factors a gaussian was built with are not reused once they no longer give its
+    weights, and its spec then prints the weights it holds (parsing back to the same filter)."""
+    img = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    want = cv2.GaussianBlur(img, (13, 13), 3.0, borderType=cv2.BORDER_REFLECT_101)
+    a = convkit.get_filter("gaussian", sigma=1, ksize=13)
+    a.load_state_dict(convkit.get_filter("gaussian", sigma=3, ksize=13).state_dict())
+    for method in (None, "separable", "lowrank", "direct"):
+        a.method = method
+        assert max_diff(convkit.process(img, a), want) <= 1, method
+    a.method = None
+    spec = str(convkit.chain(a))
+    assert spec.startswith("kernel(weights=") and "sigma" not in spec
+    assert max_diff(convkit.process(img, spec), want) <= 1
+    g = convkit.get_filter("gaussian", sigma=2)
+    g.weight.copy_(torch.from_numpy(rng.random(g.weight.shape, dtype=np.float32)))
+    x = torch.from_numpy(rng.random((1, 3, 20, 21), dtype=np.float32))
+    torch.testing.assert_close(convkit.engine.apply(g, x), g(x), atol=1e-5, rtol=1e-5)
+    assert str(convkit.get_filter("gaussian", sigma=1)) == "Kernel2d(gaussian(sigma=1.0))"
+
+
 def test_gradients_reach_input():
     x = torch.rand(1, 1, 6, 7, dtype=torch.float64, requires_grad=True)
     specs = ["sharpen", "gaussian(sigma=1)", "sobel", "avgpool", "box(size=4, border=symmetric)"]

@@ -121,5 +121,5 @@ def _process_pil(img, module, dev, alpha):
     alpha = img.mode in ("LA", "RGBA") if alpha is None else alpha
     out = _process_numpy(a, module, dev, alpha)
     if img.mode == "I;16":
-        return Image.fromarray(out, mode="I;16")
+        return Image.fromarray(out)  # a 2-D uint16 array is I;16 (Pillow 13 refuses mode=)
     return Image.fromarray(out, mode=img.mode)

@@ -22,6 +22,7 @@ TOML schema (one file per named kernel)::
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import tomllib
 from collections.abc import Sequence
@@ -69,24 +70,25 @@ def check_weights(weights: Any, what: str = "kernel") -> tuple[tuple[float, ...]
     """Validate a kernel given as rows of numbers (a 1-D list is one row).
 
     Returns the rows as tuples of floats. Raises ValueError for an empty kernel, rows of unequal
-    length, or non-finite numbers, and TypeError for anything that is not numbers.
+    length, or non-finite numbers, and ParameterTypeError for anything that is not numbers.
     """
     if hasattr(weights, "tolist"):  # numpy array or torch tensor
         weights = weights.tolist()
-    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
+    if is_number(weights):
         weights = [[weights]]
     if not isinstance(weights, Sequence) or isinstance(weights, (str, bytes)):
-        raise TypeError(f"{what}: weights should be rows of numbers. Got {type(weights).__name__}")
+        raise ParameterTypeError(
+            f"{what}: weights should be rows of numbers. Got {type(weights).__name__}")
     if len(weights) == 0:
         raise ValueError(f"{what}: weights should not be empty. Got []")
-    if all(_is_number(w) for w in weights):
+    if all(is_number(w) for w in weights):
         weights = [weights]
     rows = []
     for i, row in enumerate(weights):
         if not isinstance(row, Sequence) or isinstance(row, (str, bytes)):
-            raise TypeError(f"{what}: row {i} should be a list of numbers. Got {row!r}")
-        if not all(_is_number(w) for w in row):
-            raise TypeError(f"{what}: row {i} should hold only numbers. Got {list(row)!r}")
+            raise ParameterTypeError(f"{what}: row {i} should be a list of numbers. Got {row!r}")
+        if not all(is_number(w) for w in row):
+            raise ParameterTypeError(f"{what}: row {i} should hold only numbers. Got {list(row)!r}")
         rows.append(tuple(float(w) for w in row))
     if any(len(r) == 0 for r in rows):
         raise ValueError(f"{what}: weights should not be empty. Got an empty row")
@@ -108,13 +110,21 @@ def resolve_scale(
     if scale is None:
         total = math.fsum(w for row in weights for w in row)
         return 1.0 if abs(total) < 1e-12 else total
-    if not _is_number(scale) or not math.isfinite(scale) or scale == 0:
+    if not is_number(scale) or not math.isfinite(scale) or scale == 0:
         raise ValueError(f"{what}: scale should be a finite non-zero number. Got {scale!r}")
     return float(scale)
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def is_number(x: Any) -> bool:
+    """A real number, NumPy's scalars included (np.int64, np.float32; np.bool_ is not one);
+    not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+class ParameterTypeError(TypeError, ValueError):
+    """A parameter of the wrong kind (a word where a number belongs, say). It is a TypeError,
+    as Python's own calls raise, and a ValueError, as every other bad parameter is, so that
+    code checking user-written specs with ``except ValueError`` catches it too."""
 
 
 def parse_spec(data: dict[str, Any], source: str, default_name: str | None = None) -> KernelSpec:
@@ -144,7 +154,7 @@ def parse_spec(data: dict[str, Any], source: str, default_name: str | None = Non
         msg = str(e)
         raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     offset = data.get("offset", 0.0)
-    if not _is_number(offset) or not math.isfinite(offset):
+    if not is_number(offset) or not math.isfinite(offset):
         raise ValueError(f"{source}: offset should be a finite number. Got {offset!r}")
     signed = data.get("signed", False)
     if not isinstance(signed, bool):

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .kernels import BORDERS, KernelSpec, builtin_specs, check_weights, load_spec
+from .kernels import (
+    BORDERS,
+    KernelSpec,
+    ParameterTypeError,
+    builtin_specs,
+    check_weights,
+    is_number,
+    load_spec,
+)
 
 _MISSING = object()
 
@@ -41,8 +49,12 @@ class Param:
             return None
         kind = self.kind
         if kind in ("float", "int"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{where}: {self.name} should be a number. Got {value!r}")
+            if not is_number(value):
+                what = "a number"
+                if isinstance(value, str) and value.strip().lower().lstrip("+-") in (
+                        "nan", "inf", "infinity"):
+                    what = "a finite number"
+                raise ParameterTypeError(f"{where}: {self.name} should be {what}. Got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"{where}: {self.name} should be a finite number. Got {value!r}")
             if kind == "int":
@@ -63,7 +75,8 @@ class Param:
             return value
         if kind == "bool":
             if not isinstance(value, bool):
-                raise TypeError(f"{where}: {self.name} should be true or false. Got {value!r}")
+                raise ParameterTypeError(
+                    f"{where}: {self.name} should be true or false. Got {value!r}")
             return value
         if kind == "choice":
             if value not in self.choices:
@@ -79,7 +92,8 @@ class Param:
             if isinstance(value, Path):
                 value = str(value)
             if not isinstance(value, str) or not value:
-                raise TypeError(f"{where}: {self.name} should be a non-empty string. Got {value!r}")
+                raise ParameterTypeError(
+                    f"{where}: {self.name} should be a non-empty string. Got {value!r}")
             return value
         raise AssertionError(kind)
 

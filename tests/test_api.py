@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -59,6 +62,43 @@ def test_bad_types():
         convkit.get_filter("gaussian", sigma="big")
     with pytest.raises(TypeError, match="row 0 should hold only numbers"):
         convkit.Kernel2d([["a"]])
+
+
+def test_process_16_bit_pil_image(rng):
+    """A 16-bit PIL image (mode I;16, as Image.open gives for a 16-bit grey PNG) comes back
+    16-bit, as OpenCV filters the same values."""
+    a = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
+    out = convkit.process(Image.fromarray(a), "sharpen")
+    assert out.mode == "I;16"
+    k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+    want = cv2.filter2D(a, -1, k, borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(np.asarray(out).astype(int) - want).max() <= 1
+
+
+@pytest.mark.parametrize("text,message", [
+    ("sharpen(amount=abc)", "amount should be a number. Got 'abc'"),
+    ("gaussian(sigma=nan)", "sigma should be a finite number. Got 'nan'"),
+    ("box(size=true)", "size should be a number. Got True"),
+    ("kernel(weights=oops)", "weights should be rows of numbers"),
+])
+def test_spec_parameters_of_the_wrong_kind_raise_value_error(text, message):
+    """chain() promises ValueError for a bad parameter: one of the wrong kind is both a
+    ValueError and a TypeError."""
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        convkit.chain(text)
+    assert isinstance(info.value, TypeError)
+
+
+def test_numpy_scalars_are_numbers(rng):
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for name, params in (("box", {"size": np.int64(5)}), ("gaussian", {"sigma": np.float32(1.5)}),
+                         ("sharpen", {"amount": np.int32(2)})):
+        m = convkit.get_filter(name, **params)
+        plain = convkit.get_filter(name, **{k: v.item() for k, v in params.items()})
+        assert str(m) == str(plain)
+        np.testing.assert_array_equal(convkit.process(img, m), convkit.process(img, plain))
+    m = convkit.Kernel2d([[np.int64(1), np.float32(2.0)]])
+    assert torch.equal(m.weight, convkit.Kernel2d([[1, 2.0]]).weight)
 
 
 def test_module_input_guards():

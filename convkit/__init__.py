@@ -30,6 +30,7 @@ _LAZY = {
     "apply_tiled": ("tiling", "apply_tiled"),
     "filter_file": ("tiling", "filter_file"),
     "functional": ("functional", None),
+    "engine": ("engine", None),
 }
 
 __all__ = ["__version__", "list_filters", *_LAZY]

@@ -387,6 +387,11 @@ def apply_tiled(module: nn.Module, x: Tensor, *, alpha: bool = False,
     elif tuple(out.shape) != (b, c, oh, ow) or out.dtype != x.dtype:
         raise ValueError(f"out should be {(b, c, oh, ow)} {x.dtype}. Got {tuple(out.shape)} "
                          f"{out.dtype}")
+    return _tiles_into(tp, module, x, alpha, out)
+
+
+def _tiles_into(tp: TilePlan, module: nn.Module, x: Tensor, alpha: bool, out: Tensor) -> Tensor:
+    """Every tile of the plan from ``x`` (read only) into ``out``."""
     negative = _negative(module)
     for r in tp.rows:
         rr = _ranges(tp.units, tp.sizes_h, *r, 0, tp.wrap)
@@ -405,6 +410,10 @@ def _in_place(tp: TilePlan, module: nn.Module, x: Tensor, alpha: bool) -> Tensor
     h, w = tp.in_size
     negative = _negative(module)
     bands = [(r, _ranges(tp.units, tp.sizes_h, *r, 0, tp.wrap)) for r in tp.rows]
+    if any(rr[0][0] < -h or rr[0][1] > 2 * h for _, rr in bands):
+        # circular, on an image shorter than the chain's reach: the halo wraps around it more
+        # than once. Such an image is at most a few kernels tall: filter it out of place.
+        return x.copy_(_tiles_into(tp, module, x, alpha, torch.empty_like(x)))
     # circular: the first band reads the last rows and the last bands the first rows
     below = max([rr[0][1] for _, rr in bands]) - h if tp.wrap else 0
     wrap_top = x[..., :below, :].clone() if below > 0 else None

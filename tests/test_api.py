@@ -64,6 +64,22 @@ def test_bad_types():
         convkit.Kernel2d([["a"]])
 
 
+def test_public_names_resolve_in_a_fresh_interpreter():
+    """Every name of convkit.__all__, and convkit.engine (README: convkit.engine.options), is
+    reachable right after `import convkit`, without importing a submodule first."""
+    import subprocess
+    import sys
+
+    code = ("import convkit\n"
+            "with convkit.engine.options(method='direct'):\n"
+            "    pass\n"
+            "for name in convkit.__all__:\n"
+            "    getattr(convkit, name)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
 def test_process_16_bit_pil_image(rng):
     """A 16-bit PIL image (mode I;16, as Image.open gives for a 16-bit grey PNG) comes back
     16-bit, as OpenCV filters the same values."""

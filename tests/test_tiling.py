@@ -76,6 +76,14 @@ def test_circular_chain_tiles_and_in_place():
         assert_same(tiling.apply_tiled(ch, x, tile=tile), whole, f"tile {tile}")
         y = x.clone()
         assert_same(tiling.apply_tiled(ch, y, tile=tile, out=y), whole, f"in place {tile}")
+    # images shorter or narrower than the chain's reach (9 rows up, 9 down): the halo wraps
+    # around them more than once
+    for shape in ((5, 40), (1, 30), (12, 3)):
+        x = _img(shape)
+        whole = engine.apply(ch, x)
+        y = x.clone()
+        assert_same(tiling.apply_tiled(ch, y, tile=8, out=y), whole, f"in place {shape}")
+        assert_same(tiling.apply_tiled(ch, x, tile=8), whole, f"{shape}")
 
 
 @pytest.mark.parametrize("template", [LINEAR, NONLIN], ids=["linear", "median"])

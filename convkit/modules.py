@@ -7,6 +7,7 @@ images go through :func:`convkit.process`, which converts, filters and rounds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -125,9 +126,14 @@ class Kernel2d(Filter):
             ident = torch.zeros_like(k)
             ident[self.anchor] = 1.0
             k = ident + self.strength * (k - ident)
+        self.bias = self.strength * self.offset / 255.0
+        if not (torch.isfinite(k.float()).all() and math.isfinite(self.bias)):
+            raise ValueError(
+                "Kernel2d: the parameters give weights beyond float32's range (largest "
+                f"{k.abs().max().item():g}, offset {self.strength * self.offset:g}). Expected "
+                "at most about 3.4e38")
         self.register_buffer("weight", k.float(), persistent=True)
         self._built = self.weight.clone()  # the weights its parameters give (see spec())
-        self.bias = self.strength * self.offset / 255.0
         self.separable = None
         if separable is not None and self.strength == 1.0:
             col = torch.as_tensor(separable[0], dtype=torch.float64).float()

@@ -149,7 +149,13 @@ class FilterInfo:
         checked = self.check_params((), params)
         module_name, func_name = self.builder.split(":")
         builder = getattr(importlib.import_module(module_name), func_name)
-        module = builder(self, **checked)
+        try:
+            module = builder(self, **checked)
+        except ValueError as e:  # name the filter, not the module class that refused
+            msg = str(e)
+            if msg.startswith(f"{self.name}:") or type(e) is not ValueError:
+                raise
+            raise ValueError(f"{self.name}: {msg.removeprefix('Kernel2d: ')}") from None
         module.spec_name = self.name
         module.spec_params = checked
         return module
@@ -170,6 +176,11 @@ NEGATIVE = Param(
     choices=("abs", "offset", "clip"),
 )
 LINEAR = (STRENGTH, BORDER, VALUE)
+# The longest kernel side a parameter may ask for. A kernel is built dense (4095 x 4095 float64
+# is 134 MB and takes seconds to build); box(size=100000) would ask for 80 GB. The gaussian's
+# sigma is bounded so that its side, round(6 * sigma + 1) made odd, stays within it.
+MAX_SIDE = 4095
+MAX_SIGMA = 682.0
 POOL = (
     Param("size", "int", 2, "window side", low=1),
     Param("stride", "int", None, "step between windows (default: size)", low=1),
@@ -181,15 +192,16 @@ _B = "convkit.builders:"
 _BUILTINS: tuple[FilterInfo, ...] = (
     FilterInfo(
         "box", "Box (mean) blur over a size x size square, as cv2.blur.",
-        (Param("size", "int", 3, "side of the square", low=1), *LINEAR),
+        (Param("size", "int", 3, "side of the square", low=1, high=MAX_SIDE), *LINEAR),
         _B + "box", example="convkit box --size 5 photo.jpg",
     ),
     FilterInfo(
         "gaussian", "Gaussian blur, as cv2.GaussianBlur (ksize from sigma as OpenCV chooses it).",
         (
-            Param("sigma", "float", 1.0, "standard deviation in pixels", low=0, low_open=True),
+            Param("sigma", "float", 1.0, "standard deviation in pixels", low=0, low_open=True,
+                  high=MAX_SIGMA),
             Param("ksize", "int", None, "kernel side (odd); default round(6*sigma+1) made odd",
-                  low=1),
+                  low=1, high=MAX_SIDE),
             *LINEAR,
         ),
         _B + "gaussian", example="convkit gaussian --sigma 2 photo.jpg",
@@ -199,24 +211,25 @@ _BUILTINS: tuple[FilterInfo, ...] = (
         "exceeds threshold.",
         (
             Param("sigma", "float", 1.0, "blur standard deviation in pixels", low=0,
-                  low_open=True),
+                  low_open=True, high=MAX_SIGMA),
             Param("amount", "float", 1.0, "strength of the high-pass added back"),
             Param("threshold", "float", 0.0, "minimum difference, in 8-bit grey levels", low=0),
-            Param("ksize", "int", None, "blur kernel side; default from sigma", low=1),
+            Param("ksize", "int", None, "blur kernel side; default from sigma", low=1,
+                  high=MAX_SIDE),
             BORDER, VALUE,
         ),
         _B + "unsharp", example="convkit unsharp --sigma 2 --amount 1.5 photo.jpg",
     ),
     FilterInfo(
         "edges", "Visible edge map: Sobel gradient magnitude of a lightly smoothed image.",
-        (Param("sigma", "float", 1.0, "pre-smoothing sigma in pixels", low=0, low_open=True),
-         BORDER, VALUE),
+        (Param("sigma", "float", 1.0, "pre-smoothing sigma in pixels", low=0, low_open=True,
+               high=MAX_SIGMA), BORDER, VALUE),
         _B + "edges", example="convkit edges photo.jpg",
     ),
     FilterInfo(
         "median", "Median of each size x size neighbourhood (non-linear; lower median for even "
         "sizes).",
-        (Param("size", "int", 3, "side of the square", low=1), BORDER, VALUE),
+        (Param("size", "int", 3, "side of the square", low=1, high=MAX_SIDE), BORDER, VALUE),
         _B + "median", example="convkit median --size 5 photo.jpg",
     ),
     FilterInfo(

@@ -50,6 +50,14 @@ def test_unknown_filter_names_choices():
         ("kernel", {"weights": [[1, float("nan")]]}, r"finite"),
         ("sobel", {"dx": 1, "dy": 1}, r"not both"),
         ("sobel", {"dx": 2}, r"dx should be <= 1\. Got 2"),
+        # sizes that would build a kernel of gigabytes, weights past float32 (numpy's SVD
+        # never returned on an emboss of strength 1e300)
+        ("box", {"size": 100000}, r"box: size should be <= 4095\. Got 100000"),
+        ("gaussian", {"sigma": 1e6}, r"gaussian: sigma should be <= 682\. Got 1000000"),
+        ("median", {"size": 5000}, r"median: size should be <= 4095"),
+        ("sharpen", {"amount": 1e308}, r"sharpen: the parameters give weights beyond float32"),
+        ("emboss", {"strength": 1e300}, r"emboss: the parameters give weights beyond float32"),
+        ("kernel", {"weights": [[1e39]], "scale": 1}, r"kernel: the parameters give weights"),
     ],
 )
 def test_bad_parameters(name, params, message):

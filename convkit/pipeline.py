@@ -219,6 +219,11 @@ def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str |
     return pairs, errors, many
 
 
+def _same_format(suffix: str) -> str:
+    """One spelling per format: .jpeg is .jpg, .tiff is .tif."""
+    return {".jpeg": ".jpg", ".tiff": ".tif"}.get(suffix.lower(), suffix.lower())
+
+
 def _looks_like_file(output: str) -> bool:
     if output.endswith(("/", os.sep)) or os.path.isdir(output):
         return False
@@ -263,8 +268,18 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
     if out is None and not in_place and many and items:
         raise UsageError("a folder or pattern needs -o OUTPUT_FOLDER (or --in-place)")
 
+    io = _io()
+    suffix = Path(out).suffix.lower() if out is not None else ""
+    if (suffix in io.SUPPORTED_EXTENSIONS and suffix not in io.WRITE_EXTENSIONS
+            and not os.path.isdir(out)):
+        raise UsageError(f"-o {out}: convkit reads {suffix} images but does not write them. "
+                         f"Expected one of {', '.join(io.WRITE_EXTENSIONS)}")
     single_file = (out is not None and len(items) == 1 and not many and len(inputs) == 1
                    and _looks_like_file(out))
+    if single_file and format is not None and _same_format(suffix) != _same_format(
+            FORMATS[format]):
+        raise UsageError(f"-o {out} is a {suffix} file but --format {format} writes "
+                         f"{FORMATS[format]}; give one of them, or matching ones")
     base = None
     if out is not None and not single_file and items:
         roots = [os.path.abspath(root) for _, root in items]
@@ -278,9 +293,7 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
         elif out is None:
             target = str(p.with_name(f"{p.stem}-{name}{_out_suffix(p.suffix, format)}"))
         elif single_file:
-            target = out
-            if format is not None:
-                target = str(Path(out).with_suffix(FORMATS[format]))
+            target = out  # (its extension agrees with format, checked above)
         else:
             rel = Path(os.path.relpath(os.path.abspath(f), base))
             target = str(Path(out) / rel.with_suffix(_out_suffix(p.suffix, format)))

@@ -79,6 +79,13 @@ def test_plan_refuses_collisions_and_bad_combinations(tmp_path):
         plan([tmp_path], None)
     with pytest.raises(UsageError, match="invalid format 'gif'"):
         plan([a], None, format="gif")
+    # an output file whose extension --format contradicts; one convkit cannot write
+    with pytest.raises(UsageError, match=r"-o .*y\.png is a \.png file but --format jpeg"):
+        plan([a], tmp_path / "y.png", format="jpeg")
+    with pytest.raises(UsageError, match=r"reads \.gif images but does not write them"):
+        plan([a], tmp_path / "y.gif")
+    jobs, _ = plan([a], tmp_path / "y.JPEG", format="jpg")  # the same format, the user's name
+    assert [j.out for j in jobs] == [str(tmp_path / "y.JPEG")]
 
 
 def test_the_output_folder_inside_the_input_folder_is_not_read_back(tmp_path):

@@ -119,11 +119,17 @@ def units_of(module: nn.Module) -> tuple[list[Unit], bool]:
         else:
             units.append(Unit("same", [m], reach=r, align=align))
     circular = "circular" in borders
-    if circular and (borders != {"circular"} or any(u.kind == "pool" for u in units)):
+    if circular and borders != {"circular"}:
         raise ValueError(
-            "cannot tile a chain that mixes the circular border with other borders or with "
-            f"pooling (borders: {', '.join(sorted(borders))}); circular wraps to the far edge "
-            "of the whole image. Use one border mode, or filter the image untiled."
+            "cannot tile a chain that mixes the circular border with others (borders: "
+            f"{', '.join(sorted(borders))}); circular wraps to the far edge of the whole image. "
+            "Use one border mode, or filter the image untiled."
+        )
+    if circular and any(u.kind == "pool" for u in units):
+        raise ValueError(
+            "cannot tile a chain that pools with the circular border: the wrapped halo of a "
+            "shrunk image is not implemented. Use another border mode, or filter the image "
+            "untiled."
         )
     return units, circular
 

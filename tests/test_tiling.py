@@ -149,8 +149,11 @@ def test_learned_like_module(pool):
 def test_halo_and_refusals():
     assert tiling.halo(convkit.chain("gaussian(sigma=1) | avgpool(size=2) | sharpen")) == (
         5, 6, 5, 6)
-    with pytest.raises(ValueError, match="circular"):
+    with pytest.raises(ValueError, match="mixes the circular border with others"):
         tiling.apply_tiled(convkit.chain("sharpen(border=circular) | box(size=3)"), _img((8, 8)))
+    with pytest.raises(ValueError, match="pools with the circular border"):
+        tiling.apply_tiled(convkit.chain("avgpool(border=circular) | sharpen(border=circular)"),
+                           _img((8, 8)))
     with pytest.raises(ValueError, match="reach"):
         tiling.apply_tiled(nn.Conv2d(3, 3, 3, padding=1), _img((8, 8), torch.float32))
     with pytest.raises(ValueError, match="pools"):

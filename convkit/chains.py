@@ -11,7 +11,7 @@ from .modules import Filter
 from .registry import get_filter, get_info
 from .spec import Call, format_value, parse
 
-__all__ = ["Chain", "chain", "build_call", "MODEL_SUFFIXES"]
+__all__ = ["Chain", "chain", "compose", "build_call", "MODEL_SUFFIXES"]
 
 MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".convkit")
 
@@ -49,6 +49,25 @@ class Chain(nn.Sequential):
             return self.spec()
         except (ValueError, NotImplementedError):
             return nn.Sequential.__repr__(self)
+
+    def __or__(self, other):
+        return compose(self, other) if isinstance(other, (str, nn.Module)) else NotImplemented
+
+    def __ror__(self, other):
+        return compose(other, self) if isinstance(other, (str, nn.Module)) else NotImplemented
+
+
+def compose(*parts: str | nn.Module) -> Chain:
+    """``a | b``: a new chain of the filters of ``a`` then those of ``b`` (chains are opened,
+    modules shared, not copied); a string is parsed as a spec."""
+    mods: list[nn.Module] = []
+    for p in parts:
+        if isinstance(p, str):
+            p = chain(p)
+        if not isinstance(p, nn.Module):
+            raise TypeError(f"a chain joins filters and spec strings. Got {type(p).__name__}")
+        mods.extend(p if isinstance(p, Chain) else [p])
+    return Chain(*mods)
 
 
 def build_call(call: Call) -> nn.Module:

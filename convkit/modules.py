@@ -49,6 +49,17 @@ class Filter(nn.Module):
     def _own_spec(self) -> tuple[str, dict]:
         raise NotImplementedError(f"{type(self).__name__} has no spec string")
 
+    def __or__(self, other):
+        """``gaussian | sharpen``: a :class:`~convkit.Chain` of both (a string is a spec)."""
+        from .chains import compose
+
+        return compose(self, other) if isinstance(other, (str, nn.Module)) else NotImplemented
+
+    def __ror__(self, other):
+        from .chains import compose
+
+        return compose(other, self) if isinstance(other, (str, nn.Module)) else NotImplemented
+
     def extra_repr(self) -> str:
         try:
             return self.spec()

@@ -168,6 +168,20 @@ def test_chain_round_trip_and_parameters():
     assert c.negative == "abs"
 
 
+def test_modules_compose_with_the_pipe(rng):
+    """``a | b`` on filters, chains and spec strings builds the chain of the spec ``a | b``."""
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    g, s = convkit.get_filter("gaussian", sigma=2), convkit.get_filter("sharpen")
+    c = g | s | "emboss"
+    assert isinstance(c, convkit.Chain) and str(c) == "gaussian(sigma=2.0) | sharpen | emboss"
+    assert c[0] is g and c[1] is s  # shared, as nn.Sequential shares its modules
+    want = convkit.process(img, "gaussian(sigma=2) | sharpen | emboss")
+    np.testing.assert_array_equal(convkit.process(img, c), want)
+    assert str("box" | convkit.chain("sharpen | emboss")) == "box | sharpen | emboss"
+    with pytest.raises(TypeError):
+        g | 3
+
+
 def test_chain_from_list_and_positional():
     c = convkit.chain([convkit.Kernel2d([[1, 2, 1]]), "box(3) | median"])
     assert str(c) == "kernel(weights=[[1.0, 2.0, 1.0]]) | box(size=3) | median"

@@ -165,7 +165,8 @@ class Kernel2d(Filter):
         """The spec of its parameters; once the weights were changed (``load_state_dict``, an
         in-place edit), a ``kernel`` spec of the weights it now holds."""
         w = self.weight.detach().cpu()
-        if torch.equal(w, self._built.to(w.dtype)):  # (also after .double(), .half())
+        built = getattr(self, "_built", None)  # (None: unpickled from an older convkit)
+        if built is None or torch.equal(w, built.to(w.dtype)):  # (also after .double())
             return super().spec()
         from .spec import format_call
 

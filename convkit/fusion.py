@@ -151,7 +151,8 @@ class Plan:
 
 def _name(m: nn.Module) -> str:
     """A short readable name: the spec when the registry built the module, else its type."""
-    if getattr(m, "spec_name", None) is not None:
+    if getattr(m, "spec_name", None) is not None and not (
+            type(m) is Kernel2d and m.weights_changed()):
         try:
             spec = m.spec()  # type: ignore[operator]
         except (ValueError, NotImplementedError):
@@ -364,7 +365,7 @@ def _weight_state(w: Tensor):
     """What changes when a kernel's weights change in place: the version counter; a tensor
     made under ``torch.inference_mode`` keeps none, so then its values (kernels are small)."""
     if w.is_inference():
-        return w.detach().cpu().numpy().tobytes()
+        return w.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()  # any dtype
     return w._version
 
 

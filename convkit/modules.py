@@ -7,7 +7,6 @@ images go through :func:`convkit.process`, which converts, filters and rounds.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -138,7 +137,8 @@ class Kernel2d(Filter):
             ident[self.anchor] = 1.0
             k = ident + self.strength * (k - ident)
         self.bias = self.strength * self.offset / 255.0
-        if not (torch.isfinite(k.float()).all() and math.isfinite(self.bias)):
+        if not (torch.isfinite(k.float()).all()
+                and torch.isfinite(torch.tensor(self.bias, dtype=torch.float32))):
             raise ValueError(
                 "Kernel2d: the parameters give weights beyond float32's range (largest "
                 f"{k.abs().max().item():g}, offset {self.strength * self.offset:g}). Expected "
@@ -161,12 +161,23 @@ class Kernel2d(Filter):
         out = KF.filter2d(x, self.weight, self.border, self.value / 255.0)
         return out + self.bias if self.bias else out
 
+    def weights_changed(self) -> bool:
+        """Whether the weights differ from those its parameters give (load_state_dict, an
+        in-place edit); dtype changes (.double(), .half()) do not count."""
+        w = self.weight.detach().cpu()
+        built = getattr(self, "_built", None)  # (None: unpickled from an older convkit)
+        return built is not None and not torch.equal(w, built.to(w.dtype))
+
+    def extra_repr(self) -> str:
+        if self.weights_changed() and self.weight.numel() > 49:
+            kh, kw = self.weight.shape
+            return f"kernel {kh}x{kw}, weights changed (str() gives them all)"
+        return super().extra_repr()
+
     def spec(self) -> str:
         """The spec of its parameters; once the weights were changed (``load_state_dict``, an
         in-place edit), a ``kernel`` spec of the weights it now holds."""
-        w = self.weight.detach().cpu()
-        built = getattr(self, "_built", None)  # (None: unpickled from an older convkit)
-        if built is None or torch.equal(w, built.to(w.dtype)):  # (also after .double())
+        if not self.weights_changed():
             return super().spec()
         from .spec import format_call
 

@@ -271,7 +271,7 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
     io = _io()
     suffix = Path(out).suffix.lower() if out is not None else ""
     if (suffix in io.SUPPORTED_EXTENSIONS and suffix not in io.WRITE_EXTENSIONS
-            and not os.path.isdir(out)):
+            and not os.path.isdir(out) and not out.endswith(("/", os.sep))):
         raise UsageError(f"-o {out}: convkit reads {suffix} images but does not write them. "
                          f"Expected one of {', '.join(io.WRITE_EXTENSIONS)}")
     single_file = (out is not None and len(items) == 1 and not many and len(inputs) == 1

@@ -182,7 +182,7 @@ LINEAR = (STRENGTH, BORDER, VALUE)
 MAX_SIDE = 4095
 MAX_SIGMA = 682.0
 POOL = (
-    Param("size", "int", 2, "window side", low=1),
+    Param("size", "int", 2, "window side", low=1, high=MAX_SIDE),
     Param("stride", "int", None, "step between windows (default: size)", low=1),
     BORDER, VALUE,
 )

@@ -55,6 +55,8 @@ def test_unknown_filter_names_choices():
         ("box", {"size": 100000}, r"box: size should be <= 4095\. Got 100000"),
         ("gaussian", {"sigma": 1e6}, r"gaussian: sigma should be <= 682\. Got 1000000"),
         ("median", {"size": 5000}, r"median: size should be <= 4095"),
+        ("avgpool", {"size": 100000}, r"avgpool: size should be <= 4095"),
+        ("kernel", {"weights": [[1]], "offset": 1e41}, r"kernel: the parameters give weights"),
         ("sharpen", {"amount": 1e308}, r"sharpen: the parameters give weights beyond float32"),
         ("emboss", {"strength": 1e300}, r"emboss: the parameters give weights beyond float32"),
         ("kernel", {"weights": [[1e39]], "scale": 1}, r"kernel: the parameters give weights"),

@@ -361,6 +361,8 @@ def test_chain_built_and_run_under_inference_mode():
         assert not engine.apply(m, x).any()
         m = m.to(torch.float64).to(torch.float32)  # .to() inside makes new inference tensors
         assert not engine.apply(m, x).any()
+        m = convkit.chain("sharpen").to(torch.bfloat16)  # a dtype NumPy does not have
+        assert np.array_equal(engine.apply(m, x)[0].numpy(), want)
 
 
 def test_options_context_manager_and_errors():

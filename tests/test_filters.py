@@ -321,6 +321,7 @@ def test_loaded_or_edited_weights_are_what_runs_and_prints(rng):
     x = torch.from_numpy(rng.random((1, 3, 20, 21), dtype=np.float32))
     torch.testing.assert_close(convkit.engine.apply(g, x), g(x), atol=1e-5, rtol=1e-5)
     assert str(convkit.get_filter("gaussian", sigma=1)) == "Kernel2d(gaussian(sigma=1.0))"
+    assert repr(a) == "Kernel2d(kernel 13x13, weights changed (str() gives them all))"
 
 
 def test_gradients_reach_input():

@@ -84,6 +84,8 @@ def test_plan_refuses_collisions_and_bad_combinations(tmp_path):
         plan([a], tmp_path / "y.png", format="jpeg")
     with pytest.raises(UsageError, match=r"reads \.gif images but does not write them"):
         plan([a], tmp_path / "y.gif")
+    jobs, _ = plan([a], str(tmp_path / "frames.gif") + "/")  # a folder that ends in .gif
+    assert [j.out for j in jobs] == [str(tmp_path / "frames.gif" / "a.png")]
     jobs, _ = plan([a], tmp_path / "y.JPEG", format="jpg")  # the same format, the user's name
     assert [j.out for j in jobs] == [str(tmp_path / "y.JPEG")]
 

@@ -765,6 +765,32 @@ def test_cli_train_summary_tells_the_whole_run_as_info_does(tmp_path, monkeypatc
     assert summary[2] == f"log {sidecar(out, 'log.jsonl')}, checkpoint {sidecar(out, 'last.ckpt')}"
 
 
+def test_a_tie_keeps_the_later_model_and_a_file_in_the_way_is_named(tmp_path, monkeypatch):
+    """Two equal validation scores (two perfect, infinite PSNRs, say) keep the later,
+    longer-trained weights; a file where the model's folder should be is named."""
+    import convkit.learn.train as T
+
+    scores = [float("inf"), float("inf")]
+
+    def fake_evaluate(model, val_set, device):
+        psnr = 25.0 if isinstance(model, torch.nn.Identity) else scores.pop(0)
+        return {"psnr": psnr, "ssim": 1.0, "base_psnr": 25.0, "base_ssim": 0.8}
+
+    monkeypatch.setattr(T, "evaluate", fake_evaluate)
+    folder, out = _folder(tmp_path, n=3), tmp_path / "m.pt"
+    args = ["--mimic", "sharpen", "--steps", "4", "--epoch-steps", "2", "--patch", "16",
+            "--batch-size", "2", "--depth", "3", "--width", "8", "--val", "1", "--no-strip",
+            "--device", "cpu"]
+    r = CliRunner().invoke(train_command, [str(folder), "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+    assert "; best at epoch 2, step 4" in r.output, r.output
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(train_command, [str(folder), "-o", str(tmp_path / "afile" / "m.pt"),
+                                           *args])
+    assert r.exit_code == 1
+    assert "cannot make its folder, " in r.output and "afile is a file in the way" in r.output
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_info_tells_the_whole_run_from_the_step_of_the_saved_weights(tmp_path, monkeypatch,
                                                                       suffix):

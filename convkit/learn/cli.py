@@ -186,6 +186,9 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
         raise click.ClickException(str(e)) from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    except FileExistsError as e:  # (a file where the model's folder should be)
+        raise click.ClickException(f"{output}: cannot make its folder, {e.filename} is a file "
+                                   "in the way") from None
     except OSError as e:
         raise click.ClickException(f"{e.filename or output}: {e.strerror or e}") from None
     if int(os.environ.get("RANK", "0")) != 0:

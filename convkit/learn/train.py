@@ -643,8 +643,9 @@ class Trainer:
                 self.model.train()
                 row["val_psnr"], row["val_ssim"] = m["psnr"], m["ssim"]
             self.history.append(row)
+            # a tie (two perfect, infinite PSNRs, say) keeps the later, longer-trained model
             improved = self.best is None or (
-                row["val_psnr"] is None or row["val_psnr"] > self.best["psnr"]
+                row["val_psnr"] is None or row["val_psnr"] >= self.best["psnr"]
             )
             flag = ""
             if improved:

@@ -89,6 +89,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -513,9 +514,27 @@ def _banded(plan: Plan, x: Tensor, opts: Options, trace: list | None) -> Tensor 
     return fastpath.linear_chain(x, steps, x.dtype)  # (uint8, uint16 or float32: kept)
 
 
+def _past_int32(plan: Plan, x: Tensor) -> bool:
+    """Whether a response of this plan on integer image ``x`` can pass 2**30 grey levels (a
+    gain or offset of millions). OpenCV rounds such a float through a 32-bit int, which wraps:
+    saturating to 255 gives 0 there. The torch path saturates them right."""
+    if x.is_floating_point():
+        return False
+    gain, bias = 1.0, 0.0  # bound of |response| on the [0, 1] scale: gain * 1 + bias
+    for op in plan.ops:
+        kernels = ([op.kernel] if isinstance(op, LinearOp) else
+                   [op.gx.kernel, op.gy.kernel] if isinstance(op, GradientOp) else [])
+        if kernels:
+            l1 = float(sum(np.abs(k).sum() for k in kernels))
+            gain, bias = gain * l1, bias * l1 + abs(getattr(op, "bias", 0.0))
+    return (gain + bias + 1.0) * _MAX[x.dtype] >= 2**30
+
+
 def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Tensor:
     if not plan.ops:
         return x.clone()
+    if opts.backend == "auto" and x.device.type == "cpu" and _past_int32(plan, x):
+        opts = replace(opts, backend="torch")
     if x.device.type == "cpu":
         out = _banded(plan, x, opts, trace)
         if out is not None:

@@ -144,6 +144,21 @@ def test_negative_mapping_and_offset(backend, negative, worker_threads):
                                  what=f"{kname} {method} {negative} {dtype} {offset}")
 
 
+def test_responses_past_int32_saturate():
+    """A response of billions of grey levels (a huge offset or gain) saturates like any other:
+    OpenCV would round it through a wrapping 32-bit int (255 came out 0), so the automatic
+    backend runs such a plan on torch."""
+    x = _image((9, 11), torch.uint8)
+    for spec in ("kernel(weights=[[1,0,0]], offset=3e9)", "kernel(weights=[[1]], offset=-3e9)",
+                 "kernel(weights=[[0,1],[1,0]], scale=1e-7)",
+                 "gaussian(sigma=1) | kernel(weights=[[1]], scale=1e-8)"):
+        m = convkit.chain(spec)
+        out = engine.apply(m, x)
+        assert torch.equal(out, module_reference(m, x)), spec
+        assert {b for _, b, _ in engine.explain(m, x)} == {"torch"}, spec
+    assert engine.explain(convkit.chain("sharpen(amount=1e3)"), x)[0][1] == "opencv"
+
+
 def test_auto_rule_picks_documented_methods():
     x = _image((40, 40), torch.uint8)
 

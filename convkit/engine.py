@@ -522,10 +522,10 @@ def _past_int32(plan: Plan, x: Tensor) -> bool:
         return False
     gain, bias = 1.0, 0.0  # bound of |response| on the [0, 1] scale: gain * 1 + bias
     for op in plan.ops:
-        kernels = ([op.kernel] if isinstance(op, LinearOp) else
-                   [op.gx.kernel, op.gy.kernel] if isinstance(op, GradientOp) else [])
-        if kernels:
-            l1 = float(sum(np.abs(k).sum() for k in kernels))
+        lins = ([op] if isinstance(op, LinearOp) else
+                [op.gx, op.gy] if isinstance(op, GradientOp) else [])
+        if lins:
+            l1 = sum(k.cached("l1", lambda k=k: float(np.abs(k.kernel).sum())) for k in lins)
             gain, bias = gain * l1, bias * l1 + abs(getattr(op, "bias", 0.0))
     return (gain + bias + 1.0) * _MAX[x.dtype] >= 2**30
 

@@ -55,8 +55,12 @@ def timeit_rounds(fns: dict[str, Callable[[], object]], rounds: int,
     """Fastest seconds per call of each function, measured round-robin after one warm-up (the
     least disturbed run: other processes on a shared machine only ever add time)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():
-        f()
+    for k, f in list(fns.items()):
+        try:
+            f()
+        except Exception as e:  # a peer that fails is left out of the row, not the table
+            print(f"  ({k} failed and is left out: {type(e).__name__}: {e})", flush=True)
+            del fns[k], times[k]
     order = list(fns)
     rng = random.Random(0)
     for r in range(rounds):

@@ -12,8 +12,10 @@
 #   export PYTHONPATH=$PWD:/tmp/site PYTHON=python3
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then PY=.venv/bin/python; fi
+# the benchmark scripts import convkit from this checkout, installed or not
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
@@ -30,13 +32,14 @@ echo "   Triton stencil's included: each of its variants compiles once, about a 
 # several test processes when pytest-xdist is there: the compile test alone takes a while
 XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")
 # shellcheck disable=SC2086
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider $XDIST -m "cuda or not slow" -k cuda tests/ \
-  || status=$?
+# SIGINT at the limit: pytest still prints which tests failed and the slowest ones
+timeout -s INT -k 15 180 "$PY" -m pytest -q -rfE --durations=10 -p no:cacheprovider $XDIST \
+  -m "cuda or not slow" -k cuda tests/ || status=$?
 
 echo "== GPU benchmark"
 # the first torch.compile of the fused kernel takes 10-15 s (H100), in the roofline
-timeout 150 "$PY" benchmarks/bench_gpu.py || status=$?
+timeout -s INT -k 10 165 "$PY" benchmarks/bench_gpu.py || status=$?
 
 echo "== the filter rows on the GPU, convkit beside kornia (bench_filters.py --device cuda)"
-timeout 55 "$PY" benchmarks/bench_filters.py --device cuda --rounds 5 || status=$?
+timeout -s INT -k 10 55 "$PY" benchmarks/bench_filters.py --device cuda --rounds 5 || status=$?
 exit $status

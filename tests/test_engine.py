@@ -761,12 +761,22 @@ STENCIL_SPECS = COMPILED_SPECS + [
     "gaussian(sigma=2) | emboss", "kernel(weights=[[0,0],[0,0]], offset=0.3)"]
 
 
-def _triton_apply(m, x: torch.Tensor, dev: str) -> torch.Tensor:
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A view of ``x`` in the memory layout a test case names."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        return x[:, :, 1:, ::2]
+    return x
+
+
+def _triton_apply(m, x: torch.Tensor, dev: str, layout: str = "") -> torch.Tensor:
     """engine.apply with options(triton=True) on ``dev``, the result back on the CPU; checks
-    that the stencil ran (not the torch methods it falls back to)."""
+    that the stencil ran (not the torch methods it falls back to). The layout is made on the
+    device (``.to()`` would make a strided view contiguous)."""
     from unittest import mock
 
-    m, x = m.to(dev), x.to(dev)
+    m, x = m.to(dev), _layout(x.to(dev), layout)
     with engine.options(triton=True, backend="torch"), \
             mock.patch.object(stencil, "correlate", wraps=stencil.correlate) as spy:
         out = engine.apply(m, x)
@@ -799,11 +809,8 @@ def test_triton_stencil(stencil_device, spec):
         cases = cases[:1] + cases[3:5]  # 49 taps a pixel are slow in the interpreter
     for n, (shape, dtype, layout) in enumerate(cases):
         x = _image(shape, dtype, b=1 + n % 2, c=2 - n % 2)  # batch and channel strides
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-        elif layout == "strided":
-            x = x[:, :, 1:, ::2]
-        out = _triton_apply(m, x, stencil_device)
+        out = _triton_apply(m, x, stencil_device, layout)
+        x = _layout(x, layout)
         ref = module_reference(m, x)
         what = f"{spec} {shape} {dtype} {layout}"
         if dtype == torch.float32:

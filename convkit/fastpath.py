@@ -390,8 +390,9 @@ def gradient(x: Tensor, op: GradientOp, in_max: float, out_dtype: torch.dtype, o
         mag = cv2.magnitude(np.ascontiguousarray(g[0]), np.ascontiguousarray(g[1]))
         _store(mag, dst, negative, delta=delta)
 
-    if not (bandable(op.gx) and bandable(op.gy)) or small(srcs):
-        parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+    serial = small(srcs)
+    if serial or not (bandable(op.gx) and bandable(op.gy)):
+        parallel(run, list(zip(srcs, dsts, strict=True)), serial=serial)
         return out
     # in bands: the two float32 derivatives and their magnitude stay in the cache
     _bands(srcs, dsts, max(op.gx.pads[0], op.gy.pads[0]), max(op.gx.pads[1], op.gy.pads[1]),

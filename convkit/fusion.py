@@ -157,7 +157,7 @@ def _name(m: nn.Module) -> str:
             spec = m.spec()  # type: ignore[operator]
         except (ValueError, NotImplementedError):
             spec = ""
-        if 0 < len(spec) <= 80:  # (not the weights of a kernel whose values were changed)
+        if 0 < len(spec) <= 80:  # (a kernel of many weights is named by its shape)
             return spec
     w = getattr(m, "weight", None)
     if type(m) is Kernel2d and w is not None:

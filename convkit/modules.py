@@ -184,10 +184,7 @@ class Kernel2d(Filter):
         params: dict = {"weights": self.weight.detach().cpu().double().tolist(), "scale": 1.0}
         if self.bias:
             params["offset"] = self.bias * 255.0
-        if self.border != "reflect":
-            params["border"] = self.border
-        if self.value != 0.0:
-            params["value"] = self.value
+        self._common(params)
         if self.negative is not None:
             params["negative"] = self.negative
         return format_call("kernel", params)

@@ -26,8 +26,9 @@ import numbers
 import re
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class KernelSpec:
     border: str = "reflect"
     signed: bool = False
     type: str = "kernel"
-    source: str | None = None
+    source: str | None = field(default=None, compare=False)  # where it was read: provenance
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -184,36 +185,56 @@ def load_spec(path: str | Path) -> KernelSpec:
     """Load one kernel TOML file. Errors are ValueError naming the file."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"{path}: no such kernel file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise ValueError(f"{path}: cannot read kernel file ({e})") from None
+    return loads_spec(data, str(path), _default_name(path.stem))
+
+
+def loads_spec(data: bytes, source: str, default_name: str = "kernel") -> KernelSpec:
+    """Parse the bytes of a kernel TOML file; errors are ValueError naming ``source``."""
     try:
-        data = tomllib.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: cannot read kernel file ({e})") from None
+    try:
+        table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
-    default_name = re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
-    if not NAME_RE.match(default_name):
-        default_name = "kernel"
-    return parse_spec(data, str(path), default_name=default_name)
+        raise ValueError(f"{source}: not valid TOML ({e})") from None
+    return parse_spec(table, source, default_name=default_name)
 
 
-def builtin_dir() -> Path:
-    """The folder holding the shipped ``*.toml`` files (the wheel's or the repository's)."""
+def _default_name(stem: str) -> str:
+    name = re.sub(r"[^a-z0-9_]", "_", stem.lower())
+    return name if NAME_RE.match(name) else "kernel"
+
+
+def builtin_files() -> list[Traversable]:
+    """The shipped ``*.toml`` files, sorted by name.
+
+    An installed convkit carries them as package data in ``convkit/filters/`` (the
+    repository's top-level ``filters/`` folder, mapped there by ``pyproject.toml``); they are
+    found through :mod:`importlib.resources`, so a wheel and a zip import both see them. An
+    editable install or a checkout on ``PYTHONPATH`` has no such folder: then the repository's
+    ``filters/`` beside the package is read.
+    """
     try:
-        shipped = Path(str(resources.files("convkit.filters")))
-        if shipped.is_dir() and any(shipped.glob("*.toml")):
-            return shipped
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "filters"
+        root: Traversable = resources.files("convkit").joinpath("filters")
+        found = [f for f in root.iterdir() if f.name.endswith(".toml") and f.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        found = []
+    if not found:
+        repo = Path(__file__).resolve().parent.parent / "filters"
+        found = [f for f in repo.glob("*.toml") if f.is_file()]
+    return sorted(found, key=lambda f: f.name)
 
 
 def builtin_specs() -> dict[str, KernelSpec]:
     """Every shipped kernel spec by name."""
     specs = {}
-    for path in sorted(builtin_dir().glob("*.toml")):
-        spec = load_spec(path)
+    for f in builtin_files():
+        spec = loads_spec(f.read_bytes(), f"filters/{f.name}", _default_name(f.name[:-5]))
         specs[spec.name] = spec
     return specs

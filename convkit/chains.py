@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from .modules import Filter
 from .registry import get_filter, get_info
@@ -20,12 +20,20 @@ class Chain(nn.Sequential):
     """Filters applied in turn. ``str(chain)`` is a spec string that parses to the same chain.
 
     Shape: input (B, C, H, W) or (C, H, W) float; output float, the input's size unless the
-    chain pools.
+    chain pools. ``chain(x)`` runs the whole chain as one engine plan (kernels fused where that
+    is exact), as :func:`convkit.process` does; see :mod:`convkit.modules`.
 
     >>> c = chain("gaussian(sigma=2) | sharpen(amount=1.5)")
     >>> str(c)
     'gaussian(sigma=2.0) | sharpen(amount=1.5)'
     """
+
+    opens_in_plans = True  # the engine plans its filters, not the container
+
+    def forward(self, x: Tensor) -> Tensor:
+        from .engine import module_forward
+
+        return module_forward(self, x)
 
     @property
     def negative(self) -> str:

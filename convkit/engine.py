@@ -97,6 +97,7 @@ from torch import Tensor, nn
 from . import fastpath, stencil
 from . import functional as KF
 from .fusion import GradientOp, LinearOp, MedianOp, ModuleOp, Plan, get_plan, method_costs
+from .modules import reference
 
 __all__ = ["apply", "apply_tiled", "options", "explain", "choose_method", "METHODS", "BACKENDS"]
 
@@ -468,17 +469,27 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         xf = x if x.is_floating_point() else x.to(torch.float32)
         g = [_torch_method(lin, xf, _method_for(lin, "torch", own, x.device.type), s,
                            lin.value * in_max, cl) for lin in (op.gx, op.gy)]
-        y = torch.sqrt(g[0] * g[0] + g[1] * g[1])
+        y = _magnitude(g[0], g[1])
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
 
-    # ModuleOp: the module's own forward on the [0, 1] scale
+    # ModuleOp: the module's own definition on the [0, 1] scale
     if trace is not None:
         trace.append(_Step(op.name, "torch", "module"))
     xf = KF.to_float(x) if not x.is_floating_point() else x
-    y = op.module(xf)
+    y = reference(op.module, xf)
     if negative is None:
         return y
     return KF.to_integer(y, out_dtype, negative)
+
+
+def _magnitude(gx: Tensor, gy: Tensor) -> Tensor:
+    """``sqrt(gx**2 + gy**2)``; where it is 0 its gradient is 0, not NaN (sqrt's slope is
+    infinite there)."""
+    sq = gx * gx + gy * gy
+    if not sq.requires_grad:
+        return sq.sqrt_()
+    nonzero = sq > 0
+    return torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
 
 
 def _scales(plan: Plan, x: Tensor):
@@ -600,6 +611,39 @@ def apply(module: nn.Module, x: Tensor, *, alpha: bool = False, method: str | No
                 af = m(af)
             a = KF.to_integer(af, x.dtype) if integer else af
         return torch.cat([out, a.to(out.dtype)], dim=1)
+
+
+def _plain_tensor(x: object) -> bool:
+    """A real tensor the engine may read (not a tracing proxy, a fake or meta tensor, a
+    functorch wrapper or another subclass)."""
+    if type(x) is not torch.Tensor or x.device.type == "meta":
+        return False
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return not (wrapped is not None and wrapped(x))
+
+
+def _needs_reference(module: nn.Module, x: object) -> bool:
+    """Whether ``module(x)`` must run the module's plain definition instead of its plan: while
+    torch traces, scripts, compiles or exports (the plan's NumPy kernels and OpenCV calls are
+    invisible there, and the plain definition is made of standard operators), for inputs that
+    are not plain tensors, and when a kernel buffer itself needs a gradient."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    if not _plain_tensor(x):
+        return True
+    return any(b.requires_grad for b in module.buffers())
+
+
+def module_forward(module: nn.Module, x: Tensor) -> Tensor:
+    """What ``forward`` of convkit's filters and chains runs: ``x`` (B, C, H, W) or (C, H, W),
+    float, through the module's cached plan, as :func:`apply` (alpha not split, the engine's
+    options in force). Differentiable w.r.t. ``x``: with autograd it runs on torch's methods.
+    Results equal the module's plain definition within float rounding."""
+    if _needs_reference(module, x):
+        return reference(module, x)
+    x4, added = KF.check_image(x)
+    y = apply(module, x4)
+    return y.squeeze(0) if added else y
 
 
 def explain(module: nn.Module, x: Tensor, *, method: str | None = None,

@@ -166,11 +166,12 @@ def _name(m: nn.Module) -> str:
 
 
 def flatten(module: nn.Module) -> list[nn.Module]:
-    """The leaf filters of a chain, in order: plain ``nn.Sequential`` containers (Chain is one)
-    and :class:`Sequence2` are opened; anything else is a leaf."""
+    """The leaf filters of a chain, in order: plain ``nn.Sequential`` containers, a
+    :class:`~convkit.Chain` and :class:`Sequence2` are opened; anything else is a leaf."""
     if isinstance(module, Sequence2):
         return [leaf for m in module.parts for leaf in flatten(m)]
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+    if isinstance(module, nn.Sequential) and (type(module).forward is nn.Sequential.forward
+                                              or getattr(type(module), "opens_in_plans", False)):
         return [leaf for m in module for leaf in flatten(m)]
     return [module]
 

@@ -3,6 +3,13 @@
 
 Every module takes a float image (B, C, H, W) or (C, H, W) and returns float, unclamped. Integer
 images go through :func:`convkit.process`, which converts, filters and rounds.
+
+``module(x)`` runs the engine's cached plan (:func:`convkit.engine.module_forward`): the same
+fusion and methods as :func:`convkit.process`, on OpenCV for float32 on the CPU without autograd,
+on torch's differentiable methods otherwise. Each module's ``_reference`` is the plain definition
+(padding and one dense depthwise correlation): the engine runs it where a plan cannot go (while
+tracing, compiling or exporting, under functorch transforms, on the meta device) and the tests
+hold every method to it.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from torch import Tensor, nn
 from . import functional as KF
 from .kernels import check_border, check_weights, resolve_scale
 
-__all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median"]
+__all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median", "reference"]
 
 
 class Filter(nn.Module):
@@ -47,6 +54,16 @@ class Filter(nn.Module):
 
     def _own_spec(self) -> tuple[str, dict]:
         raise NotImplementedError(f"{type(self).__name__} has no spec string")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Filter ``x`` (B, C, H, W) or (C, H, W), float; see the module docstring."""
+        from .engine import module_forward  # (the engine's plans read these modules)
+
+        return module_forward(self, x)
+
+    def _reference(self, x: Tensor) -> Tensor:
+        """The plain torch definition of this filter (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference forward")
 
     def __or__(self, other):
         """``gaussian | sharpen``: a :class:`~convkit.Chain` of both (a string is a spec)."""
@@ -95,7 +112,7 @@ class Kernel2d(Filter):
     Attributes:
         method: how :func:`convkit.engine.apply` runs this kernel: None (the engine's rule) or
             "direct", "separable", "lowrank", "fft", "box"; a kernel with a method set is never
-            fused with its neighbours. ``forward`` itself always correlates directly.
+            fused with its neighbours.
 
     Shape:
         input (B, C, H, W) or (C, H, W), float; output the same shape.
@@ -157,7 +174,7 @@ class Kernel2d(Filter):
     def reach(self) -> tuple[int, int, int, int]:
         return KF.kernel_pads(*self.weight.shape)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _reference(self, x: Tensor) -> Tensor:
         out = KF.filter2d(x, self.weight, self.border, self.value / 255.0)
         return out + self.bias if self.bias else out
 
@@ -222,7 +239,7 @@ class GradientMagnitude(Filter):
     def reach(self) -> tuple[int, int, int, int]:
         return KF.kernel_pads(*self.kx.shape)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _reference(self, x: Tensor) -> Tensor:
         v = self.value / 255.0
         gx = KF.filter2d(x, self.kx, self.border, v)
         gy = KF.filter2d(x, self.ky, self.border, v)
@@ -247,8 +264,8 @@ class Unsharp(Filter):
     def reach(self) -> tuple[int, int, int, int]:
         return self.blur.reach
 
-    def forward(self, x: Tensor) -> Tensor:
-        d = x - self.blur(x)
+    def _reference(self, x: Tensor) -> Tensor:
+        d = x - self.blur._reference(x)
         keep = d.abs() >= self.threshold / 255.0
         return x + self.amount * d * keep
 
@@ -278,7 +295,7 @@ class Pool2d(Filter):
     def reach(self) -> tuple[int, int, int, int]:
         return (0, self.size - 1, 0, self.size - 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _reference(self, x: Tensor) -> Tensor:
         op = KF.avg_pool if self.mode == "avg" else KF.max_pool
         return op(x, self.size, self.stride, self.border, self.value / 255.0)
 
@@ -305,7 +322,7 @@ class Median(Filter):
     def reach(self) -> tuple[int, int, int, int]:
         return KF.kernel_pads(self.size, self.size)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _reference(self, x: Tensor) -> Tensor:
         return KF.median_blur(x, self.size, self.border, self.value / 255.0)
 
     def _own_spec(self) -> tuple[str, dict]:
@@ -326,7 +343,19 @@ class Sequence2(Filter):
             total = [a + b for a, b in zip(total, m.reach, strict=True)]
         return tuple(total)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _reference(self, x: Tensor) -> Tensor:
         for m in self.parts:
-            x = m(x)
+            x = reference(m, x)
         return x
+
+
+def reference(module: nn.Module, x: Tensor) -> Tensor:
+    """``module``'s plain definition on ``x``: ``_reference`` for convkit's filters (and
+    chains), the module's own ``forward`` for anything else (a learned filter)."""
+    if isinstance(module, Filter) and type(module).forward is Filter.forward:
+        return module._reference(x)
+    if getattr(type(module), "opens_in_plans", False):
+        for m in module:  # type: ignore[attr-defined]
+            x = reference(m, x)
+        return x
+    return module(x)

@@ -17,6 +17,7 @@ import convkit
 from convkit import engine, fusion, stencil
 from convkit import functional as KF
 from convkit.modules import GradientMagnitude, Kernel2d, Median
+from convkit.modules import reference as plain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,11 +81,12 @@ def reference(m: Kernel2d, x: torch.Tensor, negative: str = "clip") -> torch.Ten
 
 
 def module_reference(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The core's definition for any filter or chain: the module itself in float64 on the
-    [0, 1] scale (on a CPU copy, so ``m`` is left as it is), then the integer rules."""
+    """The core's definition for any filter or chain: the module's plain definition (padding and
+    one dense correlation per kernel, no plan) in float64 on the [0, 1] scale (on a CPU copy,
+    so ``m`` is left as it is), then the integer rules."""
     import copy
 
-    ref = copy.deepcopy(m).cpu().double()(KF.to_float(x.cpu(), torch.float64))
+    ref = plain(copy.deepcopy(m).cpu().double(), KF.to_float(x.cpu(), torch.float64))
     return ref if x.is_floating_point() else KF.to_integer(ref, x.dtype, m.negative)
 
 
@@ -191,7 +193,7 @@ def test_auto_rule_picks_documented_methods():
     ch = convkit.chain("gaussian(sigma=16) | sharpen")
     assert [s[1:] for s in engine.explain(ch, x, fuse=False)] == [("torch", "fft"),
                                                                    ("opencv", "direct")]
-    ref = KF.to_integer(ch.double()(KF.to_float(x, torch.float64)), torch.uint8)
+    ref = KF.to_integer(plain(ch.double(), KF.to_float(x, torch.float64)), torch.uint8)
     ch.float()
     for fuse in (True, False):
         assert_close(engine.apply(ch, x, fuse=fuse), ref, what=f"fft then direct, fuse={fuse}")
@@ -551,7 +553,8 @@ def test_banded_chain_equals_the_chain(spec, border, monkeypatch, worker_threads
                     assert len(set(calls)) > 1, what
     # channels_last input, the layout of an image decoded as HWC
     x = _image((40, 30), torch.uint8).contiguous(memory_format=torch.channels_last)
-    ref = KF.to_integer(ch.double()(KF.to_float(x, torch.float64)), torch.uint8, ch.negative)
+    ref = KF.to_integer(plain(ch.double(), KF.to_float(x, torch.float64)), torch.uint8,
+                       ch.negative)
     ch.float()
     assert_close(engine.apply(ch, x), ref, what="channels_last")
 
@@ -663,7 +666,7 @@ def test_constant_fill_the_dtype_cannot_hold(value):
     for m in mods:
         for dtype in (torch.uint8, torch.uint16, torch.float32):
             x = _image((40, 33), dtype)
-            ref = m.double()(KF.to_float(x, torch.float64))
+            ref = plain(m.double(), KF.to_float(x, torch.float64))
             m.float()
             if not x.is_floating_point():
                 ref = KF.to_integer(ref, x.dtype, getattr(m, "negative", "clip")
@@ -685,7 +688,7 @@ def test_reordered_fusion_keeps_the_biases(border):
     x = _image((64, 48), torch.float32)
     plan = fusion.get_plan(ch)
     assert plan.ops[0].shape == (9, 9) and plan.ops[0].rank == 1, plan.describe()  # moved first
-    ref = ch.double()(x.double())
+    ref = plain(ch.double(), x.double())
     ch.float()
     for backend in ("opencv", "torch"):
         assert_close(engine.apply(ch, x, backend=backend), ref, 4.0, backend)

@@ -30,7 +30,7 @@ import torch
 
 import convkit
 from convkit import engine
-from convkit.fusion import LinearOp
+from convkit.plan.ops import LinearOp
 
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
 EMBOSS = np.array([[0, 0, 0], [0, 1, 0], [-1, 0, 0]], np.float32)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from torch import Tensor, nn
 
 from .modules import Filter
 from .registry import get_filter, get_info
-from .spec import Call, format_value, parse
+from .spec import Call, check_path_element, parse
 
-__all__ = ["Chain", "chain", "compose", "build_call", "MODEL_SUFFIXES"]
-
-MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".convkit")
-
+__all__ = ["Chain", "chain", "compose", "build_call"]
 
 class Chain(nn.Sequential):
     """Filters applied in turn. ``str(chain)`` is a spec string that parses to the same chain.
@@ -88,17 +84,11 @@ def build_call(call: Call) -> nn.Module:
 
 
 def _from_path(path: str) -> nn.Module:
-    suffix = Path(path).suffix.lower()
-    if suffix == ".toml":
+    if check_path_element(path) == "kernel":
         return get_filter("kernel", path=path)
-    if suffix in MODEL_SUFFIXES:
-        from .learn.files import load_model
+    from .learn.files import load_model
 
-        return load_model(path)
-    raise ValueError(
-        f"{path}: expected a filter name, a kernel file (.toml) or a model file "
-        f"({', '.join(MODEL_SUFFIXES)})"
-    )
+    return load_model(path)
 
 
 def chain(spec: str | nn.Module | Iterable[str | nn.Module]) -> Chain:
@@ -128,8 +118,3 @@ def chain(spec: str | nn.Module | Iterable[str | nn.Module]) -> Chain:
             raise ValueError("a chain should hold at least one filter. Got an empty list")
         return Chain(*mods)
     raise TypeError(f"spec should be a string, an nn.Module or a list. Got {type(spec).__name__}")
-
-
-def path_spec(path: str) -> str:
-    """How a file element prints in a spec."""
-    return format_value(path)

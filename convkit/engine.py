@@ -1,4 +1,4 @@
-"""The execution engine: runs a filter (chain) on an image batch of any dtype, fast.
+"""The execution engine: runs a plan on an image batch of any dtype, on the backend that suits.
 
 ``apply(module, x)`` is the single place where integer images become float and back. The result
 is the one the core defines (see :mod:`convkit.functional`): uint8/uint16 -> float on the [0, 1]
@@ -6,87 +6,32 @@ scale -> module -> the module's ``negative`` mapping -> round to nearest (ties t
 saturate to the dtype's range (OpenCV's saturate_cast). How it is computed is the engine's
 choice, and results never depend on it beyond float rounding (1 grey level on integer images):
 
-1. The module is flattened into a cached *plan* (:mod:`convkit.fusion`); consecutive linear
-   kernels are fused into one where that is exact at every pixel (any kernels for ``circular``;
-   for ``reflect``/``symmetric`` when every kernel but the last is odd-sized and mirror
-   symmetric; never for ``replicate``/``constant``). A fused group runs as one kernel, or as its
-   separable members in one separable pass followed by the rest, whichever the cost model below
-   says is cheaper.
-2. Each linear kernel runs by one *method*: ``direct`` (2-D correlation), ``separable`` (two
-   1-D passes, rank 1 by SVD or the exact factors of gaussian/box), ``lowrank`` (a sum of
-   separable passes, for kernels of small SVD rank), ``fft`` (torch's FFT, on any device) or
-   ``box`` (running sums, O(1) per pixel, for kernels whose taps are all equal).
+1. The module is flattened into a cached *plan* (:mod:`convkit.fusion`, :mod:`convkit.plan`):
+   consecutive linear kernels fused where exact.
+2. Each linear kernel runs by one *method*, picked by the rule in :mod:`convkit.plan.rules`.
 3. Each operation runs on a *backend*: ``opencv`` (CPU; uint8, uint16 and float32 planes, see
    :mod:`convkit.fastpath`; integer conversion folded into the kernel, so an integer image goes
-   in and out in one pass; the planes shared among OpenCV's threads) or ``torch`` (any device
-   and dtype; channels_last on the CPU).
-4. On the CPU, a plan of several linear kernels that OpenCV runs goes through the image in bands
-   of rows, every kernel on one band before the next band (:func:`convkit.fastpath.linear_chain`):
-   the float32 intermediates stay in the cache. Each band carries the rows its kernels reach,
-   so the result is the whole-image one.
-
-Method rule (``method=None``). ``taps`` is kh*kw, ``r`` the SVD rank, ``n`` = kh + kw.
-
-CPU: the cheapest method by a cost model (:func:`convkit.fusion.method_costs`) fitted to
-``python benchmarks/bench_filters.py --methods`` (a 1920x1080 RGB uint8 image, 2-core x86 AVX2,
-OpenCV 5 and torch 2.14, best of 5 rounds on a machine shared with other jobs; ms, excerpt; fft
-is torch's, the others OpenCV's):
-
-=============  ======  =========  =======  =====  =====  ====================================
-kernel         direct  separable  lowrank  fft    box    cost model, ns per sample (picked)
-=============  ======  =========  =======  =====  =====  ====================================
-box 3x3          4.8     3.1        5.5      -     2.1   box 0.9
-box 49x49         -     24.7       29.6     67.2   6.0   box 0.9 (flat in size)
-rank1 3x3        4.8     3.1        5.5      -      -    separable 0.5 + 0.08 n
-rank1 13x13       -      7.6       10.1     54.1    -    separable
-rank1 49x49       -     27.5       28.5     67.6    -    separable
-rank1 97x97       -     59.8       68.0     76.5    -    fft 10.5 from 121 taps (flat in size)
-rank1 193x193     -    175         191      61.1    -    fft
-rank2 5x5       11.1      -        16.1      -      -    direct max(1, 0.16 taps) below 121
-rank2 13x13     63.0      -        31.9     50.6    -    lowrank r (2 + 0.08 n) + 2
-full 9x9        37.4      -          -      50.0    -    direct
-full 13x13      60.3      -          -      44.4    -    fft (filter2D's DFT: 10 + 0.02 (taps
-full 31x31      76.1      -          -      65.4    -    fft  - 121), at most 21)
-=============  ======  =========  =======  =====  =====  ====================================
-
-The fft column swings most between runs (45-77 ms at every size in two runs); the rule puts its
-crossover with the separable pass between them, about 63x63. A gaussian therefore runs
-separable up to sigma 10 on 8-bit images (61x61) and through the FFT above, where its cost no
-longer grows with sigma. An explicit ``backend="opencv"`` keeps to
-OpenCV's methods.
-
-torch backend (CUDA, and the CPU fallback): a threshold rule. Box kernels -> ``box`` (running
-sums) from 121 taps on the CPU, and on CUDA from n >= 146 (sides of 73): on an H100
-(``bench_filters.py --device cuda``, 1080p RGB uint8) the box method costs 1.0-1.1 ms at every
-size from 11 to 101, a separable gaussian 0.4 ms at 7 and 13 taps a side, 0.6 at 25, 0.8 at 49,
-1.3 at 97 and 2.3 at 193. Otherwise: rank 1 with taps >= 9 -> ``separable``; taps <= 25 ->
-``direct``; ``r * n * 2 <= taps`` -> ``lowrank``; taps >= 225 -> ``fft``; else ``direct``
-(these not measured on a GPU). On the CPU, torch's own depthwise convolution is 5-50x slower
-than OpenCV's (it is the path for float64, float16 and inputs that need a gradient).
+   in and out in one pass) or ``torch`` (any device and dtype, differentiable; channels_last on
+   the CPU). A plan of several linear kernels that OpenCV runs goes through the image in bands
+   of rows, every kernel on one band before the next (the float32 intermediates stay in the
+   cache).
 
 The opencv backend is used on the CPU for uint8, uint16 and float32 images when the input
 needs no gradient; torch otherwise (or when ``backend="torch"``). Median filters use
 cv2.medianBlur (uint8 at odd sizes; uint16/float32 at sizes 3 and 5), the gradient magnitude
-two OpenCV passes and cv2.magnitude; pooling and learned filters run their own ``forward``.
+two OpenCV passes and cv2.magnitude; pooling and learned filters run their own definition.
 
-Overrides, innermost first: a ``method`` attribute on a :class:`~convkit.Kernel2d` (that kernel
-is then never fused), ``apply(..., method=, backend=, fuse=)``, and the context manager
-:func:`options`. A method that cannot run a kernel (``separable`` on a rank-2 kernel, ``box`` on
-unequal taps) raises ValueError. On CUDA, ``options(compile=True)`` (or CONVKIT_COMPILE=1) runs
-small direct kernels through one ``torch.compile``'d function that reads the integer image and
-writes the integer result in a single pass. ``options(triton=True)`` (or CONVKIT_TRITON=1)
-runs kernels of up to 49 taps whose method is automatic or ``direct``, and gradient magnitudes,
-through convkit's own one-pass Triton stencil (:mod:`convkit.stencil`): one read, one write,
-integer kernels on integer images summed exactly in int32. It takes precedence over
-``compile``; what it does not take runs as above.
+On CUDA, ``options(compile=True)`` (or CONVKIT_COMPILE=1) runs small direct kernels through one
+``torch.compile``'d function that reads the integer image and writes the integer result in a
+single pass. ``options(triton=True)`` (or CONVKIT_TRITON=1) runs kernels of up to 49 taps whose
+method is automatic or ``direct``, and gradient magnitudes, through convkit's own one-pass
+Triton stencil (:mod:`convkit.stencil`). It takes precedence over ``compile``; what it does not
+take runs as above.
 """
 
 from __future__ import annotations
 
-import contextvars
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -96,113 +41,26 @@ from torch import Tensor, nn
 
 from . import fastpath, stencil
 from . import functional as KF
-from .fusion import GradientOp, LinearOp, MedianOp, ModuleOp, Plan, get_plan, method_costs
+from .fusion import get_plan
 from .modules import reference
-
-__all__ = ["apply", "apply_tiled", "options", "explain", "choose_method", "METHODS", "BACKENDS"]
-
-METHODS = ("direct", "separable", "lowrank", "fft", "box")
-BACKENDS = ("auto", "torch", "opencv")
-_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0}
-OFFSET = 128.0 / 255.0
-
-# --- the torch rule's thresholds (see the table above) ----------------------------------------
-DIRECT_MAX_TAPS = 25
-SEP_MIN_TAPS = 9
-LOWRANK_FACTOR = 2  # lowrank when rank * (kh + kw) * LOWRANK_FACTOR <= taps
-T_BOX_MIN_TAPS = 121
-T_FFT_MIN_TAPS = 225
-COMPILE_MAX_TAPS = 49
-CUDA_BOX_MIN_N = 146  # box kernels on CUDA: running sums when kh + kw >= this
-
-
-@dataclass(frozen=True)
-class Options:
-    method: str | None = None
-    backend: str = "auto"
-    fuse: bool = True
-    compile: bool = os.environ.get("CONVKIT_COMPILE", "") not in ("", "0")
-    triton: bool = os.environ.get("CONVKIT_TRITON", "") not in ("", "0")
-    channels_last: bool | None = None  # None: on the CPU only
-
-
-_OPTIONS: contextvars.ContextVar[Options] = contextvars.ContextVar(
-    "convkit_engine_options", default=Options()  # noqa: B039 (frozen, immutable)
+from .plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, Plan
+from .plan.rules import (
+    BACKENDS,
+    METHODS,
+    Options,
+    choose_method,
+    cpu_fft,
+    merged,
+    method_for,
+    options,
 )
 
+__all__ = ["apply", "options", "explain", "module_forward", "choose_method", "METHODS",
+           "BACKENDS"]
 
-def _checked(method: str | None, backend: str | None) -> None:
-    if method is not None and method not in METHODS:
-        raise ValueError(f"Invalid method {method!r}. Expected one of {', '.join(METHODS)}.")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"Invalid backend {backend!r}. Expected one of {', '.join(BACKENDS)}.")
-
-
-@contextmanager
-def options(*, method: str | None = None, backend: str | None = None, fuse: bool | None = None,
-            compile: bool | None = None, triton: bool | None = None,
-            channels_last: bool | None = None) -> Iterator[None]:
-    """Set engine options for the calls inside the ``with`` block (this thread/task only).
-
-    >>> with options(method="direct", backend="torch"):
-    ...     pass  # every apply() here uses torch's direct correlation
-    """
-    _checked(method, backend)
-    cur = _OPTIONS.get()
-    new = replace(
-        cur,
-        method=method if method is not None else cur.method,
-        backend=backend if backend is not None else cur.backend,
-        fuse=cur.fuse if fuse is None else bool(fuse),
-        compile=cur.compile if compile is None else bool(compile),
-        triton=cur.triton if triton is None else bool(triton),
-        channels_last=cur.channels_last if channels_last is None else channels_last,
-    )
-    token = _OPTIONS.set(new)
-    try:
-        yield
-    finally:
-        _OPTIONS.reset(token)
-
-
-# --- the rule ---------------------------------------------------------------------------------
-def choose_method(op: LinearOp, backend: str) -> str:
-    """The method the rule picks for ``op``: ``backend`` "opencv" (OpenCV's methods), "cpu"
-    (the automatic choice on the CPU: OpenCV's methods or torch's fft), "torch" (torch on the
-    CPU) or "cuda" (torch on a GPU)."""
-    if backend in ("opencv", "cpu"):
-        costs = method_costs(op)
-        if backend == "opencv":
-            costs.pop("fft", None)
-        return min(costs, key=costs.get)
-    kh, kw = op.shape
-    taps = kh * kw
-    if op.box_weight is not None and kh > 1 and kw > 1:
-        if backend == "cuda":
-            return "box" if kh + kw >= CUDA_BOX_MIN_N else "separable"
-        return "box" if taps >= T_BOX_MIN_TAPS else "separable"
-    if op.rank == 1 and kh > 1 and kw > 1 and taps >= SEP_MIN_TAPS:
-        return "separable"
-    if taps <= DIRECT_MAX_TAPS:
-        return "direct"
-    if op.rank * (kh + kw) * LOWRANK_FACTOR <= taps:
-        return "lowrank"
-    if taps >= T_FFT_MIN_TAPS:
-        return "fft"
-    return "direct"
-
-
-def _check_method(op: LinearOp, method: str) -> None:
-    if method == "separable" and op.rank != 1:
-        raise ValueError(
-            f"method='separable' needs a rank-1 kernel; {op.name} ({op.shape[0]}x{op.shape[1]}) "
-            f"has rank {op.rank}. Use lowrank or direct."
-        )
-    if method == "box" and op.box_weight is None:
-        raise ValueError(
-            f"method='box' needs a kernel whose taps are all equal; {op.name} has unequal taps"
-        )
-
+_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0}
+OFFSET = 128.0 / 255.0
+COMPILE_MAX_TAPS = 49
 
 # --- torch methods ----------------------------------------------------------------------------
 def _depthwise(x: Tensor, w: Tensor, cl: bool) -> Tensor:
@@ -376,24 +234,6 @@ def _backend_for(op, x: Tensor, opts: Options) -> str:
     return "opencv"
 
 
-def _cpu_fft(op: LinearOp, opts: Options) -> bool:
-    """Whether an op that OpenCV could run goes to torch's fft instead (automatic backend)."""
-    return opts.backend == "auto" and (op.method or opts.method or choose_method(op, "cpu")) \
-        == "fft"
-
-
-def _method_for(op: LinearOp, backend: str, opts: Options, device: str = "cpu") -> str:
-    rule = "cuda" if backend == "torch" and device == "cuda" else backend
-    method = op.method or opts.method or choose_method(op, rule)
-    if method not in METHODS:
-        raise ValueError(f"Invalid method {method!r} on {op.name}. Expected one of "
-                         f"{', '.join(METHODS)}.")
-    _check_method(op, method)
-    if backend == "opencv" and method == "fft":
-        raise ValueError("method='fft' runs on the torch backend; use backend='torch' (OpenCV "
-                         "uses its own DFT for large kernels under method='direct')")
-    return method
-
 
 def _stencil_takes(op: LinearOp, x: Tensor, out_dtype: torch.dtype, negative: str | None,
                    opts: Options) -> bool:
@@ -414,10 +254,10 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
     s = out_max / in_max  # kernel scale: input units -> output units
 
     if isinstance(op, LinearOp):
-        if backend == "opencv" and _cpu_fft(op, opts):
+        if backend == "opencv" and cpu_fft(op, opts):
             backend, method = "torch", "fft"  # only an explicit backend="opencv" refuses fft
         else:
-            method = _method_for(op, backend, opts, x.device.type)
+            method = method_for(op, backend, opts, x.device.type)
         fill = op.value * in_max
         bias = op.bias * out_max
         if backend == "torch" and _stencil_takes(op, x, out_dtype, negative, opts):
@@ -465,9 +305,9 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
             trace.append(_Step(op.name, backend, "gradient"))
         if backend == "opencv":
             return fastpath.gradient(x, op, in_max, out_dtype, out_max, negative,
-                                     lambda lin: _method_for(lin, "opencv", own))
+                                     lambda lin: method_for(lin, "opencv", own))
         xf = x if x.is_floating_point() else x.to(torch.float32)
-        g = [_torch_method(lin, xf, _method_for(lin, "torch", own, x.device.type), s,
+        g = [_torch_method(lin, xf, method_for(lin, "torch", own, x.device.type), s,
                            lin.value * in_max, cl) for lin in (op.gx, op.gy)]
         y = _magnitude(g[0], g[1])
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
@@ -513,12 +353,12 @@ def _banded(plan: Plan, x: Tensor, opts: Options, trace: list | None) -> Tensor 
     ops = plan.ops
     if (len(ops) < 2 or x.dtype not in fastpath.CV_DTYPES
             or not all(isinstance(op, LinearOp) and fastpath.bandable(op)
-                       and _backend_for(op, x, opts) == "opencv" and not _cpu_fft(op, opts)
+                       and _backend_for(op, x, opts) == "opencv" and not cpu_fft(op, opts)
                        for op in ops)):
         return None
     steps = []
     for op, (in_max, _, out_max, negative) in zip(ops, _scales(plan, x), strict=True):
-        method = _method_for(op, "opencv", opts)
+        method = method_for(op, "opencv", opts)
         if trace is not None:
             trace.append(_Step(op.name, "opencv", method))
         steps.append(fastpath.step(op, method, in_max, out_max, negative))
@@ -559,15 +399,6 @@ def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Ten
     return cur
 
 
-def _merge(method: str | None, backend: str | None, fuse: bool | None) -> Options:
-    _checked(method, backend)
-    opts = _OPTIONS.get()
-    if method is not None or backend is not None or fuse is not None:
-        opts = replace(opts, method=method or opts.method, backend=backend or opts.backend,
-                       fuse=opts.fuse if fuse is None else bool(fuse))
-    return opts
-
-
 def _split_alpha(x: Tensor, alpha: bool) -> tuple[Tensor, Tensor | None]:
     if x.dim() != 4:
         raise ValueError(f"apply expects a batch (B,C,H,W). Got shape {tuple(x.shape)}")
@@ -597,7 +428,7 @@ def apply(module: nn.Module, x: Tensor, *, alpha: bool = False, method: str | No
         (B, C, H', W') of ``x``'s dtype; H', W' = H, W unless the chain pools.
     """
     colour, a = _split_alpha(x, alpha)
-    opts = _merge(method, backend, fuse)
+    opts = merged(method, backend, fuse)
     plan = get_plan(module, opts.fuse)
     integer = not x.is_floating_point()
     grad = torch.is_grad_enabled() and colour.requires_grad
@@ -651,16 +482,8 @@ def explain(module: nn.Module, x: Tensor, *, method: str | None = None,
     """Run ``module`` on ``x`` as :func:`apply` would and return, per executed operation,
     ``(name, backend, method)``: which kernels were fused and how each one ran."""
     colour, _ = _split_alpha(x, False)
-    opts = _merge(method, backend, fuse)
+    opts = merged(method, backend, fuse)
     trace: list = []
     with torch.no_grad():
         _run(get_plan(module, opts.fuse), colour, opts, trace)
     return [(s.name, s.backend, s.method) for s in trace]
-
-
-def apply_tiled(module: nn.Module, x: Tensor, **kwargs):
-    """Filter one huge image in tiles with a halo; see :func:`convkit.tiling.apply_tiled`."""
-    from .tiling import apply_tiled as _tiled
-
-    return _tiled(module, x, **kwargs)
-

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .fusion import GradientOp, LinearOp, MedianOp
+from .plan.ops import GradientOp, LinearOp, MedianOp
 
 __all__ = ["supports", "linear", "median", "gradient", "CV_DTYPES"]
 

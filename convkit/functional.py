@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import check_border
+from .kernels import check_border, gaussian_ksize, gaussian_taps
 
 __all__ = [
     "pad",
@@ -261,18 +261,10 @@ def _median3x3(xp: Tensor, h: int, w: int) -> Tensor:
     return _med3(most_low, _med3(*(mid[..., s] for s in cols)), least_high)
 
 
-def gaussian_ksize(sigma: float) -> int:
-    """OpenCV's kernel side for 8-bit images: round(6 * sigma + 1), made odd."""
-    k = int(math.floor(sigma * 6 + 1 + 0.5))  # cvRound of a positive number
-    return k | 1
-
-
 def gaussian_kernel1d(ksize: int, sigma: float, dtype=torch.float64) -> Tensor:
-    """Normalised Gaussian taps ``exp(-(i - (ksize-1)/2)**2 / (2 sigma**2))``, as
-    ``cv2.getGaussianKernel(ksize, sigma)`` for sigma > 0."""
-    i = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
-    g = torch.exp(-(i * i) / (2 * sigma * sigma))
-    return (g / g.sum()).to(dtype)
+    """Normalised Gaussian taps, as ``cv2.getGaussianKernel(ksize, sigma)`` for sigma > 0
+    (:func:`convkit.kernels.gaussian_taps`, as a tensor)."""
+    return torch.from_numpy(gaussian_taps(ksize, sigma)).to(dtype)
 
 
 _INT_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.int16: 32767.0, torch.int32: 65535.0}

@@ -238,3 +238,43 @@ def builtin_specs() -> dict[str, KernelSpec]:
         spec = loads_spec(f.read_bytes(), f"filters/{f.name}", _default_name(f.name[:-5]))
         specs[spec.name] = spec
     return specs
+
+
+# --- kernel arithmetic, shared by the modules and the torch-free planner ----------------------
+def blend(rows: Sequence[Sequence[float]], scale: float, offset: float, strength: float,
+          what: str = "Kernel2d") -> tuple[Any, float]:
+    """The kernel and bias (on the [0, 1] scale) that ``rows / scale`` with ``offset`` (8-bit
+    grey levels) and ``strength`` give: ``identity + strength * (K - identity)``, the identity
+    at the anchor (kh // 2, kw // 2), the offset scaled by the strength too. float64; raises
+    ValueError when a weight or the bias is beyond float32's range."""
+    import numpy as np
+
+    k = np.array(rows, dtype=np.float64) / scale
+    if strength != 1.0:
+        ident = np.zeros_like(k)
+        ident[k.shape[0] // 2, k.shape[1] // 2] = 1.0
+        k = ident + strength * (k - ident)
+    bias = strength * offset / 255.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        fits = bool(np.isfinite(k.astype(np.float32)).all() and np.isfinite(np.float32(bias)))
+    if not fits:
+        raise ValueError(
+            f"{what}: the parameters give weights beyond float32's range (largest "
+            f"{np.abs(k).max():g}, offset {strength * offset:g}). Expected at most about 3.4e38")
+    return k, bias
+
+
+def gaussian_taps(ksize: int, sigma: float) -> Any:
+    """Normalised Gaussian taps ``exp(-(i - (ksize-1)/2)**2 / (2 sigma**2))`` (float64), as
+    ``cv2.getGaussianKernel(ksize, sigma)`` for sigma > 0."""
+    import numpy as np
+
+    i = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
+    g = np.exp(-(i * i) / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def gaussian_ksize(sigma: float) -> int:
+    """OpenCV's kernel side for 8-bit images: round(6 * sigma + 1), made odd."""
+    k = int(math.floor(sigma * 6 + 1 + 0.5))  # cvRound of a positive number
+    return k | 1

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as KF
-from .kernels import check_border, check_weights, resolve_scale
+from .kernels import blend, check_border, check_weights, resolve_scale
 
 __all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median", "reference"]
 
@@ -146,21 +146,10 @@ class Kernel2d(Filter):
         self.value = float(value)
         self.strength = float(strength)
         self.negative = negative
-        k = torch.tensor(rows, dtype=torch.float64) / self.scale
+        k, self.bias = blend(rows, self.scale, self.offset, self.strength)
         kh, kw = k.shape
         self.anchor = (kh // 2, kw // 2)
-        if self.strength != 1.0:
-            ident = torch.zeros_like(k)
-            ident[self.anchor] = 1.0
-            k = ident + self.strength * (k - ident)
-        self.bias = self.strength * self.offset / 255.0
-        if not (torch.isfinite(k.float()).all()
-                and torch.isfinite(torch.tensor(self.bias, dtype=torch.float32))):
-            raise ValueError(
-                "Kernel2d: the parameters give weights beyond float32's range (largest "
-                f"{k.abs().max().item():g}, offset {self.strength * self.offset:g}). Expected "
-                "at most about 3.4e38")
-        self.register_buffer("weight", k.float(), persistent=True)
+        self.register_buffer("weight", torch.from_numpy(k).float(), persistent=True)
         self._built = self.weight.clone()  # the weights its parameters give (see spec())
         self.separable = None
         if separable is not None and self.strength == 1.0:
@@ -169,6 +158,28 @@ class Kernel2d(Filter):
             self.register_buffer("col", col, persistent=False)
             self.register_buffer("row", row, persistent=False)
             self.separable = True
+
+    @classmethod
+    def from_leaf(cls, leaf) -> Kernel2d:
+        """The module of a :class:`convkit.plan.leaves.KernelLeaf` (its kernel is the one
+        applied: scale 1, strength 1)."""
+        m = cls.__new__(cls)
+        Filter.__init__(m)
+        m.raw_weights = None  # (the leaf's kernel: _own_spec reads the buffer)
+        m.scale, m.strength = 1.0, 1.0
+        m.offset, m.bias = leaf.bias * 255.0, leaf.bias
+        m.border, m.value, m.negative = check_border(leaf.border), float(leaf.value), \
+            leaf.negative
+        kh, kw = leaf.kernel.shape
+        m.anchor = (kh // 2, kw // 2)
+        m.register_buffer("weight", torch.from_numpy(leaf.kernel).float(), persistent=True)
+        m._built = m.weight.clone()
+        m.separable = None
+        if leaf.factors is not None:
+            m.register_buffer("col", torch.from_numpy(leaf.factors[0]).float(), persistent=False)
+            m.register_buffer("row", torch.from_numpy(leaf.factors[1]).float(), persistent=False)
+            m.separable = True
+        return m
 
     @property
     def reach(self) -> tuple[int, int, int, int]:
@@ -207,6 +218,8 @@ class Kernel2d(Filter):
         return format_call("kernel", params)
 
     def _own_spec(self) -> tuple[str, dict]:
+        if self.raw_weights is None:
+            self.raw_weights = self._built.double().tolist()
         params: dict = {"weights": self.raw_weights}
         if self.scale != resolve_scale(check_weights(self.raw_weights), None):
             params["scale"] = self.scale

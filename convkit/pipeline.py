@@ -354,17 +354,16 @@ def filter_image(module, image, *, alpha: bool, device, max_memory: int | None =
     """Filter one image (C, H, W); returns (C, H', W') on the CPU.
 
     Huge images (over :data:`HUGE_PIXELS`) come here one at a time, never batched. On the CPU
-    they are filtered in tiles with a halo (``engine.apply_tiled``: the same result as the whole
-    image, in bounded working memory, ``max_memory`` bytes or automatic), in place when the
-    chain keeps the image size, so no second full-size image is allocated.
+    they are filtered in tiles with a halo (:func:`convkit.tiling.apply_tiled`: the same result
+    as the whole image, in bounded working memory, ``max_memory`` bytes or automatic), in place
+    when the chain keeps the image size, so no second full-size image is allocated.
     """
     import torch
 
-    from . import engine
     from .modules import Pool2d
+    from .tiling import apply_tiled as tiled
 
-    tiled = getattr(engine, "apply_tiled", None)
-    if device.type == "cpu" and image.shape[-1] * image.shape[-2] > HUGE_PIXELS and tiled:
+    if device.type == "cpu" and image.shape[-1] * image.shape[-2] > HUGE_PIXELS:
         x = image.unsqueeze(0)
         pools = any(isinstance(m, Pool2d) for m in module.modules())
         with torch.inference_mode():

@@ -23,8 +23,6 @@ from .kernels import (
     load_spec,
 )
 
-_MISSING = object()
-
 
 @dataclass(frozen=True)
 class Param:
@@ -144,21 +142,39 @@ class FilterInfo:
             out[key] = self.param(key).check(value, self.name)
         return out
 
+    def leaves(self, **params: Any) -> list | None:
+        """Check ``params`` and give the filter's leaves (:mod:`convkit.plan.leaves`), without
+        torch; None for a filter that is not fixed kernels (pooling, a learned filter, unsharp
+        with a threshold)."""
+        checked = self.check_params((), params)
+        if not self.builder.startswith(_L):
+            return None
+        return self._call(self.builder, checked)
+
     def build(self, **params: Any):
         """Check ``params`` and build the module (imports torch)."""
         checked = self.check_params((), params)
-        module_name, func_name = self.builder.split(":")
-        builder = getattr(importlib.import_module(module_name), func_name)
+        out = self._call(self.builder, checked)
+        if isinstance(out, list):
+            from .builders import from_leaves
+
+            out = from_leaves(out)
+        elif out is None:  # a torch-free builder that hands this case to its torch twin
+            out = self._call(_B + self.builder.split(":")[1], checked)
+        out.spec_name = self.name
+        out.spec_params = checked
+        return out
+
+    def _call(self, builder: str, checked: dict) -> Any:
+        module_name, func_name = builder.split(":")
+        fn = getattr(importlib.import_module(module_name), func_name)
         try:
-            module = builder(self, **checked)
+            return fn(self, **checked)
         except ValueError as e:  # name the filter, not the module class that refused
             msg = str(e)
             if msg.startswith(f"{self.name}:") or type(e) is not ValueError:
                 raise
             raise ValueError(f"{self.name}: {msg.removeprefix('Kernel2d: ')}") from None
-        module.spec_name = self.name
-        module.spec_params = checked
-        return module
 
 
 # --- shared parameters ---------------------------------------------------------------------
@@ -187,13 +203,17 @@ POOL = (
     BORDER, VALUE,
 )
 
+# Fixed filters name their torch-free leaves (convkit.plan.leaves), which give the module and the
+# plan alike; the others a torch builder. Named by dotted string, so that listing filters and
+# --help import neither.
+_L = "convkit.plan.leaves:"
 _B = "convkit.builders:"
 
 _BUILTINS: tuple[FilterInfo, ...] = (
     FilterInfo(
         "box", "Box (mean) blur over a size x size square, as cv2.blur.",
         (Param("size", "int", 3, "side of the square", low=1, high=MAX_SIDE), *LINEAR),
-        _B + "box", example="convkit box --size 5 photo.jpg",
+        _L + "box", example="convkit box --size 5 photo.jpg",
     ),
     FilterInfo(
         "gaussian", "Gaussian blur, as cv2.GaussianBlur (ksize from sigma as OpenCV chooses it).",
@@ -204,7 +224,7 @@ _BUILTINS: tuple[FilterInfo, ...] = (
                   low=1, high=MAX_SIDE),
             *LINEAR,
         ),
-        _B + "gaussian", example="convkit gaussian --sigma 2 photo.jpg",
+        _L + "gaussian", example="convkit gaussian --sigma 2 photo.jpg",
     ),
     FilterInfo(
         "unsharp", "Unsharp mask: x + amount * (x - gaussian(x)), only where the difference "
@@ -218,19 +238,19 @@ _BUILTINS: tuple[FilterInfo, ...] = (
                   high=MAX_SIDE),
             BORDER, VALUE,
         ),
-        _B + "unsharp", example="convkit unsharp --sigma 2 --amount 1.5 photo.jpg",
+        _L + "unsharp", example="convkit unsharp --sigma 2 --amount 1.5 photo.jpg",
     ),
     FilterInfo(
         "edges", "Visible edge map: Sobel gradient magnitude of a lightly smoothed image.",
         (Param("sigma", "float", 1.0, "pre-smoothing sigma in pixels", low=0, low_open=True,
                high=MAX_SIGMA), BORDER, VALUE),
-        _B + "edges", example="convkit edges photo.jpg",
+        _L + "edges", example="convkit edges photo.jpg",
     ),
     FilterInfo(
         "median", "Median of each size x size neighbourhood (non-linear; lower median for even "
         "sizes).",
         (Param("size", "int", 3, "side of the square", low=1, high=MAX_SIDE), BORDER, VALUE),
-        _B + "median", example="convkit median --size 5 photo.jpg",
+        _L + "median", example="convkit median --size 5 photo.jpg",
     ),
     FilterInfo(
         "avgpool", "Average pooling: shrinks the image by stride.", POOL,
@@ -252,7 +272,7 @@ _BUILTINS: tuple[FilterInfo, ...] = (
             Param("border", "choice", None, BORDER.help, choices=BORDERS),
             VALUE,
         ),
-        _B + "kernel",
+        _L + "kernel",
         example="convkit kernel --weights '[[0,-1,0],[-1,5,-1],[0,-1,0]]' photo.jpg",
     ),
     FilterInfo(
@@ -272,14 +292,14 @@ def _from_spec(spec: KernelSpec) -> FilterInfo:
             Param("dy", "int", 0, "order of the y derivative (0 or 1)", low=0, high=1),
             NEGATIVE, *LINEAR,
         )
-        return FilterInfo(spec.name, spec.description, params, _B + "gradient", spec,
+        return FilterInfo(spec.name, spec.description, params, _L + "gradient", spec,
                           example=f"convkit {spec.name} --dx 1 photo.jpg")
     if spec.name == "sharpen":
         params = (Param("amount", "float", 1.0, "strength of the high-pass"), *LINEAR)
-        return FilterInfo(spec.name, spec.description, params, _B + "sharpen", spec,
+        return FilterInfo(spec.name, spec.description, params, _L + "sharpen", spec,
                           example="convkit sharpen --amount 1.5 photo.jpg")
     params = (NEGATIVE, *LINEAR) if spec.signed else LINEAR
-    return FilterInfo(spec.name, spec.description, params, _B + "named_kernel", spec,
+    return FilterInfo(spec.name, spec.description, params, _L + "named_kernel", spec,
                       example=f"convkit {spec.name} photo.jpg")
 
 

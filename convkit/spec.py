@@ -40,6 +40,23 @@ class Call:
     pos: int = 0
 
 
+# The file suffixes a chain element may name as a learned filter's model file.
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".convkit")
+
+
+def check_path_element(path: str) -> str:
+    """``"kernel"`` or ``"model"`` for a file element of a chain; ValueError for any other."""
+    low = path.lower()
+    if low.endswith(".toml"):
+        return "kernel"
+    if low.endswith(MODEL_SUFFIXES):
+        return "model"
+    raise ValueError(
+        f"{path}: expected a filter name, a kernel file (.toml) or a model file "
+        f"({', '.join(MODEL_SUFFIXES)})"
+    )
+
+
 class SpecError(ValueError):
     """A chain spec that does not parse; the message says where."""
 

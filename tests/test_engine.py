@@ -18,6 +18,8 @@ from convkit import engine, fusion, stencil
 from convkit import functional as KF
 from convkit.modules import GradientMagnitude, Kernel2d, Median
 from convkit.modules import reference as plain
+from convkit.plan import fuse as fuse_mod
+from convkit.plan.ops import LinearOp, MedianOp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -237,7 +239,7 @@ def test_median_every_path(size):
                 exp = KF.median_blur(xf, size, border, m.value / 255.0)
                 exp = exp if x.is_floating_point() else KF.to_integer(exp, dtype)
                 assert torch.equal(ref, exp)
-                if engine.fastpath.supports(fusion.MedianOp(size, border, 0.0), dtype):
+                if engine.fastpath.supports(MedianOp(size, border, 0.0), dtype):
                     out = engine.apply(m, x, backend="opencv")
                     assert torch.equal(out, ref), f"{size} {border} {dtype} {shape}"
 
@@ -288,9 +290,9 @@ def test_fusion_exact_everywhere(border):
     spec += f" | emboss(border={border})"  # the last kernel need not be symmetric
     ch = convkit.chain(spec)
     ops = [fusion._kernel_op(m) for m in ch]
-    assert all(fusion.fusable(a, b) for a, b in zip(ops, ops[1:], strict=False))
-    full = fusion._fold(ops)
-    split = fusion.split_group(ops)
+    assert all(fuse_mod.fusable(a, b) for a, b in zip(ops, ops[1:], strict=False))
+    full = fuse_mod._fold(ops)
+    split = fuse_mod.split_group(ops)
     assert len(fusion.build_plan(ch).ops) < len(ops)  # fused, in one or more groups
     for shape in ((17, 20), (4, 3), (1, 2), (1, 1)):
         x = torch.from_numpy(R.random((1, 2, *shape)))
@@ -329,7 +331,7 @@ def test_no_fusion_where_it_would_be_wrong(border, first):
     a, b = ch
     assert len(fusion.build_plan(ch).ops) == 2
     x = torch.from_numpy(R.random((1, 1, 12, 12)))
-    composed = fusion.compose(fusion._kernel_op(a), fusion._kernel_op(b))
+    composed = fuse_mod.convolve_ops(fusion._kernel_op(a), fusion._kernel_op(b))
     y = KF.filter2d(x, torch.from_numpy(composed.kernel), border) + composed.bias
     chain_out = _run_unfused(ch, x)
     assert (y - chain_out).abs().max() > 1e-6  # the fused kernel would be wrong somewhere ...
@@ -792,7 +794,7 @@ def _exact_on_stencil(m) -> bool:
     """One kernel of whole-number weights: on an integer image the stencil sums it exactly in
     int32, so its result must equal the float64 reference's at every pixel."""
     ops = fusion.get_plan(m).ops
-    return (len(ops) == 1 and isinstance(ops[0], fusion.LinearOp)
+    return (len(ops) == 1 and isinstance(ops[0], LinearOp)
             and np.array_equal(ops[0].kernel, np.round(ops[0].kernel)))
 
 

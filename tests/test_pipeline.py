@@ -364,16 +364,16 @@ def test_torchrun_two_processes(tmp_path):
 
 
 def test_huge_images_are_filtered_in_tiles_with_the_same_result(tmp_path, monkeypatch):
-    from convkit import engine
+    from convkit import tiling
 
     calls = []
-    real = engine.apply_tiled
+    real = tiling.apply_tiled
 
     def spy(module, x, **kw):
         calls.append((tuple(x.shape), kw["out"] is x))
         return real(module, x, **kw)
 
-    monkeypatch.setattr(engine, "apply_tiled", spy)
+    monkeypatch.setattr(tiling, "apply_tiled", spy)
     monkeypatch.setattr(pipeline, "HUGE_PIXELS", 100 * 100)  # "huge" from 100x100 up
     img = photo(150, 220, seed=3)
     src = write(tmp_path / "big.png", img)

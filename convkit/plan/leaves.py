@@ -1,0 +1,155 @@
+"""The registry's fixed filters as leaves: checked parameters in, kernels as NumPy data out.
+
+One function per fixed filter (the registry names them as its builders): each returns the
+filter's *leaves*, the pieces a plan is made of, without torch. :func:`convkit.builders.build`
+makes the ``nn.Module`` from the same leaves, and :mod:`convkit.plan.specs` the plan, so a
+filter's kernel is computed by one rule whichever way it is used.
+
+Filters that are not fixed kernels (pooling, unsharp with a threshold, learned filters) have
+torch builders only (:mod:`convkit.builders`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..kernels import KernelSpec, blend, check_weights, gaussian_ksize, gaussian_taps, load_spec
+
+__all__ = ["KernelLeaf", "MedianLeaf", "GradientLeaf", "Leaf", "named_kernel", "sharpen",
+           "gradient", "gaussian", "box", "unsharp", "edges", "median", "kernel"]
+
+
+@dataclass(frozen=True, eq=False)
+class KernelLeaf:
+    """``correlate(pad(x), kernel) + bias``: ``kernel`` float64 (kh, kw), the one applied;
+    ``bias`` on the [0, 1] scale; ``value`` the constant border's fill in 8-bit grey levels;
+    ``factors`` exact separable (col, row) when known (gaussian, box)."""
+
+    kernel: np.ndarray
+    bias: float = 0.0
+    border: str = "reflect"
+    value: float = 0.0
+    negative: str | None = None
+    factors: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class MedianLeaf:
+    size: int
+    border: str = "reflect"
+    value: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class GradientLeaf:
+    """``sqrt(gx**2 + gy**2)``, ``gx`` by ``kx`` (float64, d/dx) and ``gy`` by its transpose."""
+
+    kx: np.ndarray
+    border: str = "reflect"
+    value: float = 0.0
+
+
+Leaf = KernelLeaf | MedianLeaf | GradientLeaf
+
+
+def _linear(rows: Any, *, scale: float, offset: float, strength: float, border: str,
+            value: float, negative: str | None = None, factors=None) -> KernelLeaf:
+    k, bias = blend(rows, scale, offset, strength)
+    return KernelLeaf(k, bias, border, float(value), negative,
+                      factors if strength == 1.0 else None)
+
+
+def _spec_kernel(spec: KernelSpec, *, strength: float, border: str | None, value: float,
+                 negative: str | None = None, offset: float | None = None,
+                 scale: float | None = None) -> KernelLeaf:
+    if negative is None and spec.signed:
+        negative = "abs"
+    return _linear(spec.weights, scale=spec.scale if scale is None else scale,
+                   offset=spec.offset if offset is None else offset, strength=strength,
+                   border=border or spec.border, value=value, negative=negative)
+
+
+def named_kernel(info, strength=1.0, border=None, value=0.0, negative=None) -> list[Leaf]:
+    return [_spec_kernel(info.spec, strength=strength, border=border, value=value,
+                         negative=negative)]
+
+
+def sharpen(info, amount=1.0, strength=1.0, border=None, value=0.0) -> list[Leaf]:
+    # The file holds the amount-1 kernel; amount scales (K - identity), the same rule as strength.
+    return [_spec_kernel(info.spec, strength=amount * strength, border=border, value=value)]
+
+
+def gradient(info, dx=0, dy=0, negative="abs", strength=1.0, border=None,
+             value=0.0) -> list[Leaf]:
+    spec = info.spec
+    border = border or spec.border
+    k = np.array(spec.weights, dtype=np.float64) / spec.scale
+    if dx + dy == 0:
+        if strength != 1.0:
+            raise ValueError(f"{info.name}: strength applies to one derivative (dx=1 or dy=1); "
+                             "the magnitude is not a linear filter")
+        return [GradientLeaf(k, border, float(value))]
+    if dx and dy:
+        raise ValueError(f"{info.name}: give dx=1 or dy=1, not both (0 and 0 = magnitude)")
+    return [_linear(k.T if dy else k, scale=1.0, offset=0.0, strength=strength, border=border,
+                    value=value, negative=negative)]
+
+
+def _gaussian(sigma: float, ksize: int | None, *, strength: float = 1.0,
+              border: str = "reflect", value: float = 0.0) -> KernelLeaf:
+    g = gaussian_taps(ksize or gaussian_ksize(sigma), sigma)
+    return _linear(np.outer(g, g), scale=1.0, offset=0.0, strength=strength, border=border,
+                   value=value, factors=(g, g))
+
+
+def gaussian(info, sigma=1.0, ksize=None, strength=1.0, border="reflect",
+             value=0.0) -> list[Leaf]:
+    return [_gaussian(sigma, ksize, strength=strength, border=border, value=value)]
+
+
+def box(info, size=3, strength=1.0, border="reflect", value=0.0) -> list[Leaf]:
+    ones = np.full(size, 1.0 / size)
+    return [_linear(np.outer(ones, ones), scale=1.0, offset=0.0, strength=strength,
+                    border=border, value=value, factors=(ones, ones))]
+
+
+def unsharp(info, sigma=1.0, amount=1.0, threshold=0.0, ksize=None, border="reflect",
+            value=0.0) -> list[Leaf] | None:
+    """With threshold 0, one kernel: ``x + a(x - Gx) = identity + (-a)(G - identity)``, G the
+    float32 gaussian the module holds. A threshold makes it non-linear: torch only (None)."""
+    if threshold != 0:
+        return None
+    g = _gaussian(sigma, ksize, border=border, value=value)
+    g32 = g.kernel.astype(np.float32).astype(np.float64)
+    return [_linear(g32, scale=1.0, offset=0.0, strength=-amount, border=border, value=value)]
+
+
+def edges(info, sigma=1.0, border="reflect", value=0.0) -> list[Leaf]:
+    from ..registry import get_info  # the sobel kernel is data (filters/sobel.toml)
+
+    sobel = get_info("sobel").spec
+    kx = np.array(sobel.weights, dtype=np.float64) / sobel.scale
+    return [_gaussian(sigma, None, border=border, value=value),
+            GradientLeaf(kx, border, float(value))]
+
+
+def median(info, size=3, border="reflect", value=0.0) -> list[Leaf]:
+    return [MedianLeaf(int(size), border, float(value))]
+
+
+def kernel(info, weights=None, path=None, scale=None, offset=None, negative=None,
+           strength=1.0, border=None, value=0.0) -> list[Leaf]:
+    if (weights is None) == (path is None):
+        raise ValueError("kernel: give exactly one of weights=[[...]] or path=FILE.toml")
+    if path is not None:
+        return [_spec_kernel(load_spec(path), strength=strength, border=border, value=value,
+                             negative=negative, offset=offset, scale=scale)]
+    from ..kernels import resolve_scale
+
+    rows = check_weights(weights, what="kernel")
+    return [_linear(rows, scale=resolve_scale(rows, scale, what="kernel"), offset=offset or 0.0,
+                    strength=strength, border=border or "reflect", value=value,
+                    negative=negative)]

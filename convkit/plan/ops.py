@@ -1,0 +1,150 @@
+"""A plan's operations, as data: NumPy kernels and plain numbers, no torch.
+
+A *plan* is a filter chain flattened into the operations the backends run:
+
+* :class:`LinearOp`: one 2-D kernel + bias with a border mode (one kernel, or several
+  consecutive ones fused into one: :mod:`convkit.plan.fuse`);
+* :class:`MedianOp` and :class:`GradientOp`: the median and the gradient magnitude;
+* :class:`ModuleOp`: anything else (pooling, unsharp with a threshold, learned filters), run by
+  the module's own definition on the torch backend.
+
+Plans are made from a spec string without torch (:mod:`convkit.plan.specs`) or from a module's
+buffers (:mod:`convkit.fusion`); both give the same operations for the same filter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LinearOp", "MedianOp", "GradientOp", "ModuleOp", "Plan", "Op", "RANK_TOL"]
+
+# Singular values below this fraction of the largest are float32 noise: dropping them changes a
+# result by less than float32 rounding of the kernel itself.
+RANK_TOL = 1e-7
+
+
+@dataclass(eq=False)
+class LinearOp:
+    """``y = correlate(pad(x), kernel) + bias``; kernel anchored at (kh // 2, kw // 2).
+
+    ``value`` (the constant border's fill) and ``bias`` are on the [0, 1] float scale.
+    ``factors`` holds exact separable factors when the source module gave them (gaussian, box).
+    """
+
+    kernel: np.ndarray  # float64 (kh, kw)
+    bias: float = 0.0
+    border: str = "reflect"
+    value: float = 0.0
+    method: str | None = None
+    name: str = "kernel"
+    factors: tuple[np.ndarray, np.ndarray] | None = None  # exact (col, row), rank 1
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.kernel.shape  # type: ignore[return-value]
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        kh, kw = self.shape
+        return kh // 2, kh - 1 - kh // 2, kw // 2, kw - 1 - kw // 2
+
+    @cached_property
+    def svd(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Separable terms ``[(col, row), ...]`` whose outer products sum to the kernel."""
+        if self.factors is not None:
+            return [self.factors]
+        u, s, vt = np.linalg.svd(self.kernel)
+        if s[0] == 0:
+            return [(np.zeros(self.shape[0]), np.zeros(self.shape[1]))]
+        keep = int(np.sum(s > RANK_TOL * s[0]))
+        # split each singular value evenly so both 1-D passes have a similar range
+        return [(u[:, i] * np.sqrt(s[i]), vt[i] * np.sqrt(s[i])) for i in range(keep)]
+
+    @property
+    def rank(self) -> int:
+        return len(self.svd)
+
+    @cached_property
+    def box_weight(self) -> float | None:
+        """The common weight when every tap is equal (a box kernel), else None."""
+        k = self.kernel
+        if k.size > 1 and np.all(k == k.flat[0]) and k.flat[0] != 0:
+            return float(k.flat[0])
+        return None
+
+    @cached_property
+    def symmetric(self) -> bool:
+        """Odd sides and mirror-symmetric in both axes (the reflect-fusion condition)."""
+        k = self.kernel
+        return (k.shape[0] % 2 == 1 and k.shape[1] % 2 == 1
+                and np.array_equal(k, k[::-1, :]) and np.array_equal(k, k[:, ::-1]))
+
+    def cached(self, key, make):
+        """Per-op cache of derived kernels (per device, dtype and scale): built once."""
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = make()
+        return out
+
+
+@dataclass(eq=False)
+class MedianOp:
+    size: int
+    border: str
+    value: float  # [0, 1] scale
+    name: str = "median"
+
+
+@dataclass(eq=False)
+class GradientOp:
+    """``sqrt(gx**2 + gy**2)`` for the two derivative kernels (as LinearOps, bias 0)."""
+
+    gx: LinearOp
+    gy: LinearOp
+    name: str = "gradient"
+
+
+@dataclass(eq=False)
+class ModuleOp:
+    module: Any  # an nn.Module
+    name: str = "module"
+
+
+Op = LinearOp | MedianOp | GradientOp | ModuleOp
+
+
+@dataclass(eq=False)
+class Plan:
+    ops: list
+    negative: str
+    alpha_steps: list  # size-changing modules the alpha channel follows (pooling)
+
+
+def linear_op(kernel: np.ndarray, bias: float, border: str, value: float, method: str | None,
+              name: str, col: np.ndarray | None = None,
+              row: np.ndarray | None = None) -> LinearOp:
+    """The LinearOp of a kernel as a module holds it (float32 weights, ``value`` in 8-bit grey
+    levels). Separable factors (col, row) are kept only while they still give the weights:
+    ``load_state_dict`` or an in-place edit changes the weights, not the factors."""
+    k = np.array(kernel, dtype=np.float64)
+    factors = None
+    if col is not None and row is not None:
+        c, r = np.array(col, dtype=np.float64), np.array(row, dtype=np.float64)
+        if np.abs(np.outer(c, r) - k).max() <= 1e-6 * max(np.abs(k).max(), 1e-30):
+            factors = (c, r)
+    return LinearOp(k, float(bias), border, value / 255.0, method, name, factors)
+
+
+def gradient_op(kx: np.ndarray, ky: np.ndarray, border: str, value: float,
+                name: str) -> GradientOp:
+    """The GradientOp of two derivative kernels as a module holds them (``value`` in grey
+    levels)."""
+    v = value / 255.0
+    return GradientOp(LinearOp(np.array(kx, dtype=np.float64), 0.0, border, v, name="d/dx"),
+                      LinearOp(np.array(ky, dtype=np.float64), 0.0, border, v, name="d/dy"),
+                      name)

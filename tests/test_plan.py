@@ -1,0 +1,94 @@
+"""The torch-free planner: a spec's plan is the plan the engine reads from the modules, and
+planning imports no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit import fusion
+from convkit.plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp
+from convkit.plan.specs import plan_spec
+
+FIXED = [n for n in convkit.list_filters() if n not in ("avgpool", "maxpool", "learned", "kernel")]
+SPECS = [*FIXED, "gaussian(sigma=2.5, strength=0.5)", "sharpen(amount=3, border=constant, value=9)",
+         "kernel(weights=[[1,2,0],[0,1,3]], offset=4, negative=offset)", "sobel(dx=1)",
+         "scharr(dy=1, negative=clip, border=replicate)", "unsharp(sigma=2, amount=1.5)",
+         "gaussian(sigma=1) | sharpen | box(size=5) | emboss", "median(size=4) | edges(sigma=2)",
+         "box(size=3, border=circular) | laplacian(border=circular)", "gaussian(sigma=300)"]
+
+
+def _same_linear(a: LinearOp, b: LinearOp) -> None:
+    assert np.array_equal(a.kernel, b.kernel)
+    assert (a.bias, a.border, a.value, a.method, a.name) == (b.bias, b.border, b.value, b.method,
+                                                              b.name)
+    assert (a.factors is None) == (b.factors is None)
+    if a.factors is not None:
+        assert all(np.array_equal(x, y) for x, y in zip(a.factors, b.factors, strict=True))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("fuse", [True, False])
+def test_spec_plan_equals_module_plan(spec, fuse):
+    mine = plan_spec(spec, fuse)
+    ref = fusion.build_plan(convkit.chain(spec), fuse)
+    assert mine is not None
+    assert mine.negative == ref.negative
+    assert [type(o) for o in mine.ops] == [type(o) for o in ref.ops]
+    for a, b in zip(mine.ops, ref.ops, strict=True):
+        if isinstance(a, LinearOp):
+            _same_linear(a, b)
+        elif isinstance(a, GradientOp):
+            _same_linear(a.gx, b.gx)
+            _same_linear(a.gy, b.gy)
+        else:
+            assert isinstance(a, MedianOp)
+            assert (a.size, a.border, a.value, a.name) == (b.size, b.border, b.value, b.name)
+
+
+def test_kernel_file_plans_like_its_module(tmp_path):
+    p = tmp_path / "k.toml"
+    p.write_text('weights = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]]\nsigned = true\n')
+    mine = plan_spec(f"{p} | gaussian")
+    ref = fusion.build_plan(convkit.chain(f"{p} | gaussian"))
+    assert mine.negative == ref.negative == "abs"
+    _same_linear(mine.ops[0], ref.ops[0])
+
+
+@pytest.mark.parametrize("spec", ["avgpool", "maxpool(size=3) | sharpen", "unsharp(threshold=2)",
+                                  "model.pt", "sharpen | x.safetensors"])
+def test_chains_that_need_torch_have_no_spec_plan(spec):
+    assert plan_spec(spec) is None
+    if not spec.endswith(("pt", "safetensors")):
+        assert any(isinstance(o, ModuleOp) for o in fusion.build_plan(convkit.chain(spec)).ops)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("gaussian(sigma=-1)", "gaussian: sigma should be > 0. Got -1"),
+    ("sharpn", "Unknown filter 'sharpn'"),
+    ("kernel(weights=[[1, 2], [3]])", "all rows should have the same length"),
+    ("photo.png", "photo.png: expected a filter name, a kernel file (.toml) or a model file"),
+    ("emboss(strength=1e300)", "emboss: the parameters give weights beyond float32's range"),
+])
+def test_spec_plan_errors_are_chains(spec, message):
+    with pytest.raises(ValueError) as mine:
+        plan_spec(spec)
+    with pytest.raises(ValueError) as ref:
+        convkit.chain(spec)
+    assert message in str(mine.value)
+    assert str(mine.value) == str(ref.value)
+
+
+def test_planning_imports_no_torch():
+    code = ("import sys, convkit; from convkit.plan.specs import plan_spec; "
+            "p = plan_spec('gaussian(sigma=2) | sharpen | edges | median(size=5)'); "
+            "assert len(p.ops) >= 3; "
+            "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
+            "assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr

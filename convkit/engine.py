@@ -333,63 +333,65 @@ def _magnitude(gx: Tensor, gy: Tensor) -> Tensor:
 
 
 def _scales(plan: Plan, x: Tensor):
-    """Per operation: (in_max, out_dtype, out_max, negative). Integer images are in pixel units
-    going in and coming out of the last operation; everything between is float on [0, 1]."""
-    integer = not x.is_floating_point()
-    in_max, dtype = (_MAX[x.dtype] if integer else 1.0), x.dtype
-    n = len(plan.ops)
-    for i in range(n):
-        if i == n - 1 and integer:
-            yield in_max, x.dtype, _MAX[x.dtype], plan.negative
-        else:
-            dtype = dtype if dtype.is_floating_point else torch.float32
-            yield in_max, dtype, 1.0, None
-        in_max = 1.0
+    """Per operation: (in_max, out_dtype, out_max, negative) (see :func:`fastpath.scales`)."""
+    for in_max, dtype, out_max, negative in fastpath.scales(plan, x.dtype):
+        yield in_max, getattr(torch, dtype), out_max, negative
 
 
-def _banded(plan: Plan, x: Tensor, opts: Options, trace: list | None) -> Tensor | None:
-    """A chain of several linear kernels that all run on OpenCV, run band by band (see
-    :func:`convkit.fastpath.linear_chain`); None when the plan is not one."""
-    ops = plan.ops
-    if (len(ops) < 2 or x.dtype not in fastpath.CV_DTYPES
-            or not all(isinstance(op, LinearOp) and fastpath.bandable(op)
-                       and _backend_for(op, x, opts) == "opencv" and not cpu_fft(op, opts)
-                       for op in ops)):
-        return None
-    steps = []
-    for op, (in_max, _, out_max, negative) in zip(ops, _scales(plan, x), strict=True):
-        method = method_for(op, "opencv", opts)
-        if trace is not None:
-            trace.append(_Step(op.name, "opencv", method))
-        steps.append(fastpath.step(op, method, in_max, out_max, negative))
-    return fastpath.linear_chain(x, steps, x.dtype)  # (uint8, uint16 or float32: kept)
+class _OpenCVOp(torch.autograd.Function):
+    """One linear kernel or gradient magnitude on OpenCV, float32 on the CPU, with its
+    gradient w.r.t. the input on OpenCV too (:func:`convkit.fastpath.linear_adjoint`): torch's
+    own CPU convolutions, forward and backward, are several times slower."""
 
+    @staticmethod
+    def forward(ctx, x: Tensor, op, opts: Options) -> Tensor:
+        ctx.op, ctx.opts = op, opts
+        a = x.detach().numpy()
+        if isinstance(op, LinearOp):
+            return torch.from_numpy(fastpath.linear(a, op, method_for(op, "opencv", opts), 1.0,
+                                                    "float32", 1.0, None))
+        own = replace(opts, method=None)
+        g = [fastpath.linear(a, lin, method_for(lin, "opencv", own), 1.0, "float32", 1.0, None)
+             for lin in (op.gx, op.gy)]
+        mag = np.sqrt(g[0] * g[0] + g[1] * g[1])
+        ctx.saved = (g[0], g[1], mag)
+        return torch.from_numpy(mag)
 
-def _past_int32(plan: Plan, x: Tensor) -> bool:
-    """Whether a response of this plan on integer image ``x`` can pass 2**30 grey levels (a
-    gain or offset of millions). OpenCV rounds such a float through a 32-bit int, which wraps:
-    saturating to 255 gives 0 there. The torch path saturates them right."""
-    if x.is_floating_point():
-        return False
-    gain, bias = 1.0, 0.0  # bound of |response| on the [0, 1] scale: gain * 1 + bias
-    for op in plan.ops:
-        lins = ([op] if isinstance(op, LinearOp) else
-                [op.gx, op.gy] if isinstance(op, GradientOp) else [])
-        if lins:
-            l1 = sum(k.cached("l1", lambda k=k: float(np.abs(k.kernel).sum())) for k in lins)
-            gain, bias = gain * l1, bias * l1 + abs(getattr(op, "bias", 0.0))
-    return (gain + bias + 1.0) * _MAX[x.dtype] >= 2**30
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        g = np.ascontiguousarray(grad.numpy(), dtype=np.float32)
+        op, opts = ctx.op, ctx.opts
+        if isinstance(op, LinearOp):
+            return torch.from_numpy(fastpath.linear_adjoint(g, op, opts)), None, None
+        gx, gy, mag = ctx.saved
+        # d|g|/dg = g / |g|; 0 where |g| = 0 (sqrt's slope is infinite there)
+        scale = np.divide(g, mag, out=np.zeros_like(g), where=mag > 0)
+        dx = fastpath.linear_adjoint(scale * gx, op.gx, opts)
+        dx += fastpath.linear_adjoint(scale * gy, op.gy, opts)
+        return torch.from_numpy(dx), None, None
 
 
 def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Tensor:
     if not plan.ops:
         return x.clone()
-    if opts.backend == "auto" and x.device.type == "cpu" and _past_int32(plan, x):
+    cpu = x.device.type == "cpu"
+    if (cpu and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
+            and fastpath.differentiable(plan, opts)):
+        cur = x
+        for op in plan.ops:
+            if trace is not None:
+                trace.append(_Step(op.name, "opencv", "autograd"))
+            cur = _OpenCVOp.apply(cur, op, opts)
+        return cur
+    if cpu and not x.requires_grad and fastpath.runs_plan(plan, x.dtype, opts):
+        steps: list | None = [] if trace is not None else None
+        out = fastpath.run_plan(plan, x, opts, steps)
+        if trace is not None:
+            trace.extend(_Step(*one) for one in steps)
+        return out
+    if opts.backend == "auto" and cpu and fastpath.past_int32(plan, x.dtype):
         opts = replace(opts, backend="torch")
-    if x.device.type == "cpu":
-        out = _banded(plan, x, opts, trace)
-        if out is not None:
-            return out
     cur = x
     for op, (in_max, out_dtype, out_max, negative) in zip(plan.ops, _scales(plan, x),
                                                            strict=True):

@@ -1,5 +1,7 @@
 """OpenCV fast path on the CPU: the plan's operations run on each (H, W) plane of a (B, C, H, W)
-tensor, without a transpose (every plane of a contiguous CHW tensor is a contiguous 2-D array).
+array or tensor, without a transpose (every plane of a contiguous CHW batch is a contiguous 2-D
+array). Torch-free: :func:`run_plan` runs a whole plan on NumPy arrays (the command line's
+route); the engine hands it CPU tensors as NumPy views.
 
 Semantics are the core's (see :mod:`convkit.functional`), not OpenCV's defaults:
 
@@ -31,17 +33,26 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
 
-from .plan.ops import GradientOp, LinearOp, MedianOp
+from .kernels import border_index
+from .plan.ops import GradientOp, LinearOp, MedianOp, Plan
+from .plan.rules import Options, cpu_fft, method_for
 
-__all__ = ["supports", "linear", "median", "gradient", "CV_DTYPES"]
+__all__ = ["supports", "linear", "median", "gradient", "run_plan", "runs_plan", "CV_DTYPES"]
 
-CV_DTYPES = (torch.uint8, torch.uint16, torch.float32)
+CV_DTYPES = ("uint8", "uint16", "float32")
+# The integer dtypes' maxima: integer images are in pixel units, float ones on [0, 1].
+INT_MAX = {"uint8": 255.0, "uint16": 65535.0}
+
+
+def dtype_name(dtype: Any) -> str:
+    """``"uint8"`` for np.uint8, np.dtype("uint8") and torch.uint8 alike."""
+    return str(dtype).removeprefix("torch.") if not isinstance(dtype, type) else \
+        np.dtype(dtype).name
 _BORDER = {
     "reflect": cv2.BORDER_REFLECT_101,
     "symmetric": cv2.BORDER_REFLECT,
@@ -55,7 +66,6 @@ OFFSET = 128.0 / 255.0
 # on float32 planes OpenCV switches to its DFT, so large kernels convert the plane first.
 FLOAT_DIRECT_MIN_TAPS = 121
 
-CV_METHODS = ("direct", "separable", "lowrank", "box")  # fft is a torch method
 
 # --- plane-parallel execution -----------------------------------------------------------------
 MAX_WORKERS = 8
@@ -122,8 +132,9 @@ def parallel(fn: Callable[..., object], jobs: Sequence[tuple], serial: bool = Fa
             raise e
 
 
-def supports(op, dtype: torch.dtype) -> bool:
-    """Whether OpenCV can run ``op`` on planes of ``dtype``."""
+def supports(op, dtype: Any) -> bool:
+    """Whether OpenCV can run ``op`` on planes of ``dtype`` (NumPy's or torch's)."""
+    dtype = dtype_name(dtype)
     if dtype not in CV_DTYPES:
         return False
     if isinstance(op, (LinearOp, GradientOp)):
@@ -131,7 +142,7 @@ def supports(op, dtype: torch.dtype) -> bool:
     if isinstance(op, MedianOp):
         if op.size % 2 == 0:
             return False
-        return dtype == torch.uint8 or op.size in (3, 5)
+        return dtype == "uint8" or op.size in (3, 5)
     return False
 
 
@@ -179,15 +190,28 @@ def _store(tmp: np.ndarray, dst: np.ndarray, negative: str | None, alpha: float 
     cv2.addWeighted(tmp, alpha, tmp, 0.0, delta, dst=dst, dtype=depth)
 
 
-def _units(x: Tensor, out_dtype: torch.dtype) -> tuple[list, Tensor, list, tuple | None]:
-    """Source arrays, the output tensor and its arrays, in the layout of ``x`` (no copies):
+def _units(x: Any, out_dtype: Any) -> tuple[list, Any, list, tuple | None]:
+    """Source arrays, the output (of ``x``'s kind: a NumPy array or a CPU tensor) and its
+    arrays, in the layout of ``x`` (no copies):
 
-    * planes: every (H, W) plane whose rows are contiguous (NCHW tensors, channel slices);
+    * planes: every (H, W) plane whose rows are contiguous (NCHW batches, channel slices);
     * HWC images: channels_last tensors with 3 or 4 channels (OpenCV filters interleaved
       channels natively), the output channels_last too.
     Anything else is made contiguous first. The last item is (source, output) as (N, H, W)
     arrays when the planes are one contiguous block, else None.
     """
+    if isinstance(x, np.ndarray):
+        b, c, h, w = x.shape
+        if x.strides[-1] != x.itemsize or x.strides[-2] != w * x.itemsize:
+            x = np.ascontiguousarray(x)
+        out = np.empty(x.shape, dtype=dtype_name(out_dtype))
+        srcs = [x[i, j] for i in range(b) for j in range(c)]
+        block = (x.reshape(b * c, h, w), out.reshape(b * c, h, w)) \
+            if x.flags.c_contiguous else None
+        return srcs, out, [out[i, j] for i in range(b) for j in range(c)], block
+    import torch  # (x is a tensor: torch is loaded)
+
+    out_dtype = getattr(torch, dtype_name(out_dtype))
     b, c, h, w = x.shape
     if not (x.stride(-1) == 1 and x.stride(-2) == w):
         if c in (3, 4) and x.is_contiguous(memory_format=torch.channels_last):
@@ -235,8 +259,8 @@ def _filter(src, op: LinearOp, method: str, ddepth: int, s: float, delta: float,
     raise AssertionError(method)
 
 
-def linear(x: Tensor, op: LinearOp, method: str, in_max: float, out_dtype: torch.dtype,
-           out_max: float, negative: str | None) -> Tensor:
+def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out_max: float,
+           negative: str | None) -> Any:
     """Run a LinearOp on every plane of ``x`` (uint8/uint16 in pixel units, or float32).
 
     ``negative`` None: float32 output on the [0, 1] scale; otherwise ``out_dtype`` is the final
@@ -290,9 +314,7 @@ def _stacked(src3: np.ndarray, dst3: np.ndarray, op: LinearOp, run) -> None:
     run(src3.reshape(n * h, w), dst3.reshape(n * h, w))
     if t == 0 and b == 0:
         return
-    from .functional import border_index
-
-    rows = border_index(h, t, b, op.border).numpy()  # index k is row k - t
+    rows = border_index(h, t, b, op.border)  # index k is row k - t
     # rows [-t, t + b) give output rows [0, t); rows [h - b - t, h + b) give [h - b, h)
     for lo, hi, keep, target in ((0, 2 * t + b, slice(t, 2 * t), slice(0, t)),
                                  (h - b, h + b + t, slice(t, t + b), slice(h - b, h))):
@@ -349,8 +371,8 @@ def _box(src, dst, op: LinearOp, s, delta, bt, crop, negative) -> None:
 
 
 # --- median and gradient magnitude -------------------------------------------------------------
-def median(x: Tensor, op: MedianOp, in_max: float, out_dtype: torch.dtype, out_max: float,
-           negative: str | None) -> Tensor:
+def median(x: Any, op: MedianOp, in_max: float, out_dtype: Any, out_max: float,
+           negative: str | None) -> Any:
     """Median of each plane; the result keeps the values of ``x`` (then mapped/stored)."""
     srcs, out, dsts, _ = _units(x, out_dtype)
     p = op.size // 2
@@ -374,8 +396,8 @@ def median(x: Tensor, op: MedianOp, in_max: float, out_dtype: torch.dtype, out_m
     return out
 
 
-def gradient(x: Tensor, op: GradientOp, in_max: float, out_dtype: torch.dtype, out_max: float,
-             negative: str | None, method_for) -> Tensor:
+def gradient(x: Any, op: GradientOp, in_max: float, out_dtype: Any, out_max: float,
+             negative: str | None, method_for) -> Any:
     """``sqrt(gx**2 + gy**2)`` per plane, computed in float32 and stored once."""
     srcs, out, dsts, _ = _units(x, out_dtype)
     s = out_max / in_max
@@ -425,7 +447,7 @@ def bandable(op: LinearOp) -> bool:
     return op.border in BANDABLE_BORDERS and (op.border != "constant" or op.value == 0)
 
 
-def linear_chain(x: Tensor, steps: list[Step], out_dtype: torch.dtype) -> Tensor:
+def linear_chain(x: Any, steps: list[Step], out_dtype: Any) -> Any:
     """Run several linear kernels one after the other on every plane of ``x``, band by band.
 
     Each band of rows is cut from the plane with ``sum(top pads)`` rows above it and
@@ -500,3 +522,129 @@ def _chain(src: np.ndarray, dst: np.ndarray, steps: list[Step]) -> None:
         _linear_unit(cur, buf, *one)
         cur = buf
     _linear_unit(cur, dst, *steps[-1])
+
+
+# --- a whole plan on NumPy arrays ----------------------------------------------------------
+def scales(plan: Plan, dtype: Any):
+    """Per operation of ``plan`` on images of ``dtype``: (in_max, out_dtype, out_max,
+    negative). Integer images are in pixel units going in and coming out of the last operation;
+    everything between is float32 on [0, 1] (float images keep their dtype)."""
+    name = dtype_name(dtype)
+    top = INT_MAX.get(name)
+    in_max = top or 1.0
+    n = len(plan.ops)
+    for i in range(n):
+        if i == n - 1 and top:
+            yield in_max, name, top, plan.negative
+        else:
+            yield in_max, "float32" if top else name, 1.0, None
+        in_max = 1.0
+
+
+def past_int32(plan: Plan, dtype: Any) -> bool:
+    """Whether a response of ``plan`` on an integer image can pass 2**30 grey levels (a gain
+    or offset of millions). OpenCV rounds such a float through a 32-bit int, which wraps:
+    saturating to 255 gives 0 there. The torch path saturates them right."""
+    top = INT_MAX.get(dtype_name(dtype))
+    if top is None:
+        return False
+    gain, bias = 1.0, 0.0  # bound of |response| on the [0, 1] scale: gain * 1 + bias
+    for op in plan.ops:
+        lins = ([op] if isinstance(op, LinearOp) else
+                [op.gx, op.gy] if isinstance(op, GradientOp) else [])
+        if lins:
+            l1 = sum(k.cached("l1", lambda k=k: float(np.abs(k.kernel).sum())) for k in lins)
+            gain, bias = gain * l1, bias * l1 + abs(getattr(op, "bias", 0.0))
+    return (gain + bias + 1.0) * top >= 2**30
+
+
+def runs_plan(plan: Plan, dtype: Any, opts: Options) -> bool:
+    """Whether :func:`run_plan` runs the whole of ``plan`` on images of ``dtype`` as the
+    engine's automatic choice would: every operation on OpenCV (none needs torch's FFT, a
+    module, or a response past int32), the backend not forced to torch."""
+    if opts.backend == "torch" or not plan.ops or (opts.backend == "auto"
+                                                   and past_int32(plan, dtype)):
+        return False
+    for op in plan.ops:
+        if not supports(op, dtype):
+            return False
+        if isinstance(op, LinearOp) and (cpu_fft(op, opts) or (op.method or opts.method)
+                                         == "fft"):
+            return False
+    return True
+
+
+def run_plan(plan: Plan, x: Any, opts: Options, trace: list | None = None) -> Any:
+    """Run ``plan`` on a (B, C, H, W) uint8, uint16 or float32 NumPy array or CPU tensor, as
+    the engine does on the CPU (see :func:`runs_plan` for which plans); returns a new array (or
+    tensor) of ``x``'s dtype. ``trace`` collects (name, "opencv", method) per operation.
+
+    A plan of several linear kernels goes through the image in bands of rows, every kernel on
+    one band before the next (:func:`linear_chain`): the float32 intermediates stay in the
+    cache."""
+    ops = plan.ops
+    steps = list(scales(plan, x.dtype))
+    if len(ops) >= 2 and all(isinstance(op, LinearOp) and bandable(op) for op in ops):
+        chain = []
+        for op, (in_max, _, out_max, negative) in zip(ops, steps, strict=True):
+            method = method_for(op, "opencv", opts)
+            if trace is not None:
+                trace.append((op.name, "opencv", method))
+            chain.append(step(op, method, in_max, out_max, negative))
+        return linear_chain(x, chain, x.dtype)
+    cur = x
+    own = Options(method=None, backend=opts.backend, fuse=opts.fuse)
+    for op, (in_max, out_dtype, out_max, negative) in zip(ops, steps, strict=True):
+        if isinstance(op, LinearOp):
+            method = method_for(op, "opencv", opts)
+            cur = linear(cur, op, method, in_max, out_dtype, out_max, negative)
+        elif isinstance(op, MedianOp):
+            method = "median"
+            cur = median(cur, op, in_max, out_dtype, out_max, negative)
+        else:
+            method = "gradient"  # (its kernels run by their own rule, whatever method=)
+            cur = gradient(cur, op, in_max, out_dtype, out_max, negative,
+                           lambda lin: method_for(lin, "opencv", own))
+        if trace is not None:
+            trace.append((op.name, "opencv", method))
+    return cur
+
+
+# --- gradients: the adjoint of a linear kernel, on NumPy planes ----------------------------
+def _flipped(op: LinearOp) -> LinearOp:
+    """The kernel turned by 180 degrees, zero border: its correlation is ``op``'s adjoint."""
+    f = op.factors
+    return LinearOp(op.kernel[::-1, ::-1].copy(), 0.0, "constant", 0.0, None, f"{op.name}'",
+                    None if f is None else (f[0][::-1].copy(), f[1][::-1].copy()))
+
+
+def linear_adjoint(g: np.ndarray, op: LinearOp, opts: Options) -> np.ndarray:
+    """The gradient w.r.t. the input of ``y = correlate(pad(x), kernel) + bias`` (float32
+    (B, C, H, W) planes), given ``g`` = dL/dy: the zero-extended ``g`` correlated with the
+    flipped kernel gives dL/d(padded x); each padded pixel's share then goes back to the pixel
+    the border rule copied it from (a constant border's pixels are no input's)."""
+    t, b, l, r = op.pads
+    n, c, h, w = g.shape
+    ext = np.zeros((n, c, h + t + b, w + l + r), np.float32)
+    ext[:, :, b:b + h, r:r + w] = g  # (the adjoint's anchor is the far corner)
+    flip = op.cached("flipped", lambda: _flipped(op))
+    gp = linear(ext, flip, method_for(flip, "opencv", Options(backend="opencv")), 1.0,
+                "float32", 1.0, None)
+    if op.border == "constant":
+        return np.ascontiguousarray(gp[:, :, t:t + h, l:l + w])
+    rows = border_index(h, t, b, op.border)
+    cols = border_index(w, l, r, op.border)
+    out = gp[:, :, t:t + h, :].copy()
+    for k in (*range(t), *range(t + h, t + h + b)):
+        out[:, :, rows[k], :] += gp[:, :, k, :]
+    res = out[:, :, :, l:l + w].copy()
+    for k in (*range(l), *range(l + w, l + w + r)):
+        res[:, :, :, cols[k]] += out[:, :, :, k]
+    return res
+
+
+def differentiable(plan: Plan, opts: Options) -> bool:
+    """Whether :func:`run_plan` and its adjoints give ``plan``'s gradient on float32 planes:
+    linear kernels and gradient magnitudes, automatic backend."""
+    return opts.backend == "auto" and all(isinstance(op, (LinearOp, GradientOp))
+                                          for op in plan.ops) and runs_plan(plan, "float32", opts)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kernels import border_index as _border_index
 from .kernels import check_border, gaussian_ksize, gaussian_taps
 
 __all__ = [
@@ -61,24 +62,9 @@ def check_image(x: object, what: str = "input") -> tuple[Tensor, bool]:
 
 
 def border_index(n: int, before: int, after: int, border: str, device=None) -> Tensor:
-    """Source indices for a padded axis of length ``before + n + after``.
-
-    Follows OpenCV's ``borderInterpolate`` for every mode (constant is handled by the caller).
-    """
-    p = torch.arange(-before, n + after, device=device)
-    if border == "replicate":
-        return p.clamp_(0, n - 1)
-    if border == "circular":
-        return p.remainder_(n)
-    if border == "reflect":  # REFLECT_101: period 2n - 2 (a single pixel repeats)
-        if n == 1:
-            return torch.zeros_like(p)
-        q = p.remainder(2 * n - 2)
-        return torch.where(q >= n, 2 * n - 2 - q, q)
-    if border == "symmetric":  # REFLECT: period 2n
-        q = p.remainder(2 * n)
-        return torch.where(q >= n, 2 * n - 1 - q, q)
-    raise ValueError(f"border_index: no index rule for border {border!r}")
+    """Source indices for a padded axis of length ``before + n + after``
+    (:func:`convkit.kernels.border_index`, as a tensor on ``device``)."""
+    return torch.from_numpy(_border_index(n, before, after, border)).to(device)
 
 
 def pad(

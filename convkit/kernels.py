@@ -61,6 +61,32 @@ class KernelSpec:
         return [[w / self.scale for w in row] for row in self.weights]
 
 
+def border_index(n: int, before: int, after: int, border: str) -> Any:
+    """Source indices (a NumPy int64 array) for a padded axis of length ``before + n + after``.
+
+    The border rule, as OpenCV's ``borderInterpolate`` for every mode, also for pads wider
+    than the image (constant is handled by the caller): replicate clamps, circular wraps,
+    reflect mirrors without repeating the edge pixel (period 2n - 2), symmetric mirrors with it
+    (period 2n).
+    """
+    import numpy as np
+
+    p = np.arange(-before, n + after, dtype=np.int64)
+    if border == "replicate":
+        return p.clip(0, n - 1)
+    if border == "circular":
+        return p % n
+    if border == "reflect":
+        if n == 1:
+            return np.zeros_like(p)
+        q = p % (2 * n - 2)
+        return np.where(q >= n, 2 * n - 2 - q, q)
+    if border == "symmetric":
+        q = p % (2 * n)
+        return np.where(q >= n, 2 * n - 1 - q, q)
+    raise ValueError(f"border_index: no index rule for border {border!r}")
+
+
 def check_border(border: Any) -> str:
     if border not in BORDERS:
         raise ValueError(f"Invalid border {border!r}. Expected one of {', '.join(BORDERS)}.")

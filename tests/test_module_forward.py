@@ -47,7 +47,10 @@ def test_module_on_cpu_runs_opencv(monkeypatch, rng):
     assert np.abs(out[0].permute(1, 2, 0).numpy() - ref).max() < 1e-6
     calls.clear()
     y = k(x.clone().requires_grad_())
-    assert not calls and y.requires_grad, "with autograd the torch methods run"
+    assert calls and y.requires_grad, "with autograd on float32 the forward runs OpenCV too"
+    calls.clear()
+    y = k(x.double().requires_grad_())
+    assert not calls and y.requires_grad, "float64 runs torch's methods"
 
 
 def test_three_dims_and_chain_forward(rng):
@@ -133,3 +136,28 @@ def test_module_errors_unchanged():
         m(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"shape \(B,C,H,W\) or \(C,H,W\)"):
         m(torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("spec", ["sharpen", "gaussian(sigma=3)", "box(size=15)", "sobel",
+                                  "emboss(border=replicate)", "laplacian(border=circular)",
+                                  "kernel(weights=[[1,2],[3,5]], border=symmetric)",
+                                  "sharpen(border=constant, value=20)",
+                                  "gaussian(sigma=1) | sharpen | box(size=3)"])
+@pytest.mark.parametrize("shape", [(2, 3, 13, 17), (1, 1, 3, 4)])
+def test_float32_autograd_on_opencv_equals_dense_gradient(spec, shape, monkeypatch):
+    """Training through a fixed filter on the CPU: forward and backward run on OpenCV (the
+    adjoint: flipped kernel, border shares folded back), and the gradient is the dense one,
+    also on images smaller than the kernel."""
+    calls = []
+    real = fastpath.linear_adjoint
+    monkeypatch.setattr(fastpath, "linear_adjoint",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(1)
+    m = convkit.chain(spec)
+    x = torch.rand(*shape, generator=gen, requires_grad=True)
+    g = torch.rand(*shape, generator=gen)
+    (a,) = torch.autograd.grad(m(x), x, g)
+    assert calls
+    x64 = x.detach().double().requires_grad_()
+    (b,) = torch.autograd.grad(reference(m.double(), x64), x64, g.double())
+    assert (a.double() - b).abs().max().item() < 1e-5

@@ -1,15 +1,22 @@
-"""``convkit.process``: filter one image of any common kind and get the same kind back."""
+"""``convkit.process``: filter one image of any common kind and get the same kind back.
+
+A NumPy array or PIL image filtered on the CPU by a spec of fixed filters runs without torch:
+the spec is planned (:func:`convkit.plan.specs.plan_spec`) and run on OpenCV
+(:func:`convkit.fastpath.run_plan`), the same plan and backend the engine picks for modules.
+Tensors, modules, pooling, learned filters, float64 images and CUDA devices go through torch.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from . import engine
-from .chains import chain
+from .device import wants_torch_device
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["process", "resolve_device"]
 
@@ -18,6 +25,8 @@ _NP_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/"auto" -> CUDA when present, else CPU; anything else as torch reads it."""
+    import torch
+
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -45,7 +54,17 @@ def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,
     Integer images are filtered on the [0, 1] scale and rounded to nearest, saturating to the
     dtype's range; float images come back unclamped.
     """
-    module = chain(spec_or_module) if not isinstance(spec_or_module, nn.Module) else spec_or_module
+    plan = _plan(image, spec_or_module, device)
+    if plan is not None:
+        if _is_pil(image):
+            return _process_pil(image, plan, None, alpha)
+        return _process_numpy(image, plan, None, alpha)
+    import torch
+    from torch import nn
+
+    from .chains import chain
+
+    module = spec_or_module if isinstance(spec_or_module, nn.Module) else chain(spec_or_module)
     dev = resolve_device(device)
     module = module.to(dev).eval()
     if _is_pil(image):
@@ -58,6 +77,30 @@ def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,
         "image should be a numpy array, a PIL.Image or a torch.Tensor. "
         f"Got {type(image).__name__}"
     )
+
+
+def _plan(image: Any, spec: Any, device: Any):
+    """The torch-free plan for this call, or None when it goes through torch."""
+    if not (isinstance(spec, str) or (isinstance(spec, list) and spec
+                                      and all(isinstance(p, str) for p in spec))):
+        return None
+    if isinstance(image, np.ndarray):
+        if image.dtype.name not in ("uint8", "uint16", "float32"):
+            return None
+    elif not _is_pil(image) or image.mode == "F":  # (float PIL images: as before)
+        return None
+    if wants_torch_device(device):
+        return None
+    from . import fastpath
+    from .plan.rules import current
+    from .plan.specs import plan_spec
+
+    plan = plan_spec(" | ".join(spec) if isinstance(spec, list) else spec, current().fuse)
+    dtype = image.dtype if isinstance(image, np.ndarray) else \
+        ("uint16" if image.mode.startswith("I;16") else "uint8")
+    if plan is None or not plan.ops or not fastpath.runs_plan(plan, dtype, current()):
+        return None
+    return plan
 
 
 def _is_pil(image: Any) -> bool:
@@ -73,8 +116,26 @@ def _default_alpha(channels: int, alpha: bool | None) -> bool:
 
 
 def _run(module: nn.Module, x: torch.Tensor, dev: torch.device, alpha: bool) -> torch.Tensor:
+    import torch
+
+    from . import engine
+
     with torch.inference_mode():
         return engine.apply(module, x.to(dev), alpha=alpha).cpu()
+
+
+def _run_plan(plan, hwc: np.ndarray, alpha: bool) -> np.ndarray:
+    """``plan`` on an (H, W, C) array on OpenCV; an alpha channel passes through (these plans
+    do not pool)."""
+    from . import fastpath
+    from .plan.rules import current
+
+    colour = hwc[:, :, :-1] if alpha else hwc
+    out = fastpath.run_plan(plan, colour.transpose(2, 0, 1)[None], current())
+    res = out[0].transpose(1, 2, 0)
+    if alpha:
+        res = np.concatenate([res, hwc[:, :, -1:]], axis=2)
+    return np.ascontiguousarray(res)
 
 
 def _process_tensor(x: torch.Tensor, module, dev, alpha) -> torch.Tensor:
@@ -91,6 +152,15 @@ def _process_numpy(a: np.ndarray, module, dev, alpha) -> np.ndarray:
     if a.ndim not in (2, 3):
         raise ValueError(f"numpy image should be (H,W) or (H,W,C). Got shape {a.shape}")
     hwc = a[:, :, None] if a.ndim == 2 else a
+    if hwc.shape[0] == 0 or hwc.shape[1] == 0:
+        raise ValueError(f"numpy image should not be empty. Got shape {a.shape}")
+    if _default_alpha(hwc.shape[2], alpha) and hwc.shape[2] < 2:
+        raise ValueError("alpha=True needs at least 2 channels")
+    if dev is None:  # a torch-free plan
+        res = _run_plan(module, hwc, _default_alpha(hwc.shape[2], alpha))
+        return res[:, :, 0] if a.ndim == 2 else res
+    import torch
+
     # torch warns on read-only arrays (np.asarray of a PIL image); the copy is never written
     # to either, but a writable one keeps the user's console clean.
     hwc = np.ascontiguousarray(hwc) if hwc.flags.writeable else np.array(hwc, order="C")

@@ -321,3 +321,26 @@ def test_modules_built_directly_print_as_specs():
     assert str(c) == "median(size=5, border=replicate) | maxpool(size=3, stride=2)"
     x = torch.rand(1, 1, 11, 11)
     torch.testing.assert_close(convkit.chain(str(c))(x), c(x))
+
+
+def test_process_numpy_spec_runs_without_torch():
+    """A NumPy image through a spec of fixed filters on the CPU plans and runs on OpenCV
+    without importing torch, and equals cv2.filter2D."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, cv2, convkit\n"
+        "rng = np.random.default_rng(0)\n"
+        "a = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)\n"
+        "out = convkit.process(a, 'sharpen', device='cpu')\n"
+        "k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)\n"
+        "ref = cv2.filter2D(a, -1, k, borderType=cv2.BORDER_REFLECT_101)\n"
+        "assert out.dtype == np.uint8 and out.shape == a.shape\n"
+        "assert np.array_equal(out, ref), np.abs(out.astype(int) - ref).max()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

@@ -74,7 +74,7 @@ def main() -> None:
             t_k = timed(lambda f=km: f(x), args.rounds)
         xg = x.clone().requires_grad_()
 
-        def fb(f):
+        def fb(f, xg=xg):
             xg.grad = None
             f(xg).sum().backward()
 

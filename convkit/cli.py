@@ -71,6 +71,12 @@ def _run_params() -> list[click.Parameter]:
                      help="Overwrite the inputs with the results (written atomically)."),
         click.Option(["--skip-existing"], is_flag=True,
                      help="Skip inputs whose output exists already (resume a run)."),
+        click.Option(["--overwrite"], is_flag=True,
+                     help="With --in-place --format, replace an existing file of the new "
+                          "name that is not an input (refused by default)."),
+        click.Option(["--allow-truncated"], is_flag=True,
+                     help="Filter damaged files (a JPEG with missing data, a file cut short) "
+                          "as far as they decode, instead of failing them."),
         click.Option(["--format", "fmt"],
                      type=click.Choice(_FORMAT_CHOICES, case_sensitive=False),
                      help="Output format. Default: the output's extension."),
@@ -113,10 +119,13 @@ def _execute(spec: Any, name: str, kw: dict[str, Any]) -> None:
     def on_error(line: str) -> None:
         click.echo(f"error: {line}", err=True)
 
+    def on_warning(line: str) -> None:
+        click.echo(f"warning: {line}", err=True)
+
     try:
         summary = pipeline.run(
             spec, list(kw.pop("inputs")), kw.pop("output"), format=fmt, name=name,
-            progress=False if quiet else None, on_error=on_error, **kw,
+            progress=False if quiet else None, on_error=on_error, on_warning=on_warning, **kw,
         )
     except ValueError as e:  # a bad spec, device, or options that do not fit together
         raise click.UsageError(" ".join(str(e).split())) from None
@@ -243,9 +252,16 @@ class FilterGroup(click.Group):
             return super().resolve_command(ctx, args)
         except click.UsageError as e:
             if args and not args[0].startswith("-"):
+                from difflib import get_close_matches
+
+                from .spec import excerpt
+
+                close = get_close_matches(args[0], self.list_commands(ctx), n=3, cutoff=0.6) \
+                    if len(args[0]) <= 40 else []
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 raise click.UsageError(
-                    f"No such command or filter {args[0]!r}. Run `convkit list` for the "
-                    "filters.", ctx
+                    f"No such command or filter {excerpt(args[0])}.{hint} Run `convkit list` "
+                    "for the filters.", ctx
                 ) from None
             raise e
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
+import stat
 import struct
 import threading
 import warnings
@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -116,6 +116,9 @@ class ImageInfo:
             When the orientation was applied on read, its Orientation tag reads 1. TIFF files
             give None: their tags describe the file's own layout.
         has_alpha: True when the tensor read has an alpha channel (2 or 4 channels).
+        frames: Frames (animated GIF, PNG, WebP) or pages (TIFF) in the file; only the first
+            is read. A caller that writes the result over a file of several frames would lose
+            the others (see :func:`convkit.pipeline.run`, which refuses that).
     """
 
     format: str | None
@@ -123,6 +126,7 @@ class ImageInfo:
     icc_profile: bytes | None
     exif: bytes | None
     has_alpha: bool
+    frames: int = 1
 
 
 @dataclass
@@ -221,7 +225,8 @@ def read_image(path: StrPath, *, max_pixels: int | None = None) -> torch.Tensor:
 
 
 def read_image_with_info(
-    path: StrPath, *, max_pixels: int | None = None, defer_jpeg: bool = False
+    path: StrPath, *, max_pixels: int | None = None, defer_jpeg: bool = False,
+    allow_truncated: bool = False,
 ) -> tuple[torch.Tensor | EncodedJPEG, ImageInfo]:
     """Read an image file into a tensor, with the metadata needed to write it back.
 
@@ -240,6 +245,11 @@ def read_image_with_info(
         defer_jpeg: Leave a complete grey or RGB JPEG undecoded: ``image`` is then an
             :class:`EncodedJPEG` (its header checked, its metadata read) for
             :func:`decode_jpegs` to decode on a GPU. Other files are decoded as usual.
+        allow_truncated: Decode what a damaged file holds instead of refusing it: a JPEG
+            whose decoder reports missing or corrupt data (libjpeg-turbo's warnings, "premature
+            end of data segment" and the like), or a file cut short, gives the pixels that
+            could be decoded, the rest grey (JPEG) or black (others), as Pillow's
+            ``LOAD_TRUNCATED_IMAGES`` does. By default such a file raises ImageFileError.
 
     Returns:
         ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` tensor, ``uint8`` for 8-bit
@@ -247,8 +257,10 @@ def read_image_with_info(
         float TIFF; ``info`` is the file's :class:`ImageInfo`.
 
     Raises:
-        ImageFileError: The file is missing, unreadable, not an image, corrupt or truncated,
-            in a pixel format this module does not handle, or over the pixel limit.
+        ImageFileError: The file is missing, not a regular file (a FIFO, a device),
+            unreadable, not an image, corrupt or truncated (JPEG data that its decoder reports
+            missing or corrupt included), in a pixel format this module does not handle, or
+            over the pixel limit.
         ValueError: ``max_pixels`` is negative.
     """
     name = os.fsdecode(path)
@@ -275,8 +287,10 @@ def read_image_with_info(
             chw, mode, orientation = _decode_16bit_colour(im, data, name)
             image = _apply_orientation(torch.from_numpy(chw), orientation)
         else:
-            decoded = _decode_jpeg_with_opencv(im, data)
-            chw, mode, orientation = decoded or _decode_with_pillow(im, name)
+            if im.format in ("JPEG", "MPO"):
+                _check_jpeg_data(im, data, name, allow_truncated)
+            decoded = _decode_jpeg(im, data, name, allow_truncated)
+            chw, mode, orientation = decoded or _decode_with_pillow(im, name, allow_truncated)
             image = _apply_orientation(torch.from_numpy(chw), orientation)
         info = ImageInfo(
             format="JPEG" if im.format == "MPO" else im.format,
@@ -284,6 +298,7 @@ def read_image_with_info(
             icc_profile=_matching_icc(im.info.get("icc_profile"), image.shape[0]),
             exif=_exif_from(im, reset_orientation=orientation != 1),
             has_alpha=image.shape[0] in (2, 4),
+            frames=_frames(im),
         )
     finally:
         im.close()
@@ -297,8 +312,11 @@ def write_image(
     quality: int = 95,
     format: str | None = None,
     info: ImageInfo | None = None,
-) -> None:
+) -> list[str]:
     """Write an image file, atomically: the file appears complete or not at all.
+
+    An existing file is replaced keeping its permission bits (and owner, where allowed); a
+    symbolic link stays a link to the replaced file (:mod:`convkit.atomic`).
 
     Pixel values: ``uint8`` is written as is. ``uint16`` stays 16-bit in PNG and TIFF and becomes
     ``round(x / 257)`` in the 8-bit formats (JPEG, WebP, BMP). Floats are taken as 0..1 and
@@ -324,7 +342,12 @@ def write_image(
         quality: JPEG and WebP quality, 1 (smallest) to 100 (best).
         format: ``"png"``, ``"jpeg"``/``"jpg"``, ``"webp"``, ``"tiff"``/``"tif"`` or ``"bmp"``
             (any case); None takes it from the extension of ``path``.
-        info: Metadata to write, usually from :func:`read_image_with_info`.
+        info: Metadata to write, usually from :func:`read_image_with_info`. An ICC profile or
+            EXIF block too large for the format to hold readably (over 1 MiB of profile in a
+            PNG, which Pillow refuses to read back; over 255 segments in a JPEG) is left out.
+
+    Returns:
+        One line for each piece of metadata left out (empty when all was written).
 
     Raises:
         ImageFileError: Unknown format, an image the format cannot store, or the file cannot be
@@ -346,32 +369,61 @@ def write_image(
             f"{name}: cannot write ({width}x{height} is too large for {fmt}, which stores at "
             f"most {_MAX_SIDE[fmt]} pixels a side)"
         )
+    notes: list[str] = []
     try:
-        payload = _encode(chw, fmt, quality, info)
+        payload = _encode(chw, fmt, quality, info, notes)
     except Exception as e:
         # Pillow and OpenCV raise many kinds of exception for images they cannot encode.
         raise ImageFileError(f"{name}: cannot write ({_describe(e)})") from None
     _write_atomically(path, name, payload)
+    return notes
 
 
 # --- reading -------------------------------------------------------------------------------
 
 
 def _read_bytes(path: StrPath, name: str) -> bytes:
-    """The whole file; the decoders then never see a file that changes or vanishes mid-read."""
+    """The whole file, read once, so the decoders never see a file that changes or vanishes
+    mid-read. Only regular files (or links to them) are read, and no more than the size they
+    declare: a FIFO would block for ever and /dev/zero never ends."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
     try:
-        data = Path(os.fsdecode(path)).read_bytes()
+        fd = os.open(os.fsdecode(path), flags)  # non-blocking: opening a FIFO must not wait
     except FileNotFoundError:
         raise ImageFileError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageFileError(f"{name}: is a folder, not a file") from None
     except PermissionError:
         raise ImageFileError(f"{name}: permission denied") from None
     except OSError as e:
         raise ImageFileError(f"{name}: cannot read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageFileError(f"{name}: {not_a_regular_file(st.st_mode)}")
+        chunks, left = [], st.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break  # the file shrank while it was read: what is there is judged below
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise ImageFileError(f"{name}: cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
     if not data:
         raise ImageFileError(f"{name}: empty file (0 bytes)")
     return data
+
+
+def not_a_regular_file(mode: int) -> str:
+    """The reason a file of ``mode`` (``st_mode``) is not read, for error messages."""
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"is {kind}, not an image file" if kind != "not a regular file" else \
+        "not a regular file"
 
 
 def _check_png_chunks(data: bytes, name: str) -> None:
@@ -448,21 +500,25 @@ def _open(data: bytes, name: str) -> Image.Image:
     raise ImageFileError(f"{name}: {reason}")
 
 
-def _load(im: Image.Image, name: str) -> None:
+def _load(im: Image.Image, name: str, allow_truncated: bool = False) -> None:
     """Decode the pixels, turning every decoder failure into ImageFileError."""
     width, height = im.size
     limit = pillow_pixel_limit()
     # Pillow's TIFF decoder checks its pixel limit again; an image allowed through by a raised
-    # max_pixels must be decoded with that limit off. Only huge images take the lock here.
+    # max_pixels must be decoded with that limit off. Only huge images, and damaged files
+    # decoded on purpose (LOAD_TRUNCATED_IMAGES is process-wide too), take the lock here.
     over_pillow_limit = limit is not None and width * height > limit
     try:
-        if over_pillow_limit:
+        if over_pillow_limit or allow_truncated:
             with _PILLOW_GLOBALS:
-                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+                if over_pillow_limit:
+                    Image.MAX_IMAGE_PIXELS = None
+                ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
                 try:
                     im.load()
                 finally:
-                    Image.MAX_IMAGE_PIXELS = saved
+                    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
         else:
             im.load()
     except MemoryError:
@@ -495,31 +551,78 @@ def _plain_jpeg(im: Image.Image, data: bytes, formats: tuple[str, ...] = ("JPEG"
             and data.rstrip(b"\x00").endswith(b"\xff\xd9"))
 
 
-def _decode_jpeg_with_opencv(im: Image.Image, data: bytes) -> tuple[np.ndarray, str, int] | None:
-    """Decode a grey or RGB JPEG with OpenCV, or return None to leave the file to Pillow.
+def _decode_jpeg(im: Image.Image, data: bytes, name: str,
+                             allow_truncated: bool = False) -> tuple[np.ndarray, str, int] | None:
+    """Decode a grey or RGB JPEG with libjpeg-turbo through simplejpeg, or return None to leave
+    the file to Pillow.
 
-    Both use libjpeg-turbo and give identical pixels, but OpenCV's build decodes a 1080p photo
-    in about 40% of Pillow's CPU time, and decoding is most of the time a folder run spends.
-    Anything unusual (CMYK, a colour key, no EOI marker at the end: a file cut short, which
-    Pillow reports as truncated) goes to Pillow, whose errors are the ones documented.
+    Pillow and OpenCV use libjpeg-turbo too and give the same pixels, but both pass a damaged
+    file as whole: libjpeg only *warns* about missing or corrupt data and fills the rest with
+    grey, which Pillow ignores and OpenCV prints to stderr. simplejpeg turns those warnings
+    into errors (``strict``), decodes a 1080p photo in about 40% of Pillow's CPU time and
+    releases the GIL while it does. Anything unusual (CMYK, a colour key, no EOI marker at the
+    end: a file cut short, which Pillow reports as truncated) goes to Pillow.
     """
+    import simplejpeg
+
     if not _plain_jpeg(im, data, ("JPEG", "MPO")):
         return None
     grey = im.mode == "L"
-    flags = (cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if pixels is None or pixels.shape[:2] != (im.size[1], im.size[0]):
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "RGB",
+                                        strict=not allow_truncated)
+    except ValueError as e:
+        if _jpeg_damage(e):
+            raise ImageFileError(f"{name}: {_damaged_jpeg(e)}") from None
         return None
-    if grey:
-        return pixels[np.newaxis], im.mode, _orientation(im)
-    b, g, r = cv2.split(pixels)
-    return np.stack([r, g, b]), im.mode, _orientation(im)
+    if pixels.shape[:2] != (im.size[1], im.size[0]):
+        return None
+    return _hwc_to_chw(pixels), im.mode, _orientation(im)
 
 
-def _decode_with_pillow(im: Image.Image, name: str) -> tuple[np.ndarray, str, int]:
+def _jpeg_damage(e: BaseException) -> bool:
+    """Whether simplejpeg's error is libjpeg's report of missing or corrupt data (rather than
+    a file it does not handle, which Pillow may)."""
+    text = str(e).lower()
+    return any(w in text for w in ("corrupt", "premature", "bogus", "huffman", "truncat"))
+
+
+def _damaged_jpeg(e: BaseException) -> str:
+    return (f"damaged JPEG: {_describe(e)}; the decoder would fill the missing part with "
+            "grey (--allow-truncated accepts that)")
+
+
+def _check_jpeg_data(im: Image.Image, data: bytes, name: str, allow_truncated: bool) -> None:
+    """Refuse a JPEG that Pillow would decode with missing or corrupt data filled in (CMYK and
+    other files that do not take the fast path): libjpeg's warnings, turned into errors by
+    simplejpeg, decide. Files simplejpeg cannot decode at all are left to Pillow."""
+    if allow_truncated or _plain_jpeg(im, data, ("JPEG", "MPO")):
+        return  # the fast path decodes strictly itself
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return  # cut short: Pillow reports it as truncated
+    import simplejpeg
+
+    space = {"L": "GRAY", "RGB": "RGB", "CMYK": "CMYK"}.get(im.mode)
+    if space is None:
+        return
+    try:
+        simplejpeg.decode_jpeg(data, colorspace=space, strict=True)
+    except ValueError as e:
+        if _jpeg_damage(e):
+            raise ImageFileError(f"{name}: {_damaged_jpeg(e)}") from None
+
+
+def _decode_with_pillow(im: Image.Image, name: str, allow_truncated: bool = False
+                        ) -> tuple[np.ndarray, str, int]:
     """Decode with Pillow. Returns ``((C, H, W) array, source mode, EXIF orientation)``."""
-    _load(im, name)
+    _load(im, name, allow_truncated)
     mode = im.mode
+    if mode.startswith("I;16") and isinstance(im.info.get("transparency"), int):
+        # A 16-bit grey PNG with a colour key (tRNS): Pillow has no 16-bit grey + alpha mode,
+        # so the key becomes the alpha channel here, as it does for 8-bit grey.
+        grey = _hwc_to_chw(np.asarray(im))
+        alpha = np.where(grey[0] == im.info["transparency"], 0, 65535).astype(grey.dtype)
+        return np.concatenate([grey, alpha[None]]), mode, _orientation(im)
     if mode == "P":
         target = "RGBA" if im.has_transparency_data else "RGB"
     elif mode in ("L", "RGB") and "transparency" in im.info:
@@ -587,6 +690,14 @@ def _check_tiff_strips(im: Image.Image, data: bytes, name: str) -> None:
                 f"{name}: truncated TIFF file (image data ends at byte {end}, the file at "
                 f"{len(data)})"
             )
+
+
+def _frames(im: Image.Image) -> int:
+    """Frames (GIF, APNG, WebP) or pages (TIFF) in the file."""
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:  # a damaged later frame: there is more than one all the same
+        return 2
 
 
 def _as_tuple(value: object) -> tuple:
@@ -773,8 +884,10 @@ def _float_to_8bit(chw: np.ndarray) -> np.ndarray:
     return out
 
 
-def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None) -> bytes:
-    """Encode a ``(C, H, W)`` array into the bytes of a ``fmt`` file."""
+def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None,
+            notes: list[str]) -> bytes:
+    """Encode a ``(C, H, W)`` array into the bytes of a ``fmt`` file; metadata left out is
+    described in ``notes``."""
     channels = chw.shape[0]
     if fmt in ("JPEG", "BMP"):
         chw = _to_8bit(chw[: 3 if channels >= 3 else 1])  # no alpha in these formats
@@ -791,6 +904,7 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None) -> 
 
     icc = _matching_icc(info.icc_profile, chw.shape[0]) if info is not None else None
     exif = info.exif if info is not None and fmt != "BMP" else None
+    icc, exif = _fit_metadata(fmt, icc, exif, notes)
     if chw.dtype == np.uint16 and chw.shape[0] > 1:
         return _encode_16bit_colour(chw, fmt, icc, exif)
     if chw.dtype == np.uint8 and (fmt == "JPEG" or (fmt == "PNG" and chw.shape[0] != 2)):
@@ -809,6 +923,28 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None) -> 
     buffer = io.BytesIO()
     Image.fromarray(_chw_to_hwc(chw)).save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+# The largest ICC profile and EXIF block each format holds such that readers read the file
+# back: Pillow refuses a PNG whose iCCP chunk inflates past 1 MiB (its MAX_TEXT_CHUNK, a guard
+# against decompression bombs); JPEG splits a profile into at most 255 APP2 segments and holds
+# EXIF in one APP1 segment.
+_MAX_ICC = {"PNG": 1 << 20, "JPEG": 255 * 65_519}
+_MAX_EXIF = {"JPEG": 65_533}
+
+
+def _fit_metadata(fmt: str, icc: bytes | None, exif: bytes | None, notes: list[str]
+                  ) -> tuple[bytes | None, bytes | None]:
+    """Leave out an ICC profile or EXIF block too large for ``fmt`` to hold readably."""
+    if icc is not None and len(icc) > _MAX_ICC.get(fmt, 1 << 62):
+        notes.append(f"ICC profile of {len(icc)} bytes left out: {fmt} files hold at most "
+                     f"{_MAX_ICC[fmt]} bytes of it that readers accept")
+        icc = None
+    if exif is not None and len(exif) > _MAX_EXIF.get(fmt, 1 << 62):
+        notes.append(f"EXIF block of {len(exif)} bytes left out: {fmt} files hold at most "
+                     f"{_MAX_EXIF[fmt]}")
+        exif = None
+    return icc, exif
 
 
 def _encode_8bit_opencv(chw: np.ndarray, fmt: str, quality: int, icc: bytes | None,
@@ -903,35 +1039,15 @@ def _png_chunk(chunk_type: bytes, body: bytes) -> bytes:
 
 
 def _write_atomically(path: StrPath, name: str, payload: bytes) -> None:
-    """Write ``payload`` to a hidden temporary file beside ``path``, then rename it onto it."""
-    target = Path(os.fsdecode(path))
-    folder = target.parent
-    temp: Path | None = None
+    """Replace ``path`` with ``payload`` through :func:`convkit.atomic.write_file` (a temporary
+    file beside it, renamed; the replaced file's mode, owner and links kept)."""
+    from .atomic import destination, write_file
+
+    folder = destination(path).parent
     try:
-        # Not tempfile.mkstemp: it creates the file 0600, and fixing that needs the umask,
-        # which can only be read by changing it, process-wide. os.open applies the umask.
-        candidate = folder / f".convkit-{secrets.token_hex(8)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(candidate, flags, 0o666)
-        temp = candidate
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(temp, target)
+        write_file(path, payload)
     except OSError as e:
-        if temp is not None:
-            _remove_quietly(temp)
         raise ImageFileError(f"{name}: cannot write ({_write_failure(e, folder)})") from None
-    except BaseException:
-        if temp is not None:
-            _remove_quietly(temp)
-        raise
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _write_failure(e: OSError, folder: Path) -> str:

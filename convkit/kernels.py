@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,7 +137,11 @@ def resolve_scale(
 ) -> float:
     """``scale`` as given, or the sum of the weights, or 1 when they sum to 0."""
     if scale is None:
-        total = math.fsum(w for row in weights for w in row)
+        try:
+            total = math.fsum(w for row in weights for w in row)
+        except OverflowError:
+            raise ValueError(f"{what}: the weights' sum overflows a float; give weights whose "
+                             "sum is finite, or a scale") from None
         return 1.0 if abs(total) < 1e-12 else total
     if not is_number(scale) or not math.isfinite(scale) or scale == 0:
         raise ValueError(f"{what}: scale should be a finite non-zero number. Got {scale!r}")
@@ -207,15 +213,38 @@ def parse_spec(data: dict[str, Any], source: str, default_name: str | None = Non
     )
 
 
+#: Largest kernel file read, in bytes: a dense kernel of about 1000x1000 written out in TOML.
+MAX_KERNEL_FILE = 16 << 20
+
+
 def load_spec(path: str | Path) -> KernelSpec:
-    """Load one kernel TOML file. Errors are ValueError naming the file."""
+    """Load one kernel TOML file. Errors are ValueError naming the file.
+
+    Only regular files (or links to them) of at most :data:`MAX_KERNEL_FILE` bytes are read:
+    a FIFO would block for ever and ``/dev/zero`` never ends.
+    """
     path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such kernel file") from None
     except OSError as e:
-        raise ValueError(f"{path}: cannot read kernel file ({e})") from None
+        raise ValueError(f"{path}: cannot read kernel file ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: a kernel file should be a regular file. Got "
+                             f"{'a folder' if stat.S_ISDIR(st.st_mode) else 'a FIFO or device'}")
+        if st.st_size > MAX_KERNEL_FILE:
+            raise ValueError(f"{path}: kernel file of {st.st_size} bytes, over the limit of "
+                             f"{MAX_KERNEL_FILE} (16 MiB)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_KERNEL_FILE + 1)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read kernel file ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
     return loads_spec(data, str(path), _default_name(path.stem))
 
 
@@ -229,6 +258,9 @@ def loads_spec(data: bytes, source: str, default_name: str = "kernel") -> Kernel
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{source}: not valid TOML ({e})") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise ValueError(f"{source}: not a kernel file (arrays or tables nested too deeply)"
+                         ) from None
     return parse_spec(table, source, default_name=default_name)
 
 

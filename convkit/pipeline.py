@@ -28,6 +28,7 @@ import glob
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -77,6 +78,7 @@ class Summary:
     failed: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     interrupted: str | None = None
     rank: int = 0
     world_size: int = 1
@@ -193,17 +195,23 @@ def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str |
         item = os.fspath(raw)
         if os.path.isdir(item):
             many = True
+            if exclude and os.path.realpath(item) == exclude:
+                raise UsageError(f"-o {shown(item)} is the input folder itself; pass --in-place "
+                                 "(instead of -o) to replace the inputs, or name another folder")
             files, has_subdirs = _walk(item, recursive, exclude)
             if not files:
                 hint = " (pass -r to look in subfolders)" if has_subdirs else ""
                 exts = ", ".join(sorted(io.SUPPORTED_EXTENSIONS))
-                errors.append(f"{item}: no images found{hint}; supported extensions: {exts}")
+                errors.append(f"{shown(item)}: no images found{hint}; supported extensions: "
+                              f"{exts}")
             pairs.extend((f, item) for f in files)
         elif os.path.lexists(item):
             pairs.append((item, os.path.dirname(item) or "."))
         elif any(ch in _GLOB_MAGIC for ch in item):
             many = True
             matches = sorted(glob.glob(item, recursive=recursive or "**" in item))
+            if exclude:  # this run's outputs are never its inputs
+                matches = [m for m in matches if not _inside(m, exclude)]
             files = []
             for m in matches:
                 if os.path.isdir(m):
@@ -212,11 +220,46 @@ def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str |
                 elif io.is_image_path(m):
                     files.append((m, os.path.dirname(m) or "."))
             if not files:
-                errors.append(f"{item}: no image files match this pattern")
+                errors.append(f"{shown(item)}: no image files match this pattern")
             pairs.extend(files)
         else:
-            errors.append(f"{item}: no such file or folder")
-    return pairs, errors, many
+            errors.append(f"{shown(item)}: no such file or folder")
+    # Only regular files (and links to them) are read: a FIFO would block the run for ever, a
+    # device never ends. They are reported before anything is opened.
+    regular = []
+    for f, root in pairs:
+        try:
+            mode = os.stat(f).st_mode
+        except OSError as e:
+            errors.append(f"{shown(f)}: cannot read ({e.strerror or e})")
+            continue
+        if stat.S_ISREG(mode):
+            regular.append((f, root))
+        else:
+            errors.append(f"{shown(f)}: {io.not_a_regular_file(mode)}; skipped")
+    return regular, errors, many
+
+
+def _inside(path: str, folder: str) -> bool:
+    real = os.path.realpath(path)
+    return real == folder or real.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def shown(path: str) -> str:
+    """``path`` for a message: control characters (a newline in a file name) and bytes that
+    are not text escaped, so that one error is one line and names its file unambiguously;
+    everything else (spaces, accents) as it is."""
+    if path.isprintable():
+        return path
+    out = []
+    for ch in path:
+        if ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{ord(ch) - 0xdc00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 def _same_format(suffix: str) -> str:
@@ -232,7 +275,7 @@ def _looks_like_file(output: str) -> bool:
 
 def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike |
          None = None, *, name: str = "filtered", recursive: bool = False, in_place: bool = False,
-         format: str | None = None) -> tuple[list[Job], list[str]]:
+         format: str | None = None, overwrite: bool = False) -> tuple[list[Job], list[str]]:
     """Work out every (input, output) pair, sorted by input path, and the inputs that fail early.
 
     Output rules (as ``mogrify`` and click tools users know):
@@ -245,8 +288,9 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
     * no ``output``: ``<stem>-<name><ext>`` beside each input file; folders need ``output``.
 
     Jobs whose output is an input file (without ``in_place``) or the output of another job carry
-    an ``error`` and are reported, not run. Raises :class:`UsageError` for arguments that do not
-    fit together.
+    an ``error`` and are reported, not run. So does an ``in_place`` job with a new ``format``
+    whose output (``a.jpg`` for ``a.png``) is a file that exists and is not an input, unless
+    ``overwrite``. Raises :class:`UsageError` for arguments that do not fit together.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -257,6 +301,12 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
     if in_place and output is not None:
         raise UsageError("give either -o/--output or --in-place, not both")
     out = os.fspath(output) if output is not None else None
+    if out is not None and out.lower() in _io().SUPPORTED_EXTENSIONS and not os.path.isdir(out):
+        # `convkit sharpen *.png` in a folder holding "-o.png": the shell hands click "-o.png",
+        # which it reads as -o ".png"
+        raise UsageError(f"-o {out} looks like a file named '-o{out}' that the shell expanded "
+                         f"into an option; put -- before the file names (convkit FILTER -- "
+                         f"*{out}) or write it as ./-o{out}")
     exclude = os.path.realpath(out) if out and os.path.isdir(out) else None
     pairs, errors, many = _expand(inputs, recursive, exclude)
 
@@ -297,7 +347,7 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
         else:
             rel = Path(os.path.relpath(os.path.abspath(f), base))
             target = str(Path(out) / rel.with_suffix(_out_suffix(p.suffix, format)))
-        jobs.append(Job(src=f, out=target, shown=f))
+        jobs.append(Job(src=f, out=target, shown=shown(f)))
 
     # An input is never overwritten by accident, and no two jobs share an output.
     sources = {os.path.realpath(j.src): j.shown for j in jobs}
@@ -307,9 +357,15 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
         if not in_place and real_out in sources:
             other = sources[real_out]
             what = "is the input file" if other == j.shown else f"would overwrite input {other}"
-            j.error = f"{j.shown}: the output {j.out} {what}; pass --in-place to overwrite inputs"
+            j.error = (f"{j.shown}: the output {shown(j.out)} {what}; pass --in-place to "
+                       "overwrite inputs")
         elif real_out in taken:
-            j.error = f"{j.shown}: the output {j.out} is also the output of {taken[real_out]}"
+            j.error = (f"{j.shown}: the output {shown(j.out)} is also the output of "
+                       f"{taken[real_out]}")
+        elif (in_place and not overwrite and real_out != os.path.realpath(j.src)
+              and real_out not in sources and os.path.lexists(j.out)):
+            j.error = (f"{j.shown}: --in-place --format {format} would replace "
+                       f"{shown(j.out)}, which is not an input; pass --overwrite to replace it")
         else:
             taken[real_out] = j.shown
     return jobs, errors
@@ -406,11 +462,15 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def _one_line(path: str, exc: BaseException) -> str:
+def _one_line(job: Job, exc: BaseException) -> str:
+    """``exc`` as one line that starts with the input's name, file names escaped (see
+    :func:`shown`) and any other line break made a space."""
     msg = str(exc).strip() or type(exc).__name__
-    if not msg.startswith(path):
-        msg = f"{path}: {msg}"
-    return " ".join(msg.split())
+    for raw in (job.src, job.out):
+        msg = msg.replace(raw, shown(raw))
+    if not msg.startswith(job.shown):
+        msg = f"{job.shown}: {msg}"
+    return "".join(ch if ch.isprintable() else " " for ch in msg)
 
 
 def _default_workers() -> int:
@@ -436,6 +496,9 @@ def run(
     name: str | None = None,
     progress: bool | None = None,
     on_error: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    allow_truncated: bool = False,
+    overwrite: bool = False,
 ) -> Summary:
     """Filter image files through a chain and write the results; the engine of the CLI.
 
@@ -467,6 +530,16 @@ def run(
         name: the tag in default output names (default: from the spec).
         progress: show a tqdm bar on stderr; default when stderr is a terminal.
         on_error: called with each one-line error as it happens (default: print to stderr).
+        on_warning: called with each one-line warning (an input of several frames of which
+            only the first was written, metadata left out); default: print to stderr.
+        allow_truncated: filter damaged files as far as they decode (see
+            :func:`convkit.io.read_image_with_info`) instead of failing them.
+        overwrite: with ``in_place`` and a new ``format``, replace an existing file of the new
+            name that is not an input (by default such a job fails, naming the file).
+
+    Files of several frames or pages (TIFF, APNG, animated WebP or GIF): the first is filtered
+    and written, with a warning; with ``in_place`` such a file fails instead, since writing it
+    back would lose the other frames.
 
     Returns:
         A :class:`Summary`. Per-file failures are counted and listed there, never raised.
@@ -488,10 +561,17 @@ def run(
     rank, world = shard()
     tag = name or output_name(spec)
     jobs, early = plan(inputs, output, name=tag, recursive=recursive, in_place=in_place,
-                       format=format)
+                       format=format, overwrite=overwrite)
 
     summary = Summary(rank=rank, world_size=world)
     report = on_error or (lambda line: print(f"error: {line}", file=sys.stderr, flush=True))
+    tell = on_warning or (lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
+    said = threading.Lock()
+
+    def warn(line: str) -> None:
+        with said:
+            summary.warnings.append(line)
+            tell(line)
 
     def fail(line: str) -> None:
         summary.failed += 1
@@ -513,6 +593,11 @@ def run(
             todo.append(j)
 
     if todo:
+        from .atomic import destination, remove_stale
+
+        # a run killed earlier (SIGKILL, a power cut) may have left temporary files
+        for folder in {destination(j.out).parent for j in todo}:
+            remove_stale(folder)
         module, dev = _prepare(spec, device, rank)
         if decode == "gpu" and not _device_decodes(dev):
             raise UsageError(f"--decode gpu needs a CUDA device. Got device {dev}")
@@ -523,7 +608,8 @@ def run(
             _loop(todo, module, dev, summary, fail, batch_size=batch_size,
                   workers=workers or _default_workers(), quality=quality, format=format,
                   max_pixels=max_pixels, max_memory=max_memory, progress=progress,
-                  defer_jpeg=decode == "gpu")
+                  defer_jpeg=decode == "gpu", in_place=in_place, warn=warn,
+                  allow_truncated=allow_truncated)
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
 
@@ -580,7 +666,8 @@ def _bar(total: int, progress: bool | None, rank: int):
 def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], None], *,
           batch_size: int, workers: int, quality: int, format: str | None,
           max_pixels: int | None, max_memory: int | None, progress: bool | None,
-          defer_jpeg: bool = False) -> None:
+          defer_jpeg: bool = False, in_place: bool = False,
+          warn: Callable[[str], None] = lambda line: None, allow_truncated: bool = False) -> None:
     io = _io()
     bar = _bar(len(todo), progress, summary.rank)
     if bar is not None:
@@ -592,14 +679,29 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
     else:
         fail_line = fail
 
-    read_kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+    read_kw: dict[str, Any] = {"allow_truncated": allow_truncated}
+    if max_pixels is not None:
+        read_kw["max_pixels"] = max_pixels
 
     from .modules import Pool2d
 
     keeps_size = not any(isinstance(m, Pool2d) for m in module.modules())
 
     def decode(job: Job):
-        if keeps_size and dev.type == "cpu" and _huge_png_to_png(job, max_pixels):
+        image, info = _read(job)
+        if info is not None and info.frames > 1:
+            what = "pages" if info.format == "TIFF" else "frames"
+            if in_place:
+                raise io.ImageFileError(
+                    f"{job.shown}: has {info.frames} {what}; convkit filters the first only, so "
+                    f"--in-place would lose the others (write to another file with -o)")
+            warn(f"{job.shown}: has {info.frames} {what}; only the first was filtered "
+                 f"(written to {shown(job.out)})")
+        return image, info
+
+    def _read(job: Job):
+        if (keeps_size and dev.type == "cpu" and _huge_png_to_png(job, max_pixels)
+                and not (in_place and _animated_png(job.src))):
             # Streams band by band, so memory does not grow with the image; one stored turned
             # (EXIF orientation) is read whole and filtered in tiles (tiling.filter_file).
             from .tiling import filter_file
@@ -612,7 +714,8 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
 
     def encode(job: Job, image, info) -> None:
         _make_parent(job)
-        io.write_image(job.out, image, quality=quality, info=info)
+        for note in io.write_image(job.out, image, quality=quality, info=info):
+            warn(f"{job.shown}: {note}")
 
     decoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-decode")
     encoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-encode")
@@ -628,7 +731,7 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
                 fut.result()
                 summary.written += 1
             except Exception as e:
-                fail_line(_one_line(job.shown, e))
+                fail_line(_one_line(job, e))
             if bar is not None:
                 bar.update(1)
 
@@ -661,7 +764,7 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
                 else:
                     emit([(job, image, info)], alpha)
                     return
-            fail_line(_one_line(job.shown, error))
+            fail_line(_one_line(job, error))
             if bar is not None:
                 bar.update(1)
             return
@@ -684,7 +787,7 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
                 try:
                     image, info = fut.result()
                 except Exception as e:
-                    fail_line(_one_line(job.shown, e))
+                    fail_line(_one_line(job, e))
                     if bar is not None:
                         bar.update(1)
                     continue
@@ -762,6 +865,15 @@ def _huge_png_to_png(job: Job, max_pixels: int | None) -> bool:
     if not max_pixels:
         max_pixels = _io().pillow_pixel_limit()
     return HUGE_PIXELS < w * h <= (max_pixels or w * h)
+
+
+def _animated_png(path: str) -> bool:
+    from .pngstream import read_info
+
+    try:
+        return read_info(path).frames > 1
+    except (OSError, ValueError):
+        return False
 
 
 def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,

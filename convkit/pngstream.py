@@ -58,6 +58,7 @@ class PngInfo:
     # the metadata chunks (see _META), whole (length, type, data, CRC), in file order
     metadata: list[bytes] = field(default_factory=list)
     has_trns: bool = False
+    frames: int = 1  # of an animated PNG (acTL), of which only the first is read
 
     @property
     def samples(self) -> int:
@@ -121,7 +122,7 @@ def read_info(path: str | Path) -> PngInfo:
                 metadata.append(f.read(length + 12))
     if info is None or not info.idat_offset:
         raise ValueError(f"{path}: PNG without image data")
-    info.metadata, info.has_trns = metadata, trns
+    info.metadata, info.has_trns, info.frames = metadata, trns, max(1, frames)
     return info
 
 

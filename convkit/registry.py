@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,10 +338,25 @@ def list_filters() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unknown_filter(name: object, extra: Sequence[str] = ()) -> str:
+    """The message for a filter name that is not registered: the closest names first (a typo
+    such as 'sharpn'), then every name; a long name quoted as an excerpt."""
+    from difflib import get_close_matches
+
+    from .spec import excerpt
+
+    names = [*list_filters(), *extra]
+    text = excerpt(name) if isinstance(name, str) else repr(type(name).__name__)
+    close = get_close_matches(name, names, n=3, cutoff=0.6) if isinstance(name, str) and \
+        len(name) <= 40 else []
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"Unknown filter {text}.{hint} Expected one of: {', '.join(sorted(names))}"
+
+
 def get_info(name: str) -> FilterInfo:
     _ensure_loaded()
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"Unknown filter {name!r}. Expected one of: {', '.join(list_filters())}")
+        raise ValueError(unknown_filter(name))
     return _REGISTRY[name]
 
 

@@ -61,6 +61,12 @@ class SpecError(ValueError):
     """A chain spec that does not parse; the message says where."""
 
 
+def excerpt(text: str, limit: int = 40) -> str:
+    """``text`` quoted for a message, cut to about ``limit`` characters: an error about a
+    100 KB spec stays one readable line."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
@@ -70,8 +76,7 @@ class _Parser:
 
     def error(self, msg: str, at: int | None = None) -> SpecError:
         at = self.i if at is None else at
-        snippet = self.text if len(self.text) <= 60 else self.text[:57] + "..."
-        return SpecError(f"invalid chain {snippet!r} at position {at}: {msg}")
+        return SpecError(f"invalid chain {excerpt(self.text, 60)} at position {at}: {msg}")
 
     def skip(self) -> None:
         while self.i < len(self.text) and self.text[self.i].isspace():
@@ -202,6 +207,9 @@ def parse_word(w: str) -> Any:
     if _NUMBER_RE.fullmatch(w):
         f = float(w)
         if re.match(r"^[+-]?\d+$", w):
+            if len(w) > 40:  # past any sensible parameter; int() refuses 4300 digits anyway
+                raise SpecError(f"the number {excerpt(w)} has {len(w)} digits; parameters "
+                                "take numbers of at most 40")
             return int(w)
         return f
     low = w.lower()

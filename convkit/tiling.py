@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import engine
+from . import atomic, engine
 from . import functional as KF
 from .fusion import flatten
 from .modules import Filter, Pool2d
@@ -567,17 +567,23 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     elif suffix == ".webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
-    try:
+    with atomic.replacing(dst, keep_suffix=True) as tmp:
         if not cv2.imwrite(str(tmp), img, params):
-            raise ValueError(f"{dst}: OpenCV could not write this format")
+            raise ValueError(f"{dst}: cannot write ({_cv_write_failure(tmp)})")
         if png is not None:
             _insert_png_metadata(tmp, png, int(x.shape[1]))
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return _tiled_summary(x, tp, budget)
+
+
+def _cv_write_failure(tmp: Path) -> str:
+    """Why cv2.imwrite returned False: OpenCV gives no reason, so look at the disk."""
+    try:
+        st = os.statvfs(tmp.parent)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return "No space left on device"
+    except OSError:
+        pass
+    return "OpenCV's encoder failed"
 
 
 def _tiled_summary(x: Tensor, tp, budget: int) -> dict:
@@ -712,35 +718,39 @@ def _stream_png(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_me
     bands = [(r, _ranges(tp.units, tp.sizes_h, *r, 0, False)) for r in tp.rows]
     step = max(r[1] - r[0] for r, _ in bands)
     reader = pngstream.iter_bands(src, info, step)
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
     # the file's own channels (grey+alpha stays grey+alpha), which are also io's on read
     head = _metadata_chunks(png, info.samples, pngstream.header(info))
-    writer = pngstream.PngWriter(tmp, info, head=head)
-    buf, buf_lo, cols = None, 0, [(0, info.width)]
-    try:
-        with torch.no_grad():
-            for k, (_, rr) in enumerate(bands):
-                lo, hi = rr[0]
-                while buf is None or buf_lo + buf.shape[0] < hi:
-                    part = next(reader)
-                    buf = part if buf is None else np.concatenate([buf, part])
-                tile = np.ascontiguousarray(buf[lo - buf_lo:hi - buf_lo])
-                x = torch.from_numpy(tile)
-                x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
-                y = _run_tile(tp, mod, x, rr, cols * len(rr), alpha, negative)[0]
-                writer.write(y[0].numpy() if c == 1 else y.permute(1, 2, 0).numpy())
-                if k + 1 < len(bands):
-                    nxt = bands[k + 1][1][0][0]
-                    buf, buf_lo = buf[nxt - buf_lo:], nxt
-        writer.close()
-        os.replace(tmp, dst)
-    except BaseException:
-        writer.abort()
-        tmp.unlink(missing_ok=True)
-        raise
+    cols = [(0, info.width)]
+    with atomic.replacing(dst) as tmp:
+        writer = pngstream.PngWriter(tmp, info, head=head)
+        try:
+            _stream_bands(tp, mod, bands, reader, writer, cols, alpha, negative, c)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     return {"width": info.width, "height": info.height, "channels": c,
             "dtype": "uint16" if info.bit_depth == 16 else "uint8", "bands": len(bands),
             "working_memory": budget, "streamed": True}
+
+
+def _stream_bands(tp, mod, bands, reader, writer, cols, alpha, negative, c) -> None:
+    """Filter the bands of ``reader`` and hand them to ``writer`` in order."""
+    buf, buf_lo = None, 0
+    with torch.no_grad():
+        for k, (_, rr) in enumerate(bands):
+            lo, hi = rr[0]
+            while buf is None or buf_lo + buf.shape[0] < hi:
+                part = next(reader)
+                buf = part if buf is None else np.concatenate([buf, part])
+            tile = np.ascontiguousarray(buf[lo - buf_lo:hi - buf_lo])
+            x = torch.from_numpy(tile)
+            x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
+            y = _run_tile(tp, mod, x, rr, cols * len(rr), alpha, negative)[0]
+            writer.write(y[0].numpy() if c == 1 else y.permute(1, 2, 0).numpy())
+            if k + 1 < len(bands):
+                nxt = bands[k + 1][1][0][0]
+                buf, buf_lo = buf[nxt - buf_lo:], nxt
 
 
 class _BgrWrapped(nn.Module):

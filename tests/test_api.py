@@ -30,7 +30,8 @@ def test_list_filters_sorted_and_complete():
 
 
 def test_unknown_filter_names_choices():
-    with pytest.raises(ValueError, match=r"Unknown filter 'sharpn'\. Expected one of: .*sharpen"):
+    with pytest.raises(ValueError, match=r"Unknown filter 'sharpn'\. Did you mean 'sharpen' or "
+                       r"'unsharp' or 'scharr'\? Expected one of: .*sharpen"):
         convkit.get_filter("sharpn")
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 import convkit.io as cio
+from convkit.atomic import is_temp_name
 from convkit.io import (
     SUPPORTED_EXTENSIONS,
     ImageFileError,
@@ -76,7 +77,7 @@ def png_bytes(width: int, height: int, depth: int, colour_type: int, raw: bytes)
 
 
 def no_temp_files(folder: Path) -> bool:
-    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    return not [p for p in folder.iterdir() if is_temp_name(p.name)]
 
 
 # --- reading and writing each mode ---------------------------------------------------------

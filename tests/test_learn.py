@@ -26,6 +26,7 @@ from conftest import DEVICES, SAMPLES
 from PIL import Image
 
 import convkit
+from convkit.atomic import is_temp_name
 from convkit.learn import files as LF
 from convkit.learn.cli import info_command, train_command
 from convkit.learn.data import build_data, read_image
@@ -640,7 +641,7 @@ def test_training_writes_log_pictures_and_provenance(tmp_path):
     assert p["data"] == str(folder.resolve())
     assert m.metrics["val_psnr"] == max(r["val_psnr"] for r in rows)
     assert res.history == rows
-    assert not [f for f in os.listdir(out.parent) if ".tmp-" in f]
+    assert not [f for f in os.listdir(out.parent) if is_temp_name(f)]
 
 
 def test_model_written_inside_the_data_folder_does_not_train_on_its_own_pictures(tmp_path):
@@ -924,7 +925,7 @@ def test_killed_or_interrupted_training_resumes(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert LF.read_model_file(ckpt)["train_state"]["step"] == step + 2
-    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]  # stale temp files removed
+    assert not [f for f in os.listdir(tmp_path) if is_temp_name(f)]  # stale temp files removed
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

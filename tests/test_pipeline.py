@@ -179,8 +179,9 @@ def test_queues_are_bounded_however_many_files(tmp_path, monkeypatch):
         return out
 
     def counting_write(path, image, **kw):
-        write_image(path, image, **kw)
+        notes = write_image(path, image, **kw)
         live["now"] -= 1
+        return notes
 
     monkeypatch.setattr(io, "read_image_with_info", counting_read)
     monkeypatch.setattr(io, "write_image", counting_write)

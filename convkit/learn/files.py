@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import struct
 import warnings
@@ -55,22 +54,15 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it to ``path``
+    (:func:`convkit.atomic.write_file`: the replaced file's mode and links are kept).
 
     On any failure (an exception, Ctrl-C) the temporary file is removed and ``path`` keeps its
     old content, if it had one.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from ..atomic import write_file
+
+    write_file(path, write, fsync=True)
 
 
 def _version() -> str:

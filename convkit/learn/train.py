@@ -508,11 +508,11 @@ class Trainer:
                            self.notes, pictures)
 
     def _remove_stale_temporaries(self) -> None:
-        """A run killed while writing leaves ``.NAME.tmp-PID`` beside its files (the file
-        itself is intact: see :func:`~convkit.learn.files.atomic_write`); tidy them up."""
-        for target in (self.output, *(sidecar(self.output, k) for k in SIDECARS)):
-            for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-                tmp.unlink(missing_ok=True)
+        """A run killed while writing leaves a temporary file beside its files (the file
+        itself is intact: see :func:`convkit.atomic.replacing`); tidy them up."""
+        from ..atomic import remove_stale
+
+        remove_stale(self.output.parent)
 
     def _interrupted(self, signum: int) -> TrainingInterrupted:
         name = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}.get(signum, "a stop request")

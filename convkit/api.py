@@ -32,10 +32,24 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"Invalid device {device!r}. Expected auto, cpu, cuda or cuda:N") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        # torch knows more device types (meta, xla, mps, hpu, ...), but convkit's filters
+        # run on the CPU and CUDA only
+        raise ValueError(f"Invalid device {str(device)!r}. Expected auto, cpu, cuda or cuda:N; "
+                         f"this machine offers {_offered(torch)}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but CUDA is not available here")
+        raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available here; "
+                         f"this machine offers {_offered(torch)}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} was asked for; this machine offers "
+                         f"{_offered(torch)}")
     return dev
+
+
+def _offered(torch) -> str:
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return "cpu" + "".join(f", cuda:{i}" for i in range(n))
 
 
 def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,

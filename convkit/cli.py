@@ -107,6 +107,19 @@ def _run_params() -> list[click.Parameter]:
     ]
 
 
+def _checked(spec: str) -> Any:
+    """``spec`` checked before any file is touched (a bad parameter is a usage error): planned
+    without torch where it is made of fixed filters, and then handed on as the string, so a
+    run on the CPU never imports torch; otherwise built, and the module handed on."""
+    from .plan.specs import plan_spec
+
+    if plan_spec(spec) is not None:
+        return spec
+    from .chains import chain
+
+    return chain(spec)
+
+
 def _execute(spec: Any, name: str, kw: dict[str, Any]) -> None:
     """Run the pipeline for a command and exit with its status."""
     from . import pipeline
@@ -200,13 +213,10 @@ def _filter_command(info: FilterInfo) -> click.Command:
         params = {k: v for k, v in params.items() if v is not None}
         try:  # parameters that only fail together (kernel: weights or path)
             info.check_params((), params)
-            spec = format_call(info.name, params)
-            import convkit
-
-            module = convkit.chain(spec)
+            spec = _checked(format_call(info.name, params))
         except (TypeError, ValueError) as e:
             raise click.UsageError(" ".join(str(e).split())) from None
-        _execute(module, info.name, kw)
+        _execute(spec, info.name, kw)
 
     example = info.example or f"convkit {info.name} photo.jpg"
     help_text = (
@@ -312,12 +322,10 @@ def apply_cmd(spec: str, **kw: Any) -> None:
 
     name = output_name(spec)
     try:
-        import convkit
-
-        module = convkit.chain(file_spec(spec))
+        checked = _checked(file_spec(spec))
     except (TypeError, ValueError) as e:
         raise click.BadParameter(" ".join(str(e).split()), param_hint="SPEC") from None
-    _execute(module, name, kw)
+    _execute(checked, name, kw)
 
 
 apply_cmd.params.extend(_run_params())

@@ -1,8 +1,10 @@
-"""Reading and writing image files as torch tensors.
+"""Reading and writing image files as NumPy arrays or torch tensors.
 
-Images are read into contiguous ``(C, H, W)`` tensors with one channel for grey, two for grey +
-alpha, three for RGB and four for RGBA. Pixel values keep the file's bit depth: ``torch.uint8``
-for 8-bit files, ``torch.uint16`` for 16-bit PNG and TIFF, ``torch.float32`` for float TIFF.
+Images are read into contiguous ``(C, H, W)`` arrays (:func:`read_array_with_info`, torch-free:
+the command line's CPU route) or tensors (:func:`read_image_with_info`) with one channel for
+grey, two for grey + alpha, three for RGB and four for RGBA. Pixel values keep the file's bit
+depth: ``uint8`` for 8-bit files, ``uint16`` for 16-bit PNG and TIFF, ``float32`` for float
+TIFF. torch is imported only for tensors and for decoding JPEGs on a GPU.
 
 Every problem with a file raises :class:`ImageFileError`, whose message is one line naming the
 file and the reason, so a command-line tool can print it as it is.
@@ -16,17 +18,21 @@ import io
 import os
 import stat
 import struct
+import sys
 import threading
 import warnings
 import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -36,6 +42,7 @@ __all__ = [
     "ImageInfo",
     "decode_jpegs",
     "is_image_path",
+    "read_array_with_info",
     "read_image",
     "read_image_with_info",
     "write_image",
@@ -159,6 +166,8 @@ class EncodedJPEG:
 
     @property
     def dtype(self) -> torch.dtype:
+        import torch
+
         return torch.uint8
 
 
@@ -178,6 +187,7 @@ def decode_jpegs(items: list[EncodedJPEG], device: torch.device | str) -> list[t
         ImageFileError: The decoder refused the data. With one item the message names its file;
             with several it names the first and the count (decode them one by one to find which).
     """
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     out: list[torch.Tensor | None] = [None] * len(items)
@@ -204,7 +214,7 @@ def decode_jpegs(items: list[EncodedJPEG], device: torch.device | str) -> list[t
                     f"{item.name}: JPEG decoded on {device} to shape {tuple(image.shape)}, "
                     f"expected {(channels, item.height, item.width)} from its header"
                 )
-            out[i] = _apply_orientation(image, item.orientation)
+            out[i] = _orient_tensor(image, item.orientation)
     return out  # type: ignore[return-value]
 
 
@@ -228,7 +238,21 @@ def read_image_with_info(
     path: StrPath, *, max_pixels: int | None = None, defer_jpeg: bool = False,
     allow_truncated: bool = False,
 ) -> tuple[torch.Tensor | EncodedJPEG, ImageInfo]:
-    """Read an image file into a tensor, with the metadata needed to write it back.
+    """Read an image file into a ``(C, H, W)`` tensor, with the metadata needed to write it
+    back: :func:`read_array_with_info`, whose arguments and errors it shares, as a tensor that
+    shares the array's memory."""
+    import torch
+
+    image, info = read_array_with_info(path, max_pixels=max_pixels, defer_jpeg=defer_jpeg,
+                                       allow_truncated=allow_truncated)
+    return (image if isinstance(image, EncodedJPEG) else torch.from_numpy(image)), info
+
+
+def read_array_with_info(
+    path: StrPath, *, max_pixels: int | None = None, defer_jpeg: bool = False,
+    allow_truncated: bool = False,
+) -> tuple[np.ndarray | EncodedJPEG, ImageInfo]:
+    """Read an image file into a NumPy array, with the metadata needed to write it back.
 
     The format is told from the content, not the name: PNG, JPEG, WebP, TIFF, BMP and GIF. Of an
     animated GIF, PNG or WebP only the first frame is read. The EXIF orientation is applied, so
@@ -252,7 +276,7 @@ def read_image_with_info(
             ``LOAD_TRUNCATED_IMAGES`` does. By default such a file raises ImageFileError.
 
     Returns:
-        ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` tensor, ``uint8`` for 8-bit
+        ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` array, ``uint8`` for 8-bit
         (and lower) files, ``uint16`` for 16-bit PNG and TIFF, ``float32`` (one channel) for
         float TIFF; ``info`` is the file's :class:`ImageInfo`.
 
@@ -281,17 +305,19 @@ def read_image_with_info(
             )
         if defer_jpeg and _plain_jpeg(im, data):
             orientation, mode = _orientation(im), im.mode
+            import torch
+
             image = EncodedJPEG(name, torch.frombuffer(bytearray(data), dtype=torch.uint8),
                                 1 if im.mode == "L" else 3, height, width, orientation)
         elif _is_16bit_colour(im, data):
             chw, mode, orientation = _decode_16bit_colour(im, data, name)
-            image = _apply_orientation(torch.from_numpy(chw), orientation)
+            image = _orient_array(chw, orientation)
         else:
             if im.format in ("JPEG", "MPO"):
                 _check_jpeg_data(im, data, name, allow_truncated)
             decoded = _decode_jpeg(im, data, name, allow_truncated)
             chw, mode, orientation = decoded or _decode_with_pillow(im, name, allow_truncated)
-            image = _apply_orientation(torch.from_numpy(chw), orientation)
+            image = _orient_array(chw, orientation)
         info = ImageInfo(
             format="JPEG" if im.format == "MPO" else im.format,
             mode=mode,
@@ -728,8 +754,28 @@ def _valid_orientation(value: object) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Turn a ``(C, H, W)`` image stored with EXIF ``orientation`` into display layout."""
+def _orient_array(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a ``(C, H, W)`` array stored with EXIF ``orientation`` into display layout."""
+    h, w = 1, 2
+    if orientation == 2:
+        image = np.flip(image, w)
+    elif orientation == 3:
+        image = np.flip(image, (h, w))
+    elif orientation == 4:
+        image = np.flip(image, h)
+    elif orientation == 5:
+        image = image.transpose(0, 2, 1)
+    elif orientation == 6:
+        image = np.rot90(image, -1, (h, w))  # clockwise
+    elif orientation == 7:
+        image = np.flip(image.transpose(0, 2, 1), (h, w))
+    elif orientation == 8:
+        image = np.rot90(image, 1, (h, w))  # anticlockwise
+    return np.ascontiguousarray(image)
+
+
+def _orient_tensor(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """:func:`_orient_array` for a tensor on any device (JPEGs decoded on a GPU)."""
     h, w = 1, 2
     if orientation == 2:
         image = image.flip(w)
@@ -740,11 +786,11 @@ def _apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
     elif orientation == 5:
         image = image.transpose(h, w)
     elif orientation == 6:
-        image = image.rot90(-1, (h, w))  # clockwise
+        image = image.rot90(-1, (h, w))
     elif orientation == 7:
         image = image.transpose(h, w).flip(h, w)
     elif orientation == 8:
-        image = image.rot90(1, (h, w))  # anticlockwise
+        image = image.rot90(1, (h, w))
     return image.contiguous()
 
 
@@ -825,9 +871,16 @@ def _write_format(name: str, format: str | None) -> str:
     return fmt
 
 
+def _is_tensor(image: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported
+    return torch is not None and isinstance(image, torch.Tensor)
+
+
 def _as_chw_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """Check ``image`` and view it as a ``(C, H, W)`` NumPy array (a copy only when needed)."""
-    if isinstance(image, torch.Tensor):
+    if _is_tensor(image):
+        import torch
+
         t = image.detach().cpu()
         if t.ndim == 2:
             t = t.unsqueeze(0)

@@ -35,10 +35,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 __all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
            "output_name", "file_spec", "UsageError"]
@@ -598,14 +600,14 @@ def run(
         # a run killed earlier (SIGKILL, a power cut) may have left temporary files
         for folder in {destination(j.out).parent for j in todo}:
             remove_stale(folder)
-        module, dev = _prepare(spec, device, rank)
-        if decode == "gpu" and not _device_decodes(dev):
-            raise UsageError(f"--decode gpu needs a CUDA device. Got device {dev}")
-        summary.device = str(dev)
+        runner = _Runner(spec, device, rank, gpu_decode=decode == "gpu")
+        if decode == "gpu" and not _device_decodes(runner.device_type):
+            raise UsageError(f"--decode gpu needs a CUDA device. Got device {runner.device_name}")
+        summary.device = runner.device_name
         if batch_size is None:
-            batch_size = 8 if dev.type == "cuda" else 1
-        with _torch_threads(dev):
-            _loop(todo, module, dev, summary, fail, batch_size=batch_size,
+            batch_size = 8 if runner.device_type == "cuda" else 1
+        with runner.threads():
+            _loop(todo, runner, summary, fail, batch_size=batch_size,
                   workers=workers or _default_workers(), quality=quality, format=format,
                   max_pixels=max_pixels, max_memory=max_memory, progress=progress,
                   defer_jpeg=decode == "gpu", in_place=in_place, warn=warn,
@@ -614,23 +616,100 @@ def run(
     return summary
 
 
-def _device_decodes(dev) -> bool:
-    """Whether ``decode="gpu"`` can run on ``dev`` (nvJPEG: CUDA only)."""
-    return dev.type == "cuda"
+class _Runner:
+    """What filters a run's images, and where.
+
+    A spec string of fixed filters (kernels, gradients, median: no pooling, no learned
+    filter) on the CPU is planned without torch (:func:`convkit.plan.specs.plan_spec`) and run
+    on OpenCV (:func:`convkit.fastpath.run_plan`), on the NumPy arrays the decoders give: the
+    command line then never imports torch. ``device="auto"`` counts as the CPU where
+    :func:`convkit.device.cuda_may_be_present` finds no trace of a GPU. Anything else, and any
+    image the plan does not run as the engine would (a huge image filtered in tiles, a response
+    past int32), goes through the torch modules, built on first need; the results are the same
+    (:func:`convkit.fastpath.runs_plan` is the engine's own rule).
+    """
+
+    def __init__(self, spec: Any, device: str | None, rank: int, gpu_decode: bool = False):
+        from .device import wants_torch_device
+
+        self.spec, self.device_arg, self.rank = spec, device, rank
+        self.plan = None
+        if isinstance(spec, str) and not gpu_decode and not wants_torch_device(device):
+            from .plan.rules import current
+            from .plan.specs import plan_spec
+
+            plan = plan_spec(file_spec(spec), current().fuse)
+            if plan is not None and plan.ops:
+                self.plan, self.opts = plan, current()
+        self._module = None
+        self._dev = None
+        if self.plan is None:
+            self._torch()
+
+    def _torch(self) -> None:
+        if self._module is not None:
+            return
+        import torch
+
+        from .api import resolve_device
+        from .chains import chain
+
+        dev = resolve_device(self.device_arg if self.plan is None else "cpu")
+        if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        module = self.spec if not isinstance(self.spec, str | list) else chain(file_spec(self.spec))
+        self._module, self._dev = module.to(dev).eval(), dev
+
+    @property
+    def module(self):
+        self._torch()
+        return self._module
+
+    @property
+    def dev(self):
+        self._torch()
+        return self._dev
+
+    @property
+    def device_type(self) -> str:
+        return "cpu" if self.plan is not None else self._dev.type
+
+    @property
+    def device_name(self) -> str:
+        return "cpu" if self.plan is not None else str(self._dev)
+
+    @property
+    def keeps_size(self) -> bool:
+        if self.plan is not None:
+            return True  # plans hold no pooling
+        from .modules import Pool2d
+
+        return not any(isinstance(m, Pool2d) for m in self.module.modules())
+
+    def runs(self, image: Any) -> bool:
+        """Whether ``image`` (a (C, H, W) array) is filtered by the torch-free plan."""
+        from . import fastpath
+
+        return (self.plan is not None and isinstance(image, np.ndarray)
+                and image.shape[1] * image.shape[2] <= HUGE_PIXELS
+                and fastpath.runs_plan(self.plan, image.dtype.name, self.opts))
+
+    def run_plan(self, image: np.ndarray, alpha: bool) -> np.ndarray:
+        """The plan on one (C, H, W) image; an alpha channel (the last) passes through, as in
+        the engine."""
+        from . import fastpath
+
+        colour = image[:-1] if alpha else image
+        out = fastpath.run_plan(self.plan, colour[None], self.opts)[0]
+        return np.concatenate([out, image[-1:]]) if alpha else out
+
+    def threads(self):
+        return _torch_threads(self._dev) if self._module is not None else nullcontext()
 
 
-def _prepare(spec: Any, device: str | None, rank: int):
-    import torch
-
-    import convkit
-
-    from .api import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-    module = convkit.chain(file_spec(spec)).to(dev).eval()
-    return module, dev
+def _device_decodes(device_type: str) -> bool:
+    """Whether ``decode="gpu"`` can run on a device of this type (nvJPEG: CUDA only)."""
+    return device_type == "cuda"
 
 
 @contextmanager
@@ -663,7 +742,7 @@ def _bar(total: int, progress: bool | None, rank: int):
                 desc=f"rank {rank}" if rank else None, leave=False)
 
 
-def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], None], *,
+def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[str], None], *,
           batch_size: int, workers: int, quality: int, format: str | None,
           max_pixels: int | None, max_memory: int | None, progress: bool | None,
           defer_jpeg: bool = False, in_place: bool = False,
@@ -683,9 +762,9 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
     if max_pixels is not None:
         read_kw["max_pixels"] = max_pixels
 
-    from .modules import Pool2d
-
-    keeps_size = not any(isinstance(m, Pool2d) for m in module.modules())
+    keeps_size = runner.keeps_size
+    # the torch-free route reads NumPy arrays; torch's reads tensors (a GPU may decode JPEGs)
+    read = io.read_array_with_info if runner.plan is not None else io.read_image_with_info
 
     def decode(job: Job):
         image, info = _read(job)
@@ -700,20 +779,22 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
         return image, info
 
     def _read(job: Job):
-        if (keeps_size and dev.type == "cpu" and _huge_png_to_png(job, max_pixels)
+        if (keeps_size and runner.device_type == "cpu" and _huge_png_to_png(job, max_pixels)
                 and not (in_place and _animated_png(job.src))):
             # Streams band by band, so memory does not grow with the image; one stored turned
             # (EXIF orientation) is read whole and filtered in tiles (tiling.filter_file).
             from .tiling import filter_file
 
             _make_parent(job)
-            filter_file(module, job.src, job.out, max_memory=max_memory, max_pixels=max_pixels,
-                        quality=quality)
+            filter_file(runner.module, job.src, job.out, max_memory=max_memory,
+                        max_pixels=max_pixels, quality=quality)
             return _STREAMED, None
-        return io.read_image_with_info(job.src, defer_jpeg=defer_jpeg, **read_kw)
+        return read(job.src, defer_jpeg=defer_jpeg, **read_kw)
 
     def encode(job: Job, image, info) -> None:
         _make_parent(job)
+        if isinstance(image, np.ndarray):
+            image = image.transpose(1, 2, 0)  # write_image takes arrays as (H, W, C)
         for note in io.write_image(job.out, image, quality=quality, info=info):
             warn(f"{job.shown}: {note}")
 
@@ -735,19 +816,25 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
             if bar is not None:
                 bar.update(1)
 
+    def run(batch: list[tuple[Job, Any, Any]], alpha: bool) -> list:
+        images = [img for _, img, _ in batch]
+        if all(runner.runs(img) for img in images):
+            return [runner.run_plan(img, alpha) for img in images]
+        import torch
+
+        dev = runner.dev
+        images = _decoded([torch.from_numpy(i) if isinstance(i, np.ndarray) else i
+                           for i in images], dev)
+        if len(images) == 1:
+            return [filter_image(runner.module, images[0], alpha=alpha, device=dev,
+                                 max_memory=max_memory)]
+        return list(filter_batch(runner.module, torch.stack(images), alpha=alpha, device=dev))
+
     def emit(batch: list[tuple[Job, Any, Any]], alpha: bool) -> None:
         if stop.event.is_set():
             return
         try:
-            images = _decoded([img for _, img, _ in batch], dev)
-            if len(batch) == 1:
-                outs = [filter_image(module, images[0], alpha=alpha, device=dev,
-                                     max_memory=max_memory)]
-            else:
-                import torch
-
-                x = torch.stack(images)
-                outs = list(filter_batch(module, x, alpha=alpha, device=dev))
+            outs = run(batch, alpha)
         except Exception as e:
             if len(batch) > 1:  # find the image that fails; filter the others
                 for item in batch:
@@ -758,7 +845,7 @@ def _loop(todo: list[Job], module, dev, summary: Summary, fail: Callable[[str], 
             if isinstance(image, io.EncodedJPEG):
                 # The device decoder refused it: the CPU decoder reads it or names the problem.
                 try:
-                    image, info = io.read_image_with_info(job.src, **read_kw)
+                    image, info = read(job.src, **read_kw)
                 except Exception as cpu_error:
                     error = cpu_error
                 else:

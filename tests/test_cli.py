@@ -7,6 +7,7 @@ BORDER_REFLECT_101), never against convkit's own earlier output.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -457,3 +458,36 @@ def test_apply_a_model_file_with_a_space_in_its_name(tmp_path):
     assert max_diff(read(tmp_path / "out.png"), ref) <= 1
     res = invoke("apply", model, src)  # default name from the model file's stem
     assert res.exit_code == 0 and (tmp_path / "in-my_sharpen.png").exists(), res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["sharpen", "{src}", "-o", "{out}/a.png"],
+    ["apply", "gaussian(sigma=2) | sharpen | median(size=3)", "{src}", "-o", "{out}/b.png"],
+    ["edges", "{src}", "-o", "{out}/c.png", "--device", "auto"],
+])
+def test_cpu_command_line_never_imports_torch(tmp_path, args):
+    """Fixed filters on the CPU run on a torch-free plan: neither torch nor torchvision is
+    imported (checked in a fresh interpreter), and the result equals OpenCV's."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in.png"
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(src)
+    argv = [a.format(src=src, out=tmp_path) for a in args]
+    code = ("import sys\nfrom convkit.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
+            "print(code, 'torch' in sys.modules, 'torchvision' in sys.modules)\n")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # "auto" must find no GPU, even here
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.stdout.split() == ["0", "False", "False"], res.stderr
+    if args[0] == "sharpen":
+        k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+        a = np.asarray(Image.open(src))
+        ref = cv2.filter2D(a, -1, k, borderType=cv2.BORDER_REFLECT_101)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), ref)

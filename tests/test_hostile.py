@@ -346,3 +346,17 @@ def test_typo_suggests_the_closest_filter():
         convkit.chain("sharpn")
     res = CliRunner().invoke(cli, ["sharpn", "x.png"])
     assert res.exit_code == 2 and "Did you mean 'sharpen'" in res.stderr
+
+
+@pytest.mark.parametrize("device", ["xla", "mps", "hpu", "meta", "cuda:7", "tpu"])
+def test_unsupported_or_absent_device_is_a_usage_error(tmp_path, device):
+    import torch
+
+    src = tmp_path / "a.png"
+    Image.fromarray(photo()).save(src)
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    res = invoke(str(src), "-o", str(tmp_path / "b.png"), "--device", device)
+    assert res.exit_code == 2, res.output
+    assert f"'{device}'" in res.stderr and "this machine offers cpu" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "b.png").exists()

@@ -135,8 +135,9 @@ def test_same_size_images_are_batched_and_every_result_is_right(tmp_path, monkey
         return real(module, batch, **kw)
 
     monkeypatch.setattr(pipeline, "filter_batch", spy)
-    summary = convkit.run("sharpen", tmp_path / "in", tmp_path / "out", batch_size=3,
-                          progress=False)
+    # a module (not a spec string) takes the torch route, where batches are stacked
+    summary = convkit.run(convkit.chain("sharpen"), tmp_path / "in", tmp_path / "out",
+                          batch_size=3, progress=False)
     assert summary.written == len(shapes)
     assert sorted(batches) == sorted([(3, 3, 40, 56), (3, 3, 40, 56), (1, 3, 40, 56),
                                       (2, 3, 30, 20), (1, 3, 41, 57)])
@@ -157,8 +158,8 @@ def test_a_failing_batch_is_retried_one_image_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "filter_batch", flaky)
     errors = []
-    summary = convkit.run("sharpen", tmp_path / "in", tmp_path / "out", batch_size=3,
-                          progress=False, on_error=errors.append)
+    summary = convkit.run(convkit.chain("sharpen"), tmp_path / "in", tmp_path / "out",
+                          batch_size=3, progress=False, on_error=errors.append)
     assert (summary.written, summary.failed) == (2, 1)
     assert errors == [f"{tmp_path / 'in' / '1.png'}: simulated device failure"]
     assert files_under(tmp_path / "out") == ["0.png", "2.png"]

@@ -30,6 +30,7 @@ evenly; only rank 0 validates and writes files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -345,13 +346,23 @@ class Trainer:
         is kept)."""
         callbacks = list(callbacks)
         self.dist, self.device = _dist_setup(self.cfg.device)
+        finished = False
         try:
             with _stop_on_signals(self):
-                return self._run(callbacks)
+                result = self._run(callbacks)
+            finished = True
+            return result
         finally:
             if self.dist.owned:
                 import torch.distributed as dist
 
+                if finished:
+                    # Every rank waits for the others before the group goes: a rank that tore
+                    # down gloo while rank 0 still wrote the model aborted now and then
+                    # ("terminate called without an active exception", exit -6) on a loaded
+                    # machine. (After an error the ranks may be out of step: no barrier.)
+                    with contextlib.suppress(Exception):
+                        dist.barrier()
                 dist.destroy_process_group()
 
     def _setup(self) -> None:

@@ -86,11 +86,11 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
               help="Learn to remove Gaussian noise of SIGMA grey levels (of 255).")
 @click.option("--arch", type=click.Choice(_ARCHS), default="residual", show_default=True,
               help="residual: conv+activation layers predicting a residual; linear: one conv.")
-@click.option("--depth", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--depth", type=click.IntRange(1, 64), default=5, show_default=True,
               help="Conv layers of the residual net.")
-@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--width", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Feature channels between layers.")
-@click.option("--kernel", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--kernel", type=click.IntRange(1, 63), default=3, show_default=True,
               help="Side of every conv kernel (odd).")
 @click.option("--pool", type=click.Choice(["1", "2", "4"]), default="1", show_default=True,
               help="Run the middle layers at 1/POOL size (wider context, less compute).")
@@ -290,11 +290,13 @@ def describe(path: Path, payload: dict[str, Any], net) -> str:
         if m.get("step") is not None:
             lines.append(_weights_text(m, run, state))
     if m.get("val_psnr") is not None:
-        base = m.get("baseline_psnr")
+        base, base_ssim, ssim = m.get("baseline_psnr"), m.get("baseline_ssim"), m.get("val_ssim")
         lines.append(
-            f"metrics:      validation PSNR {m['val_psnr']:.2f} dB, SSIM {m['val_ssim']:.4f}"
-            + (f" (input as is: {base:.2f} dB, SSIM {m.get('baseline_ssim'):.4f})"
-               if base is not None else "")
+            f"metrics:      validation PSNR {m['val_psnr']:.2f} dB"
+            + (f", SSIM {ssim:.4f}" if ssim is not None else "")
+            + (f" (input as is: {base:.2f} dB" if base is not None else "")
+            + (f", SSIM {base_ssim:.4f}" if base is not None and base_ssim is not None else "")
+            + (")" if base is not None else "")
         )
     elif mode and m.get("step") is None:
         lines.append("metrics:      " + ("none yet (no epoch finished)" if isinstance(state, dict)
@@ -307,6 +309,8 @@ def describe(path: Path, payload: dict[str, Any], net) -> str:
     if isinstance(state, dict):
         lines.append(f"checkpoint:   training state at step {state.get('step')} (epoch "
                      f"{state.get('epoch')}); continue with convkit train --resume")
+    if payload.get("odd_records"):
+        lines.append("not understood: " + "; ".join(payload["odd_records"]))
     return "\n".join(lines)
 
 

@@ -144,7 +144,36 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     return _check_payload(payload, path)
 
 
+#: The most a model file may unpack to: far above any architecture convkit trains.
+MAX_UNPACKED = 2 << 30
+
+
+def _check_zip(path: Path) -> None:
+    """A model file written by torch.save is a zip of stored (uncompressed) records; check what
+    the records declare before torch reads them, so that a small file whose deflated record
+    inflates to gigabytes is refused instead of read."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # an old-style pickle, or not a model file: torch.load says which
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        raise ValueError(f"{path}: not a readable model file (corrupt: {_first_line(e)})"
+                         ) from None
+    total = sum(i.file_size for i in infos)
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise ValueError(f"{path}: not a convkit model file (record {packed[0]!r} is "
+                         "compressed; torch.save stores its records as they are)")
+    if total > MAX_UNPACKED:
+        raise ValueError(f"{path}: not a convkit model file (its records declare "
+                         f"{total} bytes, over the limit of {MAX_UNPACKED})")
+
+
 def _torch_load(path: Path) -> Any:
+    _check_zip(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols of foreign files; the error below says it all
@@ -226,12 +255,61 @@ def _check_payload(payload: Any, path: Path) -> dict[str, Any]:
         payload["config_obj"] = ModelConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: damaged convkit model file (architecture: {e})") from None
-    for name, t in payload["state_dict"].items():
+    _check_weights(payload["state_dict"], payload["config_obj"], path)
+    payload["odd_records"] = _plain_records(payload)
+    return payload
+
+
+def _check_weights(state: dict[str, Any], cfg: ModelConfig, path: Path) -> None:
+    """The weights are what the architecture needs, before any layer is built: the same
+    names and shapes (the net is laid out on torch's meta device, which allocates nothing),
+    each a dense, finite, real floating-point tensor on the CPU."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in LearnedFilter(cfg).state_dict().items()}
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise ValueError(f"{path}: damaged convkit model file (weights do not fit the "
+                         f"architecture: {what})")
+    for name, t in state.items():
         if not isinstance(t, Tensor):
             raise ValueError(f"{path}: damaged convkit model file ({name} is not a tensor)")
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.layout != torch.strided or t.device.type != "cpu" or not t.is_floating_point():
+            kind = (f"{t.layout}".removeprefix("torch.") if t.layout != torch.strided else
+                    f"on the {t.device.type} device" if t.device.type != "cpu" else
+                    f"{t.dtype}".removeprefix("torch."))
+            raise ValueError(f"{path}: damaged convkit model file ({name} is {kind}; "
+                             "weights are dense real floating-point tensors)")
+        if tuple(t.shape) != expected[name]:
+            raise ValueError(f"{path}: damaged convkit model file (weights do not fit the "
+                             f"architecture: {name} has shape {tuple(t.shape)}; the "
+                             f"architecture needs {expected[name]})")
+        if not torch.isfinite(t).all():
             raise ValueError(f"{path}: the model's weights are not finite (NaN or inf in {name})")
-    return payload
+
+
+# The records convkit info shows as numbers; a file may hold anything there.
+_NUMERIC = {
+    "metrics": ("val_psnr", "val_ssim", "baseline_psnr", "baseline_ssim", "train_loss",
+                "epoch", "step", "steps_total", "train_seconds", "run_steps", "run_epochs",
+                "run_seconds"),
+    "provenance": ("images", "train_images", "val_images", "patch", "batch_size", "seed",
+                   "processes", "sigma", "lr"),
+}
+
+
+def _plain_records(payload: dict[str, Any]) -> list[str]:
+    """Drop the records that should be numbers and are not (``val_psnr`` a string,
+    ``processes`` "two"), so that describing the file never fails on them; name each one."""
+    odd = []
+    for section, keys in _NUMERIC.items():
+        records = payload[section]
+        for key in keys:
+            v = records.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                odd.append(f"{section}.{key} = {str(v)[:40]!r}")
+                del records[key]
+    return odd
 
 
 def load_model(path: str | Path) -> LearnedFilter:
@@ -317,6 +395,8 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise bad("__metadata__ is not a table of strings")
     data = memoryview(raw)[8 + n :]
     tensors = {}
     for name, entry in header.items():
@@ -326,6 +406,8 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             begin, end = (int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise bad(f"bad entry for {name!r}") from None
+        if any(s < 0 for s in shape) or len(shape) > 8:
+            raise bad(f"{name!r} has the shape {shape}")
         count = math.prod(shape)
         if not 0 <= begin <= end <= len(data) or end - begin != count * dtype.itemsize:
             raise bad(f"{name!r} lies outside the file")

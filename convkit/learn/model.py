@@ -48,6 +48,11 @@ POOLS = (1, 2, 4)
 EXTEND_BORDERS = ("reflect", "symmetric", "replicate", "circular")
 
 
+#: The ranges of the architecture's sizes, the same for ``convkit train`` and for model files
+#: (a file that declares a width of a million is refused before any layer is built).
+LIMITS = {"depth": (1, 64), "width": (1, 1024), "kernel": (1, 63)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a :class:`LearnedFilter`; stored in the model file as plain data.
@@ -76,10 +81,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"Invalid arch {self.arch!r}. Expected one of {', '.join(ARCHS)}")
-        for name, low in (("depth", 1), ("width", 1), ("kernel", 1)):
+        for name, (low, high) in LIMITS.items():
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} should be an integer >= {low}. Got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise ValueError(f"{name} should be an integer in [{low}, {high}]. Got {v!r}")
         if self.arch == "residual" and self.depth < 2:
             raise ValueError(f"depth of a residual net should be >= 2. Got {self.depth}")
         if self.kernel % 2 == 0:

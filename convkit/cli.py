@@ -416,6 +416,15 @@ def describe(module) -> str:
         lines.append(f"sum: {_num(float(k.sum()))}")
         if module.bias:
             lines.append(f"offset: {_num(module.bias * 255)} grey levels (of 255) added")
+        if max(kh, kw) > _MAX_SVD:
+            # an SVD of a 4095x4095 kernel takes minutes: say what the filter was built from
+            if getattr(module, "col", None) is not None:
+                lines.append(f"separable: yes (built as a column of {kh} x a row of {kw} taps)")
+            else:
+                lines.append(f"separable: not computed (kernels over {_MAX_SVD}x{_MAX_SVD})")
+            if module.negative:
+                lines.append(f"negative values written to integer images as: {module.negative}")
+            return "\n".join(lines)
         u, s, vh = torch.linalg.svd(k)
         rank = _rank(s)
         if rank == 1:
@@ -470,14 +479,39 @@ def _num(v: float) -> str:
     return "0" if text == "-0" else text
 
 
+# Kernels larger than this are printed in part (their centre), and not factored by an SVD.
+_MAX_PRINT = 15
+_MAX_SVD = 255
+
+
 def _matrix(k) -> list[str]:
+    """The kernel's rows as text; a kernel over 15x15 shows its central 15x15, said so."""
+    kh, kw = k.shape
+    note = []
+    if max(kh, kw) > _MAX_PRINT:
+        y0, x0 = max(0, (kh - _MAX_PRINT) // 2), max(0, (kw - _MAX_PRINT) // 2)
+        k = k[y0:y0 + _MAX_PRINT, x0:x0 + _MAX_PRINT]
+        note = [f"  (the central {k.shape[0]}x{k.shape[1]} of {kh}x{kw}: rows {y0}-"
+                f"{y0 + k.shape[0] - 1}, columns {x0}-{x0 + k.shape[1] - 1})"]
     cells = [[_num(float(v)) for v in row] for row in k]
     width = max(len(c) for row in cells for c in row)
-    return ["  " + " ".join(c.rjust(width) for c in row) for row in cells]
+    return note + ["  " + " ".join(c.rjust(width) for c in row) for row in cells]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as the command line shows them: one line in convkit's words. Pillow's
+    own (malformed EXIF: 65535 entries, offsets past the end) are left out: the image is read
+    all the same, and they would print two lines of Pillow's source per problem."""
+    if "/PIL/" in filename.replace("\\", "/"):
+        return
+    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``convkit`` script and ``python -m convkit``."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     # click's standalone mode turns Ctrl-C into "Aborted!" and exit 1; a Ctrl-C that comes
     # before the run has set up its own handler (while torch imports, say) should exit 130 too.
     try:

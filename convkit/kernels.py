@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 BORDERS = ("reflect", "replicate", "constant", "circular", "symmetric")
+#: The largest kernel given weight by weight (a spec's weights, a kernel file): a million
+#: taps, whose filter2D on a 1080p photo takes seconds (it goes through a DFT).
+MAX_DENSE_SIDE = 1023
 KERNEL_TYPES = ("kernel", "gradient")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _KEYS = {"name", "description", "weights", "scale", "offset", "border", "signed", "type"}
@@ -113,6 +116,10 @@ def check_weights(weights: Any, what: str = "kernel") -> tuple[tuple[float, ...]
         raise ValueError(f"{what}: weights should not be empty. Got []")
     if all(is_number(w) for w in weights):
         weights = [weights]
+    longest = max((len(r) for r in weights if isinstance(r, Sequence)), default=0)
+    if len(weights) > MAX_DENSE_SIDE or longest > MAX_DENSE_SIDE:
+        raise ValueError(f"{what}: weights should be at most {MAX_DENSE_SIDE}x{MAX_DENSE_SIDE}. "
+                         f"Got {len(weights)} rows of up to {longest}")
     rows = []
     for i, row in enumerate(weights):
         if not isinstance(row, Sequence) or isinstance(row, (str, bytes)):
@@ -334,6 +341,11 @@ def gaussian_taps(ksize: int, sigma: float) -> Any:
     import numpy as np
 
     i = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
+    if 2 * sigma * sigma < 1e-300:
+        # (a sigma of 1e-200 squares to 0 in float64: 0/0 at the centre.) Below 0.2 pixels
+        # every off-centre tap is already under float32's smallest number, so the kernel is
+        # the identity, which is what such a sigma means.
+        return (np.abs(i) < 0.5).astype(np.float64)
     g = np.exp(-(i * i) / (2 * sigma * sigma))
     return g / g.sum()
 

@@ -360,3 +360,37 @@ def test_unsupported_or_absent_device_is_a_usage_error(tmp_path, device):
     assert res.exit_code == 2, res.output
     assert f"'{device}'" in res.stderr and "this machine offers cpu" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "b.png").exists()
+
+
+def test_vanishing_sigma_is_the_identity_as_in_opencv():
+    a = photo()
+    for ksize in (None, 5):
+        spec = "gaussian(sigma=1e-200)" if ksize is None else "gaussian(sigma=1e-200, ksize=5)"
+        out = convkit.process(a, spec)
+        ref = cv2.GaussianBlur(a, (ksize or 1, ksize or 1), 1e-200,
+                               borderType=cv2.BORDER_REFLECT_101)
+        assert np.array_equal(out, ref) and np.array_equal(out, a)
+
+
+def test_show_summarises_a_huge_kernel_quickly():
+    res = subprocess.run([sys.executable, "-m", "convkit", "show", "box", "size=4095"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "the central 15x15 of 4095x4095" in lines[1]
+    assert len(lines) < 25 and "separable: yes" in res.stdout
+
+
+def test_dense_kernel_side_limit():
+    with pytest.raises(ValueError, match=r"at most 1023x1023\. Got 1 rows of up to 2000"):
+        convkit.chain(f"kernel(weights={[1.0] * 2000})")
+
+
+def test_malformed_exif_prints_nothing_when_the_image_is_fine(tmp_path):
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 65535) \
+        + struct.pack("<HHII", 0x010F, 2, 100, 99999) * 10
+    src = tmp_path / "exif.jpg"
+    src.write_bytes(jpeg_bytes(photo(), exif=b"Exif\x00\x00" + tiff))
+    res = subprocess.run([sys.executable, "-m", "convkit", "sharpen", "-q", str(src), "-o",
+                          str(tmp_path / "out.png")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -110,10 +110,11 @@ def write_file(path: str | os.PathLike[str], content: bytes | Callable[[IO[bytes
             os.fsync(f.fileno())
 
 
-def remove_stale(folder: str | os.PathLike[str]) -> int:
+def remove_stale(folder: str | os.PathLike[str], *, own: bool = False) -> int:
     """Remove the temporary files that convkit processes which no longer run left in
     ``folder`` (a run killed with SIGKILL, a power cut); return how many. Files of a live
-    process (a concurrent run writing into the same folder) are left alone."""
+    process (a concurrent run writing into the same folder) are left alone; ``own`` removes
+    this process's too (a run that ends while an abandoned thread still writes)."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
@@ -121,7 +122,7 @@ def remove_stale(folder: str | os.PathLike[str]) -> int:
         return 0
     for entry in entries:
         m = _TEMP_NAME.match(entry.name)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or (_alive(int(m.group(1))) and not (own and int(m.group(1)) == os.getpid())):
             continue
         try:
             if entry.is_file(follow_symlinks=False):

@@ -146,6 +146,15 @@ def _execute(spec: Any, name: str, kw: dict[str, Any]) -> None:
         click.echo(summary.to_json())
     elif not quiet:
         click.echo(summary.line(), err=True)
+    if summary.abandoned:
+        # A signal came during one long filter call, still running in its thread: leave now
+        # (every complete output is written, the unfinished one removed) instead of waiting
+        # for it, as an interpreter exit would.
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(summary.exit_code)
     sys.exit(summary.exit_code)
 
 

@@ -394,3 +394,25 @@ def test_malformed_exif_prints_nothing_when_the_image_is_fine(tmp_path):
     res = subprocess.run([sys.executable, "-m", "convkit", "sharpen", "-q", str(src), "-o",
                           str(tmp_path / "out.png")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+def test_sigterm_during_one_long_filter_ends_the_run_at_once(tmp_path):
+    """A median of size 999 on 2000x2000 runs for many seconds in one OpenCV call; SIGTERM
+    in the middle ends the process within a second or two, exit 143, nothing left behind."""
+    import signal
+    import time
+
+    src = tmp_path / "big.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(src), rng.integers(0, 256, (2000, 2000, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "convkit", "median", "--size", "999", "-q",
+                             str(src), "-o", str(out) + "/"], stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # started, read, and inside the filter
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 3, "SIGTERM took too long to end the run"
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert not out.exists() or list(out.iterdir()) == []

@@ -66,7 +66,8 @@ def _run_params() -> list[click.Parameter]:
                      help="Output file (one input) or folder (mirrors the inputs' layout). "
                           "Default: <stem>-<filter><ext> beside each input."),
         click.Option(["-r", "--recursive"], is_flag=True,
-                     help="Walk folders (and ** patterns) into subfolders."),
+                     help="Walk folders into subfolders. (A ** in a pattern always matches "
+                          "subfolders, with or without -r.)"),
         click.Option(["--in-place"], is_flag=True,
                      help="Overwrite the inputs with the results (written atomically)."),
         click.Option(["--skip-existing"], is_flag=True,
@@ -82,6 +83,9 @@ def _run_params() -> list[click.Parameter]:
                      help="Output format. Default: the output's extension."),
         click.Option(["--quality"], type=click.IntRange(1, 100), default=95, show_default=True,
                      help="JPEG/WebP quality."),
+        click.Option(["--compression"], type=click.Choice(["deflate", "lzw", "none"]),
+                     default="deflate", show_default=True,
+                     help="TIFF's lossless compression (PNG is always deflated)."),
         click.Option(["--batch-size"], type=click.IntRange(min=1), default=None,
                      help="Images of the same size filtered together (default: 8 on CUDA, 1 on "
                           "the CPU)."),
@@ -96,7 +100,7 @@ def _run_params() -> list[click.Parameter]:
                      help="Decode and encode threads each (default: CPU count, 2 to 8)."),
         click.Option(["--max-pixels"], type=click.IntRange(min=1), default=None,
                      help="Refuse images with more pixels than this (decompression-bomb "
-                          "guard; default about 89 million)."),
+                          "guard; default 2^30, about 1.07 gigapixels)."),
         click.Option(["--max-memory"], metavar="SIZE",
                      help="Working memory for filtering a huge image in tiles, e.g. 512M or "
                           "2G (default: automatic)."),
@@ -228,9 +232,12 @@ def _filter_command(info: FilterInfo) -> click.Command:
         _execute(spec, info.name, kw)
 
     example = info.example or f"convkit {info.name} photo.jpg"
+    # the folder example carries the one-file example's parameters (kernel needs its weights)
+    folder = example.replace("photo.jpg", "photos/ -r -o out/") if "photo.jpg" in example \
+        else f"convkit {info.name} photos/ -r -o out/"
     help_text = (
         f"{info.description}\n\n"
-        f"Example:\n\n\b\n  {example}\n  convkit {info.name} photos/ -r -o out/\n\n"
+        f"Example:\n\n\b\n  {example}\n  {folder}\n\n"
         f"Run `convkit show {info.name}` to see the kernel it applies."
     )
     cmd = click.Command(
@@ -409,13 +416,16 @@ def show_cmd(name: str, params: tuple[str, ...]) -> None:
     click.echo(describe(module))
 
 
-def describe(module) -> str:
-    """Text for ``convkit show``: the matrix of a linear filter, or what a non-linear one does."""
+def describe(module, title: str | None = None) -> str:
+    """Text for ``convkit show``: the matrix of a linear filter, or what a non-linear one does
+    (``title``: how to name it; default its spec)."""
     import torch
 
-    from .modules import GradientMagnitude, Kernel2d, Median, Pool2d
+    from .modules import GradientMagnitude, Kernel2d, Median, Pool2d, Sequence2
 
-    title = module.spec()
+    if isinstance(module, torch.nn.Sequential) and len(module) == 1:
+        return describe(module[0])  # a chain of one filter is that filter
+    title = title or module.spec()
     if isinstance(module, Kernel2d):
         k = module.weight.double()
         kh, kw = k.shape
@@ -465,6 +475,17 @@ def describe(module) -> str:
     if isinstance(module, Pool2d):
         return (f"{title}: {module.mode} pooling over {module.size}x{module.size} windows, "
                 f"stride {module.stride}; the image shrinks by {module.stride}")
+    members = list(module.parts) if isinstance(module, Sequence2) else \
+        list(module.children()) if isinstance(module, torch.nn.Sequential) else []
+    if len(members) > 1:  # a filter made of several steps (edges: a blur, then a gradient)
+        parts = [f"{title}: {len(members)} steps, applied in order:"]
+        for i, member in enumerate(members, start=1):
+            label = {Kernel2d: "kernel", GradientMagnitude: "gradient magnitude",
+                     Median: "median"}.get(type(member))
+            text = describe(member, label).splitlines()
+            parts.append(f"{i}. {text[0]}")
+            parts += ["   " + line for line in text[1:]]
+        return "\n".join(parts)
     return f"{title}: non-linear ({type(module).__name__}); no single kernel matrix"
 
 

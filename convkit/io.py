@@ -303,6 +303,8 @@ def read_array_with_info(
                 f"{name}: image is {width}x{height} = {width * height} pixels, over the limit "
                 f"of {limit}; raise it with max_pixels"
             )
+        if im.format == "PNG":
+            check_png_size(data, width, height, name)
         if defer_jpeg and _plain_jpeg(im, data):
             orientation, mode = _orientation(im), im.mode
             import torch
@@ -338,6 +340,7 @@ def write_image(
     quality: int = 95,
     format: str | None = None,
     info: ImageInfo | None = None,
+    compression: str = "deflate",
 ) -> list[str]:
     """Write an image file, atomically: the file appears complete or not at all.
 
@@ -372,6 +375,10 @@ def write_image(
             EXIF block too large for the format to hold readably (over 1 MiB of profile in a
             PNG, which Pillow refuses to read back; over 255 segments in a JPEG) is left out.
 
+        compression: TIFF's lossless compression: ``"deflate"`` (the default, as
+            ImageMagick's ``-compress zip``), ``"lzw"`` or ``"none"``. Other formats ignore it
+            (PNG is always deflated, at zlib level 1).
+
     Returns:
         One line for each piece of metadata left out (empty when all was written).
 
@@ -395,9 +402,12 @@ def write_image(
             f"{name}: cannot write ({width}x{height} is too large for {fmt}, which stores at "
             f"most {_MAX_SIDE[fmt]} pixels a side)"
         )
+    if compression not in TIFF_COMPRESSIONS:
+        raise ValueError(f"compression should be one of {', '.join(TIFF_COMPRESSIONS)}. Got "
+                         f"{compression!r}")
     notes: list[str] = []
     try:
-        payload = _encode(chw, fmt, quality, info, notes)
+        payload = _encode(chw, fmt, quality, info, notes, compression)
     except Exception as e:
         # Pillow and OpenCV raise many kinds of exception for images they cannot encode.
         raise ImageFileError(f"{name}: cannot write ({_describe(e)})") from None
@@ -474,6 +484,26 @@ def _check_png_chunks(data: bytes, name: str) -> None:
         if chunk_type == b"IEND":
             return
         pos = end
+
+
+# DEFLATE, PNG's compression, packs at most about 1032 bytes into one (a run of one value).
+_MAX_DEFLATE_RATIO = 1032
+
+
+def check_png_size(data: bytes, width: int, height: int, name: str,
+                   size: int | None = None) -> None:
+    """Refuse a PNG whose header (``data``: at least its first 26 bytes) declares more pixels
+    than a file of ``size`` bytes (default ``len(data)``) could hold, before anything is
+    allocated for them: a small file claiming a huge image is a bomb or damaged, whatever the
+    pixel limit."""
+    size = len(data) if size is None else size
+    depth, colour = data[24], data[25]
+    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+    raw = height * (1 + (width * samples * depth + 7) // 8)  # a filter byte per row
+    if raw > _MAX_DEFLATE_RATIO * size + (1 << 20):
+        raise ImageFileError(
+            f"{name}: corrupt PNG file (its header declares {width}x{height}, "
+            f"{raw} bytes of pixels, more than its {size} bytes could hold)")
 
 
 def _sniff(data: bytes) -> str | None:
@@ -938,7 +968,7 @@ def _float_to_8bit(chw: np.ndarray) -> np.ndarray:
 
 
 def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None,
-            notes: list[str]) -> bytes:
+            notes: list[str], compression: str = "deflate") -> bytes:
     """Encode a ``(C, H, W)`` array into the bytes of a ``fmt`` file; metadata left out is
     described in ``notes``."""
     channels = chw.shape[0]
@@ -959,7 +989,7 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None,
     exif = info.exif if info is not None and fmt != "BMP" else None
     icc, exif = _fit_metadata(fmt, icc, exif, notes)
     if chw.dtype == np.uint16 and chw.shape[0] > 1:
-        return _encode_16bit_colour(chw, fmt, icc, exif)
+        return _encode_16bit_colour(chw, fmt, icc, exif, compression)
     if chw.dtype == np.uint8 and (fmt == "JPEG" or (fmt == "PNG" and chw.shape[0] != 2)):
         return _encode_8bit_opencv(chw, fmt, quality, icc, exif)
 
@@ -969,14 +999,38 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None,
         options.update(quality=int(quality), subsampling=subsampling, optimize=False)
     elif fmt == "WEBP":
         options.update(quality=int(quality))
+    elif fmt == "TIFF" and compression != "none":
+        options["compression"] = "tiff_adobe_deflate" if compression == "deflate" else \
+            "tiff_lzw"
+        if chw.dtype.kind == "u":  # horizontal differencing: a photo deflates 25% smaller
+            options["tiffinfo"] = {317: 2}  # Predictor
     if icc is not None and fmt != "BMP":
         options["icc_profile"] = icc
     if exif is not None:
+        # Pillow's TIFF writer takes tiffinfo instead of exif when given both (and cannot
+        # merge EXIF's sub-directories into it): the EXIF wins, without the predictor
+        options.pop("tiffinfo", None)
         options["exif"] = exif
     buffer = io.BytesIO()
-    Image.fromarray(_chw_to_hwc(chw)).save(buffer, fmt, **options)
+    picture = Image.fromarray(_chw_to_hwc(chw))
+    try:
+        picture.save(buffer, fmt, **options)
+    except Exception:
+        if "compression" not in options:
+            raise
+        # libtiff (which Pillow uses to compress TIFF) refuses some EXIF blocks ("Error
+        # setting from dictionary": sub-directories); Pillow's own writer keeps them
+        options.pop("compression")
+        buffer = io.BytesIO()
+        picture.save(buffer, fmt, **options)
+        notes.append("TIFF written uncompressed: libtiff does not take this file's EXIF")
     return buffer.getvalue()
 
+
+#: TIFF compressions write_image offers, and OpenCV's codes for them.
+TIFF_COMPRESSIONS = ("deflate", "lzw", "none")
+CV_TIFF = {"deflate": cv2.IMWRITE_TIFF_COMPRESSION_ADOBE_DEFLATE,
+           "lzw": cv2.IMWRITE_TIFF_COMPRESSION_LZW, "none": cv2.IMWRITE_TIFF_COMPRESSION_NONE}
 
 # The largest ICC profile and EXIF block each format holds such that readers read the file
 # back: Pillow refuses a PNG whose iCCP chunk inflates past 1 MiB (its MAX_TEXT_CHUNK, a guard
@@ -1048,10 +1102,12 @@ def _jpeg_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> b
     return data[:pos] + b"".join(segments) + data[pos:]
 
 
-def _encode_16bit_colour(chw: np.ndarray, fmt: str, icc: bytes | None, exif: bytes | None) -> bytes:
+def _encode_16bit_colour(chw: np.ndarray, fmt: str, icc: bytes | None, exif: bytes | None,
+                         compression: str = "deflate") -> bytes:
     """16-bit PNG or TIFF with 3 or 4 channels, via OpenCV (Pillow cannot hold them)."""
     bgr = chw[[2, 1, 0, 3][: chw.shape[0]]]
-    ok, encoded = cv2.imencode(".png" if fmt == "PNG" else ".tiff", _chw_to_hwc(bgr))
+    params = [] if fmt == "PNG" else [cv2.IMWRITE_TIFF_COMPRESSION, CV_TIFF[compression]]
+    ok, encoded = cv2.imencode(".png" if fmt == "PNG" else ".tiff", _chw_to_hwc(bgr), params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a 16-bit {fmt}")
     data = encoded.tobytes()

@@ -54,6 +54,12 @@ _GLOB_MAGIC = set("*?[")
 # Images above this many pixels are filtered one at a time (never batched): the hook where a
 # tiled path plugs in for huge images.
 HUGE_PIXELS = 4096 * 4096
+#: The command line's default pixel limit (a decompression-bomb guard): 2^30, about 1.07
+#: gigapixels. Pillow's own default (89.5 million, where it starts to warn) refuses real photos
+#: (a 102 MP medium-format frame, a 144 MP panorama) that tiling filters in bounded memory;
+#: bombs are caught by this limit and by the check that a PNG's header does not declare more
+#: pixels than its data could hold (convkit.io).
+DEFAULT_MAX_PIXELS = 1 << 30
 # Cap on the pixels of one batch (B*H*W), so a big --batch-size on big images stays in memory.
 MAX_BATCH_PIXELS = 16 * 1920 * 1080
 
@@ -332,6 +338,12 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
                          f"Expected one of {', '.join(io.WRITE_EXTENSIONS)}")
     single_file = (out is not None and len(items) == 1 and not many and len(inputs) == 1
                    and _looks_like_file(out))
+    if (out is not None and not single_file and items and Path(out).suffix
+            and not os.path.isdir(out) and not out.endswith(("/", os.sep))):
+        # several inputs (or a folder, a pattern) and -o out.png: one file cannot hold them
+        n = "a folder or pattern" if many else f"{len(items)} inputs"
+        raise UsageError(f"-o {shown(out)} names a file, but {n} were given; name a folder "
+                         f"for the outputs (-o {shown(str(Path(out).with_suffix('')))}/)")
     if single_file and format is not None and _same_format(suffix) != _same_format(
             FORMATS[format]):
         raise UsageError(f"-o {out} is a {suffix} file but --format {format} writes "
@@ -505,6 +517,7 @@ def run(
     on_warning: Callable[[str], None] | None = None,
     allow_truncated: bool = False,
     overwrite: bool = False,
+    compression: str = "deflate",
 ) -> Summary:
     """Filter image files through a chain and write the results; the engine of the CLI.
 
@@ -525,7 +538,7 @@ def run(
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         workers: decode and encode threads each (default: CPU count, 2 to 8).
         max_pixels: refuse images with more pixels than this (decompression-bomb guard);
-            None keeps convkit.io's default.
+            None: :data:`DEFAULT_MAX_PIXELS` (2^30).
         max_memory: working memory for filtering one huge image in tiles, bytes or a size
             like "512M" (see :func:`filter_image`); None: automatic.
         decode: where grey and RGB JPEGs are decoded. "cpu" (default): libjpeg-turbo in the
@@ -540,6 +553,7 @@ def run(
             only the first was written, metadata left out); default: print to stderr.
         allow_truncated: filter damaged files as far as they decode (see
             :func:`convkit.io.read_image_with_info`) instead of failing them.
+        compression: TIFF's lossless compression: deflate (default), lzw or none.
         overwrite: with ``in_place`` and a new ``format``, replace an existing file of the new
             name that is not an input (by default such a job fails, naming the file).
 
@@ -558,8 +572,12 @@ def run(
         raise UsageError(f"quality should be in 1..100. Got {quality}")
     if skip_existing and in_place:
         raise UsageError("--skip-existing cannot be combined with --in-place")
+    if compression not in ("deflate", "lzw", "none"):
+        raise UsageError(f"compression should be deflate, lzw or none. Got {compression!r}")
     if decode not in ("cpu", "gpu"):
         raise UsageError(f"decode should be 'cpu' or 'gpu'. Got {decode!r}")
+    if max_pixels is None:
+        max_pixels = DEFAULT_MAX_PIXELS
     if max_memory is not None:
         from .tiling import parse_memory
 
@@ -615,7 +633,7 @@ def run(
                   workers=workers or _default_workers(), quality=quality, format=format,
                   max_pixels=max_pixels, max_memory=max_memory, progress=progress,
                   defer_jpeg=decode == "gpu", in_place=in_place, warn=warn,
-                  allow_truncated=allow_truncated)
+                  allow_truncated=allow_truncated, compression=compression)
         if summary.abandoned:  # an abandoned step may have begun a file: no trace of it
             for folder in {destination(j.out).parent for j in todo}:
                 remove_stale(folder, own=True)
@@ -753,7 +771,8 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
           batch_size: int, workers: int, quality: int, format: str | None,
           max_pixels: int | None, max_memory: int | None, progress: bool | None,
           defer_jpeg: bool = False, in_place: bool = False,
-          warn: Callable[[str], None] = lambda line: None, allow_truncated: bool = False) -> None:
+          warn: Callable[[str], None] = lambda line: None, allow_truncated: bool = False,
+          compression: str = "deflate") -> None:
     io = _io()
     bar = _bar(len(todo), progress, summary.rank)
     if bar is not None:
@@ -802,7 +821,8 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
         _make_parent(job)
         if isinstance(image, np.ndarray):
             image = image.transpose(1, 2, 0)  # write_image takes arrays as (H, W, C)
-        for note in io.write_image(job.out, image, quality=quality, info=info):
+        for note in io.write_image(job.out, image, quality=quality, info=info,
+                                   compression=compression):
             warn(f"{job.shown}: {note}")
 
     decoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-decode")
@@ -977,14 +997,18 @@ def _huge_png_to_png(job: Job, max_pixels: int | None) -> bool:
         return False
     try:
         with open(job.src, "rb") as f:
-            head = f.read(24)
+            head = f.read(26)
     except OSError:
         return False
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return False
     w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if not max_pixels:
         max_pixels = _io().pillow_pixel_limit()
+    try:  # a header that declares more than the file could hold: the reader says so
+        _io().check_png_size(head, w, h, job.shown, os.path.getsize(job.src))
+    except (OSError, ValueError):
+        return False
     return HUGE_PIXELS < w * h <= (max_pixels or w * h)
 
 

@@ -567,6 +567,8 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     elif suffix == ".webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+    elif suffix in (".tif", ".tiff"):  # lossless, as convkit.io writes TIFF
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, cv2.IMWRITE_TIFF_COMPRESSION_ADOBE_DEFLATE]
     with atomic.replacing(dst, keep_suffix=True) as tmp:
         if not cv2.imwrite(str(tmp), img, params):
             raise ValueError(f"{dst}: cannot write ({_cv_write_failure(tmp)})")

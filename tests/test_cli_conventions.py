@@ -1,0 +1,123 @@
+"""Command-line conventions a user meets in the first hour: output names that cannot hold
+several inputs, TIFF compression, show for filters of several steps, --help examples that run,
+and a pixel limit that lets real large photos through while it stops bombs."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from convkit.cli import cli
+
+SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+
+
+def photo(h: int = 30, w: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def run(*args: str, cwd: Path | None = None):
+    old = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize("out", ["joined.png", "joined.xyz"])
+def test_one_file_named_for_several_inputs_is_a_usage_error(tmp_path, out):
+    for i in range(2):
+        Image.fromarray(photo(seed=i)).save(tmp_path / f"{i}.png")
+    res = run("sharpen", str(tmp_path / "0.png"), str(tmp_path / "1.png"),
+              "-o", str(tmp_path / out))
+    assert res.exit_code == 2
+    assert "names a file, but 2 inputs were given; name a folder" in res.stderr
+    assert not (tmp_path / out).exists()
+
+
+@pytest.mark.parametrize("compression,tag", [("deflate", "tiff_adobe_deflate"),
+                                             ("lzw", "tiff_lzw"), ("none", "raw")])
+def test_tiff_is_compressed_losslessly(tmp_path, compression, tag):
+    a = photo(60, 80)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    args = ["sharpen", "-q", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.tif")]
+    if compression != "deflate":  # deflate is the default
+        args += ["--compression", compression]
+    assert run(*args).exit_code == 0
+    with Image.open(tmp_path / "a.tif") as im:
+        assert im.info["compression"] == tag
+        ref = cv2.filter2D(a, -1, SHARPEN, borderType=cv2.BORDER_REFLECT_101)
+        assert np.array_equal(np.asarray(im), ref)
+
+
+def test_show_lists_the_steps_of_a_filter_of_several():
+    res = run("show", "edges")
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    assert lines[0] == "edges: 2 steps, applied in order:"
+    assert lines[1].startswith("1. kernel: 7x7 kernel")
+    assert any(ln.startswith("2. gradient magnitude: non-linear") for ln in lines)
+    assert "Sequence2" not in res.output
+
+
+def test_every_help_example_runs_as_printed(tmp_path):
+    """The two examples of each filter's --help, run as printed (photo.jpg, photos/), in a
+    folder that has them; filters that need a file argument get one."""
+    Image.fromarray(photo()).save(tmp_path / "photo.jpg")
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    Image.fromarray(photo(seed=1)).save(tmp_path / "photos" / "sub" / "b.jpg")
+    (tmp_path / "model.pt").write_bytes(b"")  # learned: the example names model.pt
+    from convkit import list_filters
+
+    for name in list_filters():
+        text = run(name, "--help").output
+        block = text.split("Example:")[1].split("Run `convkit show")[0]
+        examples = [ln.strip() for ln in block.splitlines() if ln.strip().startswith("convkit")]
+        assert len(examples) == 2, (name, examples)
+        for example in examples:
+            args = shlex.split(example)[1:]
+            res = run(*args, cwd=tmp_path)
+            if name == "learned":  # model.pt is not a model: the file is named, exit 2
+                assert res.exit_code == 2 and "model.pt" in res.output, res.output
+            else:
+                assert res.exit_code == 0, (example, res.output)
+
+
+def test_pixel_limit_lets_a_102_megapixel_photo_through(tmp_path):
+    a = np.zeros((8520, 12000), np.uint8)  # 102.2 MP, over Pillow's 89.5 MP warning level
+    a[::7] = 200
+    cv2.imwrite(str(tmp_path / "mf.png"), a, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    res = subprocess.run([sys.executable, "-m", "convkit", "sharpen", "-q",
+                          str(tmp_path / "mf.png"), "-o", str(tmp_path / "out.png")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)
+    ref = cv2.filter2D(a, -1, SHARPEN, borderType=cv2.BORDER_REFLECT_101)
+    assert np.array_equal(out, ref)
+
+
+def test_png_declaring_more_than_its_data_could_hold(tmp_path):
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + \
+            struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 0.9 GP: under the limit
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    res = run("sharpen", str(tmp_path / "bomb.png"), "-o", str(tmp_path / "out.png"))
+    assert res.exit_code == 1
+    assert "declares 30000x30000" in res.stderr and "more than its" in res.stderr

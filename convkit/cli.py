@@ -15,7 +15,9 @@ stderr), 2 usage errors, 130/143 interrupted by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +108,14 @@ def _run_params() -> list[click.Parameter]:
                           "2G (default: automatic)."),
         click.Option(["-q", "--quiet"], is_flag=True,
                      help="No progress bar and no summary line (errors are still printed)."),
+        click.Option(["-v", "--verbose"], is_flag=True,
+                     help="Say how each filter runs (backend and method)."),
+        click.Option(["--dry-run"], is_flag=True,
+                     help="Print what would be read and written (INPUT -> OUTPUT), write "
+                          "nothing."),
         click.Option(["--json", "as_json"], is_flag=True,
-                     help="Print the summary as JSON on stdout."),
+                     help="Print the summary as JSON on stdout, with one record per file "
+                          "(input, output, status, reason, seconds)."),
     ]
 
 
@@ -126,36 +134,115 @@ def _checked(spec: str) -> Any:
 
 def _execute(spec: Any, name: str, kw: dict[str, Any]) -> None:
     """Run the pipeline for a command and exit with its status."""
-    from . import pipeline
-
     quiet = kw.pop("quiet")
     as_json = kw.pop("as_json")
+    verbose = kw.pop("verbose")
+    dry_run = kw.pop("dry_run")
     fmt = kw.pop("fmt")
     fmt = fmt.lower() if fmt else None
 
-    def on_error(line: str) -> None:
-        click.echo(f"error: {line}", err=True)
+    inputs, output = list(kw.pop("inputs")), kw.pop("output")
+    with _std_streams(inputs, output, fmt, as_json or dry_run) as (inputs, output, names):
+        def on_error(line: str) -> None:
+            click.echo(f"error: {names(line)}", err=True)
 
-    def on_warning(line: str) -> None:
-        click.echo(f"warning: {line}", err=True)
+        def on_warning(line: str) -> None:
+            click.echo(f"warning: {names(line)}", err=True)
+
+        summary = _run_pipeline(spec, inputs, output, fmt, name, quiet, dry_run, verbose,
+                                on_error, on_warning, kw)
+        if output is not None and names.stdout and summary.written:
+            sys.stdout.buffer.write(Path(output).read_bytes())
+            sys.stdout.flush()
+    _finish(summary, as_json, dry_run, quiet)
+
+
+class _Names:
+    """Puts "-" back where a message names the temporary files behind stdin and stdout."""
+
+    def __init__(self) -> None:
+        self.swaps: dict[str, str] = {}
+        self.stdout = False
+
+    def __call__(self, line: str) -> str:
+        for path, shown in self.swaps.items():
+            line = line.replace(path, shown)
+        return line
+
+
+@contextmanager
+def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_busy: bool):
+    """``-`` as the input reads one image from stdin; ``-o -`` writes the result to stdout
+    (the format from --format), as ImageMagick does. Both go through a temporary folder, so
+    the pipeline sees ordinary files."""
+    names = _Names()
+    if "-" not in inputs and output != "-":
+        yield inputs, output, names
+        return
+    if "-" in inputs and len(inputs) > 1:
+        raise click.UsageError("- (stdin) must be the only input")
+    if output == "-" and not fmt:
+        raise click.UsageError("-o - writes the image to stdout: give its --format")
+    if output == "-" and stdout_busy:
+        raise click.UsageError("-o - writes the image to stdout, which --json or --dry-run "
+                               "would use too")
+    if inputs == ["-"] and output is None:
+        raise click.UsageError("- reads the image from stdin: give -o FILE, or -o - for stdout")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="convkit-") as tmp:
+        if inputs == ["-"]:
+            from .io import _sniff
+
+            data = sys.stdin.buffer.read()
+            ext = {"JPEG": ".jpg", "TIFF": ".tif", "WebP": ".webp", "GIF": ".gif",
+                   "BMP": ".bmp"}.get(_sniff(data) or "", ".png")
+            src = os.path.join(tmp, "stdin" + ext)
+            with open(src, "wb") as f:
+                f.write(data)
+            names.swaps[src] = "-"
+            inputs = [src]
+        if output == "-":
+            from .pipeline import FORMATS
+
+            output = os.path.join(tmp, "stdout" + FORMATS[fmt])
+            names.swaps[output] = "-"
+            names.stdout = True
+        yield inputs, output, names
+
+
+def _run_pipeline(spec, inputs, output, fmt, name, quiet, dry_run, verbose, on_error,
+                  on_warning, kw):
+    from . import pipeline
 
     try:
-        summary = pipeline.run(
-            spec, list(kw.pop("inputs")), kw.pop("output"), format=fmt, name=name,
-            progress=False if quiet else None, on_error=on_error, on_warning=on_warning, **kw,
+        return pipeline.run(
+            spec, inputs, output, format=fmt, name=name,
+            progress=False if quiet else None, on_error=on_error, on_warning=on_warning,
+            dry_run=dry_run, on_info=(lambda line: click.echo(f"convkit: {line}", err=True))
+            if verbose else None, **kw,
         )
     except ValueError as e:  # a bad spec, device, or options that do not fit together
         raise click.UsageError(" ".join(str(e).split())) from None
+
+
+def _finish(summary, as_json: bool, dry_run: bool, quiet: bool) -> None:
+    """Report the run (JSON, the dry run's plan, or the summary line) and exit with its
+    status."""
     if as_json:
         click.echo(summary.to_json())
+    elif dry_run:
+        for f in summary.files:
+            if f["status"] == "planned":
+                click.echo(f"{f['input']} -> {f['output']}")
+            elif f["status"] == "skipped":
+                click.echo(f"{f['input']} -> {f['output']} (exists: skipped)")
     elif not quiet:
         click.echo(summary.line(), err=True)
     if summary.abandoned:
         # A signal came during one long filter call, still running in its thread: leave now
         # (every complete output is written, the unfinished one removed) instead of waiting
         # for it, as an interpreter exit would.
-        import os
-
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(summary.exit_code)
@@ -383,9 +470,13 @@ def _param_usage(p: Param) -> str:
     return f"{p.name}={value}"
 
 
+def _complete_filter(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    return [n for n in list_filters() if n.startswith(incomplete)]
+
+
 @cli.command("show", context_settings=CONTEXT_SETTINGS, no_args_is_help=True,
              short_help="Show a filter's kernel, its sum and separability.")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_filter)
 @click.argument("params", nargs=-1, metavar="[KEY=VALUE]...")
 def show_cmd(name: str, params: tuple[str, ...]) -> None:
     """Show the kernel filter NAME applies with PARAMS: its matrix, sum and separability.

@@ -76,6 +76,7 @@ class Job:
     out: str
     shown: str
     error: str | None = None
+    started: float = 0.0  # when its decode began (perf_counter)
 
 
 @dataclass
@@ -88,6 +89,9 @@ class Summary:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # one record per input: input, output, status (written, skipped, failed; "planned" in a dry
+    # run), reason (for failed), seconds (decode to write)
+    files: list[dict] = field(default_factory=list)
     interrupted: str | None = None
     # a long step was still running when the signal came: its thread is left to run out (the
     # command line then exits at once, without waiting for it)
@@ -518,6 +522,8 @@ def run(
     allow_truncated: bool = False,
     overwrite: bool = False,
     compression: str = "deflate",
+    dry_run: bool = False,
+    on_info: Callable[[str], None] | None = None,
 ) -> Summary:
     """Filter image files through a chain and write the results; the engine of the CLI.
 
@@ -554,6 +560,10 @@ def run(
         allow_truncated: filter damaged files as far as they decode (see
             :func:`convkit.io.read_image_with_info`) instead of failing them.
         compression: TIFF's lossless compression: deflate (default), lzw or none.
+        dry_run: plan only: ``summary.files`` lists each input and the output it would get
+            (status "planned" or "skipped"); nothing is read or written, the filter is checked.
+        on_info: called with a line saying how each filter of the chain runs (backend and
+            method), once per run (the command line's ``--verbose``).
         overwrite: with ``in_place`` and a new ``format``, replace an existing file of the new
             name that is not an input (by default such a job fails, naming the file).
 
@@ -602,6 +612,12 @@ def run(
         summary.errors.append(line)
         report(line)
 
+    def record(job: Job, status: str, reason: str | None = None) -> None:
+        seconds = round(time.perf_counter() - job.started, 4) if job.started else None
+        with said:
+            summary.files.append({"input": job.shown, "output": shown(job.out),
+                                  "status": status, "reason": reason, "seconds": seconds})
+
     # Early errors are about the inputs as given, not about one job: rank 0 reports them.
     if rank == 0:
         for line in early:
@@ -611,11 +627,23 @@ def run(
     for j in mine:
         if j.error:
             fail(j.error)
+            record(j, "failed", j.error)
         elif skip_existing and os.path.exists(j.out):
             summary.skipped += 1
+            record(j, "skipped")
         else:
             todo.append(j)
 
+    if dry_run:
+        from .plan.specs import plan_spec
+
+        if isinstance(spec, str) and plan_spec(file_spec(spec)) is None:
+            from .chains import chain
+
+            chain(file_spec(spec))  # the spec is checked as a run would (usage errors)
+        for j in todo:
+            record(j, "planned")
+        todo = []
     if todo:
         from .atomic import destination, remove_stale
 
@@ -629,7 +657,7 @@ def run(
         if batch_size is None:
             batch_size = 8 if runner.device_type == "cuda" else 1
         with runner.threads():
-            _loop(todo, runner, summary, fail, batch_size=batch_size,
+            _loop(todo, runner, summary, fail, record, on_info, batch_size=batch_size,
                   workers=workers or _default_workers(), quality=quality, format=format,
                   max_pixels=max_pixels, max_memory=max_memory, progress=progress,
                   defer_jpeg=decode == "gpu", in_place=in_place, warn=warn,
@@ -719,13 +747,13 @@ class _Runner:
                 and image.shape[1] * image.shape[2] <= HUGE_PIXELS
                 and fastpath.runs_plan(self.plan, image.dtype.name, self.opts))
 
-    def run_plan(self, image: np.ndarray, alpha: bool) -> np.ndarray:
+    def run_plan(self, image: np.ndarray, alpha: bool, trace: list | None = None) -> np.ndarray:
         """The plan on one (C, H, W) image; an alpha channel (the last) passes through, as in
-        the engine."""
+        the engine. ``trace`` collects (name, backend, method) per operation."""
         from . import fastpath
 
         colour = image[:-1] if alpha else image
-        out = fastpath.run_plan(self.plan, colour[None], self.opts)[0]
+        out = fastpath.run_plan(self.plan, colour[None], self.opts, trace)[0]
         return np.concatenate([out, image[-1:]]) if alpha else out
 
     def threads(self):
@@ -767,7 +795,8 @@ def _bar(total: int, progress: bool | None, rank: int):
                 desc=f"rank {rank}" if rank else None, leave=False)
 
 
-def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[str], None], *,
+def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[str], None],
+          record: Callable[..., None], on_info: Callable[[str], None] | None, *,
           batch_size: int, workers: int, quality: int, format: str | None,
           max_pixels: int | None, max_memory: int | None, progress: bool | None,
           defer_jpeg: bool = False, in_place: bool = False,
@@ -793,6 +822,7 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
     read = io.read_array_with_info if runner.plan is not None else io.read_image_with_info
 
     def decode(job: Job):
+        job.started = time.perf_counter()
         image, info = _read(job)
         if info is not None and info.frames > 1:
             what = "pages" if info.format == "TIFF" else "frames"
@@ -842,20 +872,40 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
             try:
                 fut.result()
                 summary.written += 1
+                record(job, "written")
             except Exception as e:
                 fail_line(_one_line(job, e))
+                record(job, "failed", _one_line(job, e))
             if bar is not None:
                 bar.update(1)
+
+    explained: list[bool] = []
+
+    def explain(steps: list) -> None:
+        if on_info is not None and not explained:
+            explained.append(True)
+            for name, backend, method in steps:
+                on_info(f"{name}: {backend}, {method}")
 
     def run(batch: list[tuple[Job, Any, Any]], alpha: bool) -> list:
         images = [img for _, img, _ in batch]
         if all(runner.runs(img) for img in images):
-            return [runner.run_plan(img, alpha) for img in images]
+            trace: list | None = [] if on_info is not None and not explained else None
+            outs = [runner.run_plan(img, alpha, trace if i == 0 else None)
+                    for i, img in enumerate(images)]
+            if trace is not None:
+                explain(trace)
+            return outs
         import torch
 
         dev = runner.dev
         images = _decoded([torch.from_numpy(i) if isinstance(i, np.ndarray) else i
                            for i in images], dev)
+        if on_info is not None and not explained:
+            from . import engine
+
+            x = images[0][None].to(dev)
+            explain(engine.explain(runner.module, x.float() if x.dtype == torch.uint16 else x))
         if len(images) == 1:
             return [filter_image(runner.module, images[0], alpha=alpha, device=dev,
                                  max_memory=max_memory)]
@@ -885,6 +935,7 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
                     emit([(job, image, info)], alpha)
                     return
             fail_line(_one_line(job, error))
+            record(job, "failed", _one_line(job, error))
             if bar is not None:
                 bar.update(1)
             return
@@ -910,11 +961,13 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
                     raise
                 except Exception as e:
                     fail_line(_one_line(job, e))
+                    record(job, "failed", _one_line(job, e))
                     if bar is not None:
                         bar.update(1)
                     continue
                 if image is _STREAMED:
                     summary.written += 1
+                    record(job, "written")
                     if bar is not None:
                         bar.update(1)
                     continue

@@ -121,3 +121,80 @@ def test_png_declaring_more_than_its_data_could_hold(tmp_path):
     res = run("sharpen", str(tmp_path / "bomb.png"), "-o", str(tmp_path / "out.png"))
     assert res.exit_code == 1
     assert "declares 30000x30000" in res.stderr and "more than its" in res.stderr
+
+
+def _sharp(a: np.ndarray) -> np.ndarray:
+    return cv2.filter2D(a, -1, SHARPEN, borderType=cv2.BORDER_REFLECT_101)
+
+
+def test_stdin_to_stdout(tmp_path):
+    a = photo(25, 35)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    res = subprocess.run([sys.executable, "-m", "convkit", "sharpen", "-q", "-", "-o", "-",
+                          "--format", "png"], input=(tmp_path / "a.png").read_bytes(),
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    (tmp_path / "out.png").write_bytes(res.stdout)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), _sharp(a))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-", "-o", "-"], "-o - writes the image to stdout: give its --format"),
+    (["-"], "- reads the image from stdin: give -o FILE, or -o - for stdout"),
+    (["-", "x.png", "-o", "out/"], "- (stdin) must be the only input"),
+    (["x.png", "-o", "-", "--format", "png", "--json"], "--json or --dry-run would use too"),
+])
+def test_stdin_stdout_usage_errors(args, message):
+    res = run("sharpen", *args)
+    assert res.exit_code == 2 and message in res.stderr
+
+
+def test_stdin_that_is_not_an_image_names_stdin():
+    res = subprocess.run([sys.executable, "-m", "convkit", "sharpen", "-q", "-", "-o", "x.png"],
+                         input=b"not a picture", capture_output=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.decode().startswith("error: -: not a PNG, JPEG")
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(photo()).save(tmp_path / name)
+    res = run("sharpen", str(tmp_path), "-o", str(tmp_path / "out"), "--dry-run")
+    assert res.exit_code == 0
+    assert res.stdout.splitlines() == [f"{tmp_path / 'a.png'} -> {tmp_path / 'out' / 'a.png'}",
+                                       f"{tmp_path / 'b.jpg'} -> {tmp_path / 'out' / 'b.jpg'}"]
+    assert not (tmp_path / "out").exists()
+    bad = run("gaussian", "--sigma", "-1", str(tmp_path), "-o", "x/", "--dry-run")
+    assert bad.exit_code == 2  # the filter is still checked
+
+
+def test_json_has_one_record_per_file(tmp_path):
+    import json
+
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"junk")
+    res = run("sharpen", "-q", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o",
+              str(tmp_path / "out"), "--json")
+    assert res.exit_code == 1
+    files = sorted(json.loads(res.stdout)["files"], key=lambda f: f["input"])
+    assert [(f["input"], f["status"]) for f in files] == [(str(tmp_path / "a.png"), "written"),
+                                                         (str(tmp_path / "b.png"), "failed")]
+    assert files[0]["output"] == str(tmp_path / "out" / "a.png") and files[0]["seconds"] > 0
+    assert files[1]["reason"].startswith(f"{tmp_path / 'b.png'}: not a PNG")
+
+
+def test_verbose_says_how_each_filter_runs(tmp_path):
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    res = run("apply", "gaussian(sigma=2) | median(size=3)", str(tmp_path / "a.png"), "-o",
+              str(tmp_path / "b.png"), "-v", "-q")
+    assert res.exit_code == 0
+    assert "convkit: gaussian(sigma=2.0): opencv, separable" in res.stderr
+    assert "convkit: median(size=3): opencv, median" in res.stderr
+
+
+def test_completion_offers_filters_after_show(tmp_path):
+    env = {**os.environ, "COMP_WORDS": "convkit show gau", "COMP_CWORD": "2",
+           "_CONVKIT_COMPLETE": "bash_complete"}
+    res = subprocess.run([sys.executable, "-m", "convkit"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert "plain,gaussian" in res.stdout.split()

@@ -577,6 +577,19 @@ def describe(module, title: str | None = None) -> str:
             parts.append(f"{i}. {text[0]}")
             parts += ["   " + line for line in text[1:]]
         return "\n".join(parts)
+    config = getattr(module, "config", None)
+    if getattr(config, "arch", None) == "linear":  # a learned filter of one conv: a kernel
+        w = module.conv.weight.detach().double()
+        lines = [f"{title}: linear learned filter, one {w.shape[-2]}x{w.shape[-1]} kernel "
+                 f"applied by cross-correlation (no flip), border {config.border}"]
+        if w.shape[0] == 1 and w.shape[1] == 1:
+            lines += _matrix(w[0, 0])
+            lines.append(f"sum: {_num(float(w[0, 0].sum()))}")
+        else:
+            lines.append(f"  ({w.shape[0]} outputs x {w.shape[1]} inputs: RGB mixed jointly)")
+        return "\n".join(lines)
+    if config is not None:
+        return f"{title}: non-linear learned filter ({config.describe()}); no single kernel"
     return f"{title}: non-linear ({type(module).__name__}); no single kernel matrix"
 
 

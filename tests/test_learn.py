@@ -27,6 +27,7 @@ from PIL import Image
 
 import convkit
 from convkit.atomic import is_temp_name
+from convkit.cli import cli as cli_main
 from convkit.learn import files as LF
 from convkit.learn.cli import info_command, train_command
 from convkit.learn.data import build_data, read_image
@@ -956,3 +957,42 @@ def test_torchrun_two_cpu_processes(tmp_path):
 def test_learned_without_a_path_is_a_value_error():
     with pytest.raises(ValueError, match=r"learned: give path=MODEL_FILE \(--path"):
         convkit.chain("learned")
+
+
+# --- the first hour: what training shows ------------------------------------------------------
+def test_time_limit_ends_training_as_a_normal_end(tmp_path):
+    folder = _folder(tmp_path, n=3)
+    out = tmp_path / "tl.pt"
+    t0 = time.monotonic()
+    res = train(folder, out, chain="gaussian(sigma=1)", time_limit=1.5,
+                **_quick(steps=10**6, epoch_steps=5))
+    assert time.monotonic() - t0 < 30
+    assert res.notes and res.notes[-1].startswith("stopped at the time limit of 1.5 s")
+    assert out.exists() and res.metrics["step"] < 10**6
+    assert convkit.load_model(out).metrics["val_psnr"] == res.metrics["val_psnr"]
+    for p in res.pictures:
+        assert Path(p).exists()
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    folder = _folder(tmp_path, n=3)
+    r = subprocess.run([sys.executable, "-m", "convkit", "train", str(folder), "-o",
+                        str(tmp_path / "m.pt"), "--mimic", "sharpen", "--arch", "linear",
+                        "--steps", "30", "--epoch-steps", "15", "--patch", "16", "--val", "1"],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "step/s" not in r.stderr and "\r" not in r.stderr  # no tqdm lines in a log
+
+
+def test_linear_mimic_sizes_its_kernel_to_the_chain(tmp_path):
+    folder = _folder(tmp_path, n=3)
+    out = tmp_path / "lin.pt"
+    res = CliRunner().invoke(train_command, [str(folder), "-o", str(out), "--mimic",
+                                             "gaussian(sigma=1) | sharpen", "--arch", "linear",
+                                             "--steps", "3", "--epoch-steps", "3", "--patch",
+                                             "24", "-q"])
+    assert res.exit_code == 0, res.output
+    assert convkit.load_model(out).config.kernel == 9  # 7x7 gaussian then 3x3 sharpen
+    shown = CliRunner().invoke(cli_main, ["show", "learned", f"path={out}"])
+    assert "linear learned filter, one 9x9 kernel" in shown.output
+    assert "non-linear" not in shown.output

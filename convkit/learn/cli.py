@@ -136,6 +136,9 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--resume", is_flag=True,
               help="Continue the run that wrote -o (from its .last.ckpt), exactly.")
 @click.option("--force", is_flag=True, help="Start over even if a checkpoint exists.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS", help="Stop training after this much wall time, keeping the "
+              "best model and writing every output as at a normal end.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
@@ -152,8 +155,12 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
     if chain is not None and sigma is not None:
         raise click.UsageError("give --mimic or --denoise, not both")
     quiet, as_json = opts.pop("quiet"), opts.pop("as_json")
+    time_limit = opts.pop("time_limit")
     resume, force = opts.pop("resume"), opts.pop("force")
     opts["pool"] = int(opts["pool"])
+    if (opts.get("arch") == "linear" and chain is not None and not resume
+            and ctx.get_parameter_source("kernel") != ParameterSource.COMMANDLINE):
+        opts["kernel"] = _linear_side(chain)
     opts["channels"] = 3 if opts.pop("rgb") else 1
     mode = "mimic" if chain else "denoise" if sigma is not None else "pairs"
     from .train import RESUME_OVERRIDES, TrainingError, TrainingInterrupted, json_safe, train
@@ -174,8 +181,10 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
                 + ", ".join("--" + names.get(k, k).replace("_", "-") for k in ignored))
         kwargs = {k: kwargs[k] for k in explicit if k in RESUME_OVERRIDES and k in kwargs}
     try:
-        result = train(data, output, resume=resume, force=force, progress=not quiet, log=log,
-                       **kwargs)
+        # the bar only on a terminal: redirected, it would write a line per refresh
+        result = train(data, output, resume=resume, force=force,
+                       progress=not quiet and sys.stderr.isatty(), log=log,
+                       time_limit=time_limit, **kwargs)
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
         ctx.exit({2: 130, 15: 143}.get(e.signum or 0, 1))
@@ -203,6 +212,22 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
         return
     if not quiet:
         click.echo(_summary(result), err=True)
+
+
+def _linear_side(spec: str) -> int:
+    """The side a linear model needs to mimic ``spec``: the chain's reach on both sides of the
+    centre (a 9x9 chain needs 9), capped at the largest kernel a model may have. With the
+    default 3 such a chain came out at 40 dB with no hint why."""
+    from ..chains import chain as make_chain
+    from ..tiling import halo
+    from .model import LIMITS
+
+    try:
+        top, bottom, left, right = halo(make_chain(spec))
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--mimic") from None
+    side = 2 * max(top, bottom, left, right, 0) + 1
+    return min(side, LIMITS["kernel"][1])
 
 
 def _summary(result) -> str:

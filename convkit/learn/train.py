@@ -75,6 +75,9 @@ class TrainingError(ValueError):
     the last good checkpoint is."""
 
 
+_TIME_LIMIT = 1000  # a stop code no signal has: the wall-time budget ran out
+
+
 class TrainingInterrupted(Exception):  # noqa: N818 - an outcome, not a failure
     """The run was stopped (Ctrl-C, SIGTERM or a request); the checkpoint was saved."""
 
@@ -291,8 +294,12 @@ class Trainer:
         force: bool = False,
         log: Callable[[str], None] | None = None,
         progress: bool = True,
+        time_limit: float | None = None,
     ) -> None:
         self.output = Path(config.output)
+        # a budget of wall time for this run (as Lightning's max_time): at the budget training
+        # ends as at its last step (the best model and every output written), not as a stop
+        self.time_limit = time_limit
         self.ckpt_path = sidecar(self.output, "last.ckpt")
         self.log_path = sidecar(self.output, "log.jsonl")
         self._log = log or (lambda s: print(s, file=sys.stderr))
@@ -477,6 +484,7 @@ class Trainer:
                        dynamic_ncols=True, file=sys.stderr)
         self._bar = bar
         t_start = time.perf_counter() - self.elapsed
+        run_start = time.perf_counter()
         running = None
         try:
             while self.step < self.total:
@@ -500,7 +508,17 @@ class Trainer:
                 if self.epoch_step >= self.epoch_steps or self.step >= self.total:
                     self._end_epoch()
                     saved = True
+                if (self.time_limit is not None and self._stop is None
+                        and time.perf_counter() - run_start >= self.time_limit):
+                    self._stop = _TIME_LIMIT
                 stop = self._stop_now()
+                if stop == _TIME_LIMIT:
+                    if not saved and self.epoch_step:
+                        self._end_epoch()  # the partial epoch is evaluated, the best kept
+                    self.notes.append(f"stopped at the time limit of {self.time_limit:g} s, at "
+                                      f"step {self.step} of {self.total}")
+                    self.log(self.notes[-1])
+                    break
                 if stop is not None:
                     if not saved:
                         self._save_checkpoint()
@@ -839,14 +857,16 @@ def _stop_on_signals(trainer: Trainer):
 def train(
     data: str | Path, output: str | Path, *, resume: bool = False, force: bool = False,
     progress: bool = False, log: Callable[[str], None] | None = None,
-    callbacks: Iterable[Callable[[Trainer], None]] = (), **options: Any,
+    callbacks: Iterable[Callable[[Trainer], None]] = (), time_limit: float | None = None,
+    **options: Any,
 ) -> TrainResult:
     """Train a learned filter on a folder and write it to ``output``.
 
     ``options`` are :class:`TrainConfig` fields; ``mode`` is inferred from ``chain`` (mimic)
     or ``sigma`` (denoise) when not given. With ``resume=True`` the stored settings are used and
     only ``epochs``, ``steps``, ``lr``, ``device``, ``amp``, ``save_every`` and ``strip`` may
-    be given.
+    be given. ``time_limit`` (seconds of wall time) ends the run early, as its last step would:
+    the best model and every output are written, and ``notes`` says so.
 
     >>> train("photos/", "blur.pt", chain="gaussian(sigma=2)", steps=200)  # doctest: +SKIP
     """
@@ -857,10 +877,11 @@ def train(
         overrides = {k: v for k, v in options.items() if k in RESUME_OVERRIDES}
         overrides["data"] = str(data)
         stored = Trainer(TrainConfig(str(data), str(output)), resume=True, overrides=overrides,
-                         log=log, progress=progress)
+                         log=log, progress=progress, time_limit=time_limit)
         return stored.run(callbacks)
     cfg = TrainConfig(data=str(data), output=str(output), **options)
-    return Trainer(cfg, force=force, log=log, progress=progress).run(callbacks)
+    return Trainer(cfg, force=force, log=log, progress=progress,
+                   time_limit=time_limit).run(callbacks)
 
 
 def main(argv: list[str] | None = None) -> None:

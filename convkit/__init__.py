@@ -9,9 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from ._version import __version__
 from .registry import list_filters
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "get_filter": ("registry", "get_filter"),

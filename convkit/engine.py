@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from . import fastpath, stencil
 from . import functional as KF
 from .fusion import get_plan
+from .kernels import INT_MAX
 from .modules import reference
 from .plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, Plan
 from .plan.rules import (
@@ -58,7 +59,7 @@ from .plan.rules import (
 __all__ = ["apply", "options", "explain", "module_forward", "choose_method", "METHODS",
            "BACKENDS"]
 
-_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0}
+_MAX = {getattr(torch, name): top for name, top in INT_MAX.items()}  # by torch dtype
 OFFSET = 128.0 / 255.0
 COMPILE_MAX_TAPS = 49
 

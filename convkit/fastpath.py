@@ -38,7 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .kernels import border_index
+from .kernels import INT_MAX, border_index, dtype_name
 from .plan.ops import GradientOp, LinearOp, MedianOp, Plan
 from .plan.rules import Options, cpu_fft, method_for
 
@@ -46,13 +46,6 @@ __all__ = ["supports", "linear", "median", "gradient", "run_plan", "runs_plan", 
 
 CV_DTYPES = ("uint8", "uint16", "float32")
 # The integer dtypes' maxima: integer images are in pixel units, float ones on [0, 1].
-INT_MAX = {"uint8": 255.0, "uint16": 65535.0}
-
-
-def dtype_name(dtype: Any) -> str:
-    """``"uint8"`` for np.uint8, np.dtype("uint8") and torch.uint8 alike."""
-    return str(dtype).removeprefix("torch.") if not isinstance(dtype, type) else \
-        np.dtype(dtype).name
 _BORDER = {
     "reflect": cv2.BORDER_REFLECT_101,
     "symmetric": cv2.BORDER_REFLECT,

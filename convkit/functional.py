@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kernels import INT_MAX, check_border, dtype_name, gaussian_ksize, gaussian_taps
 from .kernels import border_index as _border_index
-from .kernels import check_border, gaussian_ksize, gaussian_taps
 
 __all__ = [
     "pad",
@@ -118,8 +118,12 @@ def filter2d(
         float tensor of the same shape; equals ``cv2.filter2D(x, -1, kernel, borderType=...)``
         up to float rounding.
 
+    Correlation, not convolution: a kernel whose one weight sits right of the centre reads
+    the right neighbour, so an impulse moves left (with the zero border here):
+
     >>> x = torch.zeros(1, 1, 3, 3); x[0, 0, 1, 1] = 1
-    >>> filter2d(x, torch.tensor([[0., 0., 0.], [0., 0., 1.], [0., 0., 0.]]))[0, 0]
+    >>> k = torch.tensor([[0., 0., 0.], [0., 0., 1.], [0., 0., 0.]])
+    >>> filter2d(x, k, border="constant")[0, 0]
     tensor([[0., 0., 0.],
             [1., 0., 0.],
             [0., 0., 0.]])
@@ -253,7 +257,6 @@ def gaussian_kernel1d(ksize: int, sigma: float, dtype=torch.float64) -> Tensor:
     return torch.from_numpy(gaussian_taps(ksize, sigma)).to(dtype)
 
 
-_INT_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.int16: 32767.0, torch.int32: 65535.0}
 
 
 def to_float(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -265,7 +268,7 @@ def to_float(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         return x.to(dtype)
     if x.dtype not in (torch.uint8, torch.uint16):
         raise TypeError(f"integer images should be uint8 or uint16. Got {x.dtype}")
-    return x.to(dtype) / _INT_MAX[x.dtype]
+    return x.to(dtype) / INT_MAX[dtype_name(x.dtype)]
 
 
 def to_integer(x: Tensor, dtype: torch.dtype, negative: str = "clip") -> Tensor:
@@ -281,5 +284,7 @@ def to_integer(x: Tensor, dtype: torch.dtype, negative: str = "clip") -> Tensor:
         x = x + 128.0 / 255.0
     elif negative != "clip":
         raise ValueError(f"Invalid negative {negative!r}. Expected one of abs, offset, clip.")
-    top = _INT_MAX[dtype]
+    top = INT_MAX.get(dtype_name(dtype))
+    if top is None:
+        raise TypeError(f"integer images should be uint8 or uint16. Got {dtype}")
     return torch.round(x * top).clamp_(0, top).to(dtype)

@@ -36,6 +36,18 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 BORDERS = ("reflect", "replicate", "constant", "circular", "symmetric")
+#: The integer image dtypes and their full scale: an integer image is filtered on the [0, 1]
+#: scale (x / 255, x / 65535) and written back rounded and saturated to the same range.
+INT_MAX = {"uint8": 255.0, "uint16": 65535.0}
+
+
+def dtype_name(dtype: Any) -> str:
+    """``"uint8"`` for np.uint8, np.dtype("uint8") and torch.uint8 alike."""
+    if isinstance(dtype, type):
+        import numpy as np
+
+        return np.dtype(dtype).name
+    return str(dtype).removeprefix("torch.")
 #: The largest kernel given weight by weight (a spec's weights, a kernel file): a million
 #: taps, whose filter2D on a 1080p photo takes seconds (it goes through a DFT).
 MAX_DENSE_SIDE = 1023

@@ -365,6 +365,6 @@ def get_filter(name: str, **params: Any):
 
     >>> import convkit
     >>> convkit.get_filter("gaussian", sigma=2.0)
-    Kernel2d(gaussian(sigma=2.0), 13x13, border=reflect)
+    Kernel2d(gaussian(sigma=2.0))
     """
     return get_info(name).build(**params)

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .kernels import INT_MAX
+
 __all__ = ["MAX_TAPS", "Weights", "available", "runs", "prepare", "correlate", "tap_mask"]
 
 MAX_TAPS = 49
@@ -37,7 +39,7 @@ BORDERS = {"constant": 0, "replicate": 1, "reflect": 2, "symmetric": 3, "circula
 _KINDS = {torch.uint8: 0, torch.uint16: 1, torch.float32: 2}
 _NEGATIVE = {None: 0, "clip": 0, "abs": 1, "offset": 2}
 _INT32 = 2**31 - 1
-_INPUT_MAX = {torch.uint8: 255, torch.uint16: 65535}
+_INPUT_MAX = {getattr(torch, name): int(top) for name, top in INT_MAX.items()}
 
 
 def interpreted() -> bool:

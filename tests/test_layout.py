@@ -1,0 +1,95 @@
+"""The package's import structure: no import cycle among module-level imports, no module
+importing the package root (convkit/__init__.py) from inside, and the torch-free modules
+importing no torch at module level (checked in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "convkit"
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each convkit module -> the convkit modules it imports when it is imported (module-level
+    statements; `if TYPE_CHECKING:` blocks and imports inside functions are not run then)."""
+    modules = {_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            found = node.body if isinstance(node, ast.Try) else [node]
+            for n in found:
+                if isinstance(n, ast.Import):
+                    deps |= {a.name for a in n.names if a.name.split(".")[0] == "convkit"}
+                elif isinstance(n, ast.ImportFrom):
+                    base = here[: len(here) - n.level + 1] if n.level else []
+                    target = ".".join(base + ([n.module] if n.module else []))
+                    for a in n.names:
+                        full = f"{target}.{a.name}"
+                        deps.add(full if full in modules else target)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def test_no_import_cycle():
+    graph = module_imports()
+    seen: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        seen[node] = 1
+        for dep in sorted(graph[node]):
+            if seen.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in seen:
+                visit(dep, path + [dep])
+        seen[node] = 2
+
+    for name in sorted(graph):
+        if name not in seen:
+            visit(name, [name])
+
+
+def test_no_module_imports_the_package_root():
+    graph = module_imports()
+    offenders = sorted(m for m, deps in graph.items() if "convkit" in deps and m != "convkit")
+    assert offenders == []
+
+
+def test_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
+    """The test above can fail: a made-up package with a -> b -> a is caught."""
+    pkg = tmp_path / "convkit"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("from .a import x\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    try:
+        test_no_import_cycle()
+    except AssertionError as e:
+        assert "convkit.a -> convkit.b -> convkit.a" in str(e)
+    else:
+        raise AssertionError("the cycle was not found")
+
+
+def test_torch_free_modules_import_no_torch():
+    torch_free = ["convkit", "convkit.cli", "convkit.registry", "convkit.kernels",
+                  "convkit.spec", "convkit.plan.specs", "convkit.plan.fuse", "convkit.fastpath",
+                  "convkit.io", "convkit.pipeline", "convkit.atomic", "convkit.device",
+                  "convkit.api"]
+    code = ("import importlib, sys\n"
+            f"for name in {torch_free!r}:\n    importlib.import_module(name)\n"
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -544,19 +544,6 @@ def test_broken_model_files_give_one_line_errors(tmp_path, damage, match):
     assert msg.startswith(str(path)) and "\n" not in msg
 
 
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"old")
-
-    def boom(f):
-        f.write(b"half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        LF.atomic_write(path, boom)
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
-
-
 def test_registry_builds_learned(tmp_path):
     _, path = _trained_linear(tmp_path)
     f = convkit.get_filter("learned", path=str(path))

@@ -416,3 +416,41 @@ def test_sigterm_during_one_long_filter_ends_the_run_at_once(tmp_path):
     assert proc.returncode == 143, err
     assert "Traceback" not in err
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("border,cv_border", [
+    ("reflect", cv2.BORDER_REFLECT_101), ("replicate", cv2.BORDER_REPLICATE),
+    ("symmetric", cv2.BORDER_REFLECT), ("circular", cv2.BORDER_WRAP),
+    ("constant", cv2.BORDER_CONSTANT)])
+@pytest.mark.parametrize("size,stride", [(2, 100), (3, 7), (5, 9)])
+def test_pooling_with_gaps_between_windows(border, cv_border, size, stride):
+    """Windows further apart than their size read only their own lines: the same values as
+    padding the whole image with OpenCV's copyMakeBorder and taking each window."""
+    import torch
+
+    from convkit import functional as KF
+
+    a = np.random.default_rng(0).random((52, 36)).astype(np.float32)
+    x = torch.from_numpy(a)[None, None]
+    ph, pw = KF.pool_pads(52, 36, size, stride)
+    padded = cv2.copyMakeBorder(a, 0, ph, 0, pw, cv_border, value=0.25)
+    rows = range(0, 52 + ph - size + 1, stride)
+    cols = range(0, 36 + pw - size + 1, stride)
+    for fn, reduce in ((KF.max_pool, np.max), (KF.avg_pool, np.mean)):
+        got = fn(x, size, stride, border, 0.25)[0, 0].numpy()
+        ref = np.array([[reduce(padded[i:i + size, j:j + size]) for j in cols] for i in rows])
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_pooling_far_apart_windows_uses_little_memory(tmp_path):
+    Image.fromarray(photo(52, 36)).save(tmp_path / "small.png")
+    code = ("import resource, sys\nfrom convkit.cli import main\n"
+            "try:\n    main(['maxpool', '--size', '2', '--stride', '18000', '-q', sys.argv[1], "
+            "'-o', sys.argv[2]])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "small.png"),
+                          str(tmp_path / "out.png")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[-1]) < 1500  # MB; padding the image took 4.2 GB
+    assert Image.open(tmp_path / "out.png").size == (2, 2)

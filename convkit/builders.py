@@ -44,3 +44,30 @@ def avgpool(info, size=2, stride=None, border="reflect", value=0.0) -> Filter:
 
 def maxpool(info, size=2, stride=None, border="reflect", value=0.0) -> Filter:
     return Pool2d("max", size, stride, border=border, value=value)
+
+
+def _morph(op: str):
+    """The registry builder of one morphology filter (see :mod:`convkit.morphology`)."""
+    def build(info, size=3, shape="rect", footprint=None, iterations=1, border="none",
+              value=0.0) -> Filter:
+        from .morphology import Morphology
+        from .morphology import footprint as make_footprint
+
+        try:
+            fp = make_footprint(size, shape, footprint)
+        except ValueError as e:
+            raise ValueError(f"{info.name}: {e}") from None
+        m = Morphology(op, fp, iterations, border, value)
+        return m
+
+    build.__name__ = f"morphology_{op}"
+    return build
+
+
+morphology_erode = _morph("erode")
+morphology_dilate = _morph("dilate")
+morphology_opening = _morph("open")
+morphology_closing = _morph("close")
+morphology_morph_gradient = _morph("gradient")
+morphology_tophat = _morph("tophat")
+morphology_blackhat = _morph("blackhat")

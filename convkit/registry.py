@@ -204,6 +204,30 @@ POOL = (
     BORDER, VALUE,
 )
 
+# Morphology (convkit.morphology): a structuring element and OpenCV's border rule.
+MORPH = (
+    Param("size", "int", 3, "side of the structuring element", low=1, high=255),
+    Param("shape", "choice", "rect", "structuring element: rect, cross or ellipse, as "
+          "cv2.getStructuringElement", choices=("rect", "cross", "ellipse")),
+    Param("footprint", "matrix", None, "any structuring element as rows of 0 and 1 (instead "
+          "of size and shape), anchored at its centre"),
+    Param("iterations", "int", 1, "erosions and dilations repeated, as OpenCV's iterations",
+          low=1, high=100),
+    Param("border", "choice", "none", "none (pixels outside the image never win: OpenCV's "
+          "default) or a border mode: reflect, replicate, constant, circular, symmetric",
+          choices=("none", *BORDERS)),
+    VALUE,
+)
+_MORPH_TEXT = {
+    "erode": "Erosion: the minimum under the structuring element, as cv2.erode.",
+    "dilate": "Dilation: the maximum under the structuring element, as cv2.dilate.",
+    "opening": "Opening: erode, then dilate (removes small bright details).",
+    "closing": "Closing: dilate, then erode (fills small dark gaps).",
+    "morph_gradient": "Morphological gradient: dilation minus erosion (outlines).",
+    "tophat": "Top hat: the image minus its opening (small bright details).",
+    "blackhat": "Black hat: the closing minus the image (small dark details).",
+}
+
 # Fixed filters name their torch-free leaves (convkit.plan.leaves), which give the module and the
 # plan alike; the others a torch builder. Named by dotted string, so that listing filters and
 # --help import neither.
@@ -261,6 +285,9 @@ _BUILTINS: tuple[FilterInfo, ...] = (
         "maxpool", "Max pooling: shrinks the image by stride.", POOL,
         _B + "maxpool", example="convkit maxpool --size 2 photo.jpg",
     ),
+    *(FilterInfo(name, text, MORPH, _B + "morphology_" + name,
+                 example=f"convkit {name} --size 5 --shape ellipse photo.jpg")
+      for name, text in _MORPH_TEXT.items()),
     FilterInfo(
         "kernel", "A custom kernel: weights as rows of numbers, or a TOML file (path).",
         (

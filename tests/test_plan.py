@@ -14,7 +14,10 @@ from convkit import fusion
 from convkit.plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp
 from convkit.plan.specs import plan_spec
 
-FIXED = [n for n in convkit.list_filters() if n not in ("avgpool", "maxpool", "learned", "kernel")]
+# filters that run as torch modules (pooling, morphology, learned), and kernel (needs weights)
+MODULE_ONLY = ("avgpool", "maxpool", "learned", "kernel", "erode", "dilate", "opening",
+               "closing", "morph_gradient", "tophat", "blackhat")
+FIXED = [n for n in convkit.list_filters() if n not in MODULE_ONLY]
 SPECS = [*FIXED, "gaussian(sigma=2.5, strength=0.5)", "sharpen(amount=3, border=constant, value=9)",
          "kernel(weights=[[1,2,0],[0,1,3]], offset=4, negative=offset)", "sobel(dx=1)",
          "scharr(dy=1, negative=clip, border=replicate)", "unsharp(sigma=2, amount=1.5)",

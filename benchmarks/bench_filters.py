@@ -156,6 +156,13 @@ def rows(img: np.ndarray, device: str):
         "Pillow": lambda: pil.filter(ImageFilter.MedianFilter(5)),
         "kornia": kor(lambda x: _to_u8(kornia.filters.median_blur(_to_f(x), (5, 5)))),
     }))
+    square5 = np.ones((5, 5), np.uint8)
+    out.append(("erode 5x5", "erode(size=5)", {
+        "OpenCV": lambda: cv2.erode(img, square5),
+        "Pillow": lambda: pil.filter(ImageFilter.MinFilter(5)),
+        "kornia": kor(lambda x: _to_u8(kornia.morphology.erosion(
+            _to_f(x), torch.ones(5, 5, device=x.device)))),
+    }))
     return out
 
 

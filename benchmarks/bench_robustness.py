@@ -14,7 +14,8 @@ Then the cases of the issues on lost data, hangs and writing safely (tests/test_
 of several frames in place, damaged JPEGs, a 2 MiB ICC profile, 16-bit colour keys, FIFOs and
 /dev/zero among the inputs, a dead run's temporary files, in-place modes and links, clobbering,
 `-o.png` from the shell, newlines in names, kernel files that never end, huge specs,
-unsupported devices): each case runs as its test does and is counted as held or broken.
+unsupported devices), and of model files that lie (tests/test_model_files.py): each case runs
+as its test does and is counted as held or broken.
 """
 
 from __future__ import annotations
@@ -72,18 +73,19 @@ def main() -> int:
         for k, v in rows:
             print(f"| {k} | {v} |")
         ok = correct == len(good) and clear == len(bad) and not (crashed or modified or partial)
-        held, broken = hostile_cases()
-        print(f"| hostile cases held (tests/test_hostile.py) | {held} / {held + len(broken)} |")
-        for name in broken:
-            print(f"broken: {name}")
-        ok = ok and not broken
+        for tests in ("test_hostile.py", "test_model_files.py"):
+            held, broken = hostile_cases(tests)
+            print(f"| hostile cases held (tests/{tests}) | {held} / {held + len(broken)} |")
+            for name in broken:
+                print(f"broken: {name}")
+            ok = ok and not broken
         print("PASS" if ok else "FAIL")
         return 0 if ok else 1
 
 
-def hostile_cases() -> tuple[int, list[str]]:
-    """Run tests/test_hostile.py; (cases held, names of the broken ones)."""
-    tests = Path(__file__).resolve().parent.parent / "tests" / "test_hostile.py"
+def hostile_cases(name: str) -> tuple[int, list[str]]:
+    """Run tests/NAME; (cases held, names of the broken ones)."""
+    tests = Path(__file__).resolve().parent.parent / "tests" / name
     res = subprocess.run([sys.executable, "-m", "pytest", str(tests), "-q", "-rA",
                           "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=900)
     held = [ln for ln in res.stdout.splitlines() if ln.startswith("PASSED ")]

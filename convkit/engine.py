@@ -313,7 +313,16 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         y = _magnitude(g[0], g[1])
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
 
-    # ModuleOp: the module's own definition on the [0, 1] scale
+    # ModuleOp: a module that filters integer planes itself (morphology on OpenCV) takes an
+    # integer image that goes out as it came, when the rounding rule cannot matter
+    own = getattr(op.module, "filter_integer", None)
+    if (own is not None and negative is not None and not x.is_floating_point()
+            and x.device.type == "cpu" and not x.requires_grad and out_dtype == x.dtype
+            and op.module.integer_exact(negative)):
+        if trace is not None:
+            trace.append(_Step(op.name, "opencv", "module"))
+        return own(x)
+    # otherwise the module's own definition on the [0, 1] scale
     if trace is not None:
         trace.append(_Step(op.name, "torch", "module"))
     xf = KF.to_float(x) if not x.is_floating_point() else x

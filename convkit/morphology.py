@@ -197,6 +197,38 @@ class Morphology(Filter):
             return y.squeeze(0) if added else y
         return morphology(x, self.op, self.fp, self.iterations, self.border, value)
 
+    def filter_integer(self, x: Tensor) -> Tensor:
+        """The operation on a (B, C, H, W) uint8 or uint16 CPU tensor with OpenCV, in its own
+        units (the engine's route for integer images: no float copy; min, max and saturating
+        differences are what the [0, 1] route rounds to). An image laid out channels last (as
+        decoded files and NumPy images are) is filtered as it lies, all channels in one call,
+        and comes back in that layout."""
+        b, c, h, w = x.shape
+        top = 255.0 if x.dtype == torch.uint8 else 65535.0
+        value = self.value / 255.0 * top
+        hwc = x.permute(0, 2, 3, 1)
+        if c <= 4 and hwc.is_contiguous() and self.border != "circular":
+            a = hwc.numpy()
+            out = np.empty_like(a)
+            kw = {"borderType": cv2.BORDER_CONSTANT} if self.border == "none" else \
+                {"borderType": _CV_BORDERS[self.border], "borderValue": (value,) * 4}
+            for i in range(b):
+                res = cv2.morphologyEx(a[i], _CV_OPS[self.op], self.fp,
+                                       iterations=self.iterations, **kw)
+                out[i] = res.reshape(h, w, c)
+            return torch.from_numpy(out).permute(0, 3, 1, 2)
+        planes = np.ascontiguousarray(x.numpy()).reshape(b * c, h, w)
+        out = morphology_cv(planes, self.op, self.fp, self.iterations, self.border, value)
+        return torch.from_numpy(out.reshape(b, c, h, w))
+
+    def integer_exact(self, negative: str) -> bool:
+        """Whether :meth:`filter_integer` gives what rounding the float result with ``negative``
+        gives: always, except a top hat or black hat (negative where the footprint is not
+        symmetric) written with abs or offset, or a constant fill between integer levels."""
+        top_hats = self.op in ("tophat", "blackhat")
+        whole = self.border != "constant" or float(self.value).is_integer()
+        return whole and (negative == "clip" or not top_hats)
+
     def _own_spec(self) -> tuple[str, dict]:
         return self.op, {"iterations": self.iterations, "border": self.border}
 

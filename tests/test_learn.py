@@ -983,3 +983,23 @@ def test_linear_mimic_sizes_its_kernel_to_the_chain(tmp_path):
     shown = CliRunner().invoke(cli_main, ["show", "learned", f"path={out}"])
     assert "linear learned filter, one 9x9 kernel" in shown.output
     assert "non-linear" not in shown.output
+
+
+def test_tick_labels_tell_narrow_ranges_apart():
+    from convkit.learn.plots import _fmt, _labels
+
+    values = [1.7e-4 + i * 1e-8 for i in range(5)]  # a linear model's flat loss
+    assert len({_fmt(v) for v in values}) == 1  # the plain format repeats itself...
+    labels = _labels(values, _fmt)
+    assert len(set(labels)) == 5 and labels[0] == "0.00017"  # ...these do not
+
+
+def test_training_pictures_show_scores_and_scale(tmp_path):
+    folder = _folder(tmp_path, n=3)
+    res = train(folder, tmp_path / "m.pt", chain="gaussian(sigma=1)",
+                **_quick(steps=4, epoch_steps=2, strip=True))
+    with Image.open(tmp_path / "m.curves.png") as im:
+        assert im.size == (1380, 400)  # three panels: loss, PSNR, SSIM
+    with Image.open(tmp_path / "m.kernels.png") as im:
+        assert im.height > 56  # the grid and its colour bar
+    assert {p.name for p in res.pictures} >= {"m.curves.png", "m.kernels.png", "m.strip.png"}

@@ -796,7 +796,7 @@ class Trainer:
 
         try:
             plot_curves(self.history, sidecar(self.output, "curves.png"),
-                        title=f"{self.output.name}: {self.cfg.mode}")
+                        title=f"{self.output.name}: {self.cfg.mode}", baseline=self.baseline)
         except OSError as e:  # a picture is not worth failing the run for
             self.log(f"could not write the curves picture: {e}")
 
@@ -814,7 +814,10 @@ class Trainer:
                 with torch.no_grad():
                     pred = quantize(best.to("cpu")(x).float(), levels)
                 p = sidecar(self.output, "strip.png")
-                plot_strip(x[0], pred[0], y[0], p, labels=("input", "learned", "target"))
+                scores = [psnr(x[0], y[0]), psnr(pred[0], y[0])]  # each against the target
+                plot_strip(x[0], pred[0], y[0], p, labels=(
+                    f"input: {float(scores[0]):.2f} dB", f"learned: {float(scores[1]):.2f} dB",
+                    "target"))
                 out.append(p)
             out.append(sidecar(self.output, "curves.png"))
         except OSError as e:

@@ -746,3 +746,14 @@ def test_pixel_limit_holds_while_another_thread_parses_a_header(tmp_path):
     t.join(10)
     assert isinstance(result[0], cio.ImageFileError)
     assert "over the limit" in str(result[0])
+
+
+def test_16bit_to_8bit_rounds_every_level():
+    """round(x / 257) for all 65536 levels, against float64 arithmetic (write_image's rule)."""
+    from convkit.io import _to_8bit
+
+    x = np.arange(65536, dtype=np.uint16).reshape(1, 256, 256)
+    ref = np.round(x.astype(np.float64) / 257).astype(np.uint8)
+    assert np.array_equal(_to_8bit(x), ref)
+    assert np.array_equal(_to_8bit(np.ascontiguousarray(np.repeat(x, 3, 0).transpose(0, 2, 1))),
+                          np.repeat(ref, 3, 0).transpose(0, 2, 1))

@@ -278,7 +278,7 @@ def _option_for(info: FilterInfo, p: Param) -> click.Option:
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None:
             return None
-        if p.kind == "matrix":
+        if p.kind in ("matrix", "pair", "ipair"):
             try:
                 value = parse_value(value)
             except ValueError as e:
@@ -292,9 +292,11 @@ def _option_for(info: FilterInfo, p: Param) -> click.Option:
         return click.Option([f"{flag}/--no-{p.name.replace('_', '-')}"], default=None,
                             help=help_text, callback=check)
     types = {"float": click.FLOAT, "int": click.INT, "matrix": click.STRING,
-             "path": click.STRING, "str": click.STRING}
+             "path": click.STRING, "str": click.STRING, "pair": click.STRING,
+             "ipair": click.STRING}
     ptype = click.Choice(p.choices) if p.kind == "choice" else types[p.kind]
-    metavar = {"matrix": "ROWS", "path": "FILE"}.get(p.kind)
+    metavar = {"matrix": "ROWS", "path": "FILE", "pair": "X|[X,Y]",
+               "ipair": "N|[W,H]"}.get(p.kind)
     return click.Option([flag, p.name], type=ptype, default=None, help=help_text,
                         callback=check, metavar=metavar)
 

@@ -29,7 +29,8 @@ from .kernels import (
 class Param:
     """One filter parameter.
 
-    kind: "float", "int", "bool", "choice", "matrix" (rows of numbers), "path" or "str".
+    kind: "float", "int", "bool", "choice", "matrix" (rows of numbers), "path", "str", or
+    "pair" / "ipair" (a float / an int for both axes, or [x, y]).
     ``low``/``high`` bound numbers; ``low_open`` makes the lower bound strict (sigma > 0).
     A default of None means "not given" (for example gaussian's ksize).
     """
@@ -47,6 +48,17 @@ class Param:
         if value is None and self.default is None:
             return None
         kind = self.kind
+        if kind in ("pair", "ipair"):
+            # one number for both axes, or [x, y] (width first, as OpenCV's Size)
+            one = Param(self.name, "int" if kind == "ipair" else "float", self.default,
+                        self.help, low=self.low, high=self.high, low_open=self.low_open)
+            if isinstance(value, list | tuple):
+                if len(value) != 2:
+                    raise ValueError(f"{where}: {self.name} should be a number or [x, y]. "
+                                     f"Got {len(value)} numbers")
+                x, y = (one.check(v, where) for v in value)
+                return x if x == y else [x, y]
+            return one.check(value, where)
         if kind in ("float", "int"):
             if not is_number(value):
                 what = "a number"
@@ -237,16 +249,17 @@ _B = "convkit.builders:"
 _BUILTINS: tuple[FilterInfo, ...] = (
     FilterInfo(
         "box", "Box (mean) blur over a size x size square, as cv2.blur.",
-        (Param("size", "int", 3, "side of the square", low=1, high=MAX_SIDE), *LINEAR),
+        (Param("size", "ipair", 3, "side of the square, or [width, height]", low=1,
+               high=MAX_SIDE), *LINEAR),
         _L + "box", example="convkit box --size 5 photo.jpg",
     ),
     FilterInfo(
         "gaussian", "Gaussian blur, as cv2.GaussianBlur (ksize from sigma as OpenCV chooses it).",
         (
-            Param("sigma", "float", 1.0, "standard deviation in pixels", low=0, low_open=True,
-                  high=MAX_SIGMA),
-            Param("ksize", "int", None, "kernel side (odd); default round(6*sigma+1) made odd",
-                  low=1, high=MAX_SIDE),
+            Param("sigma", "pair", 1.0, "standard deviation in pixels, or [x, y] for "
+                  "different ones across and down", low=0, low_open=True, high=MAX_SIGMA),
+            Param("ksize", "ipair", None, "kernel side, or [width, height]; default "
+                  "round(6*sigma+1) made odd", low=1, high=MAX_SIDE),
             *LINEAR,
         ),
         _L + "gaussian", example="convkit gaussian --sigma 2 photo.jpg",

@@ -98,11 +98,20 @@ def gradient(info, dx=0, dy=0, negative="abs", strength=1.0, border=None,
                     value=value, negative=negative)]
 
 
-def _gaussian(sigma: float, ksize: int | None, *, strength: float = 1.0,
-              border: str = "reflect", value: float = 0.0) -> KernelLeaf:
-    g = gaussian_taps(ksize or gaussian_ksize(sigma), sigma)
-    return _linear(np.outer(g, g), scale=1.0, offset=0.0, strength=strength, border=border,
-                   value=value, factors=(g, g))
+def _xy(v):
+    """(x, y) from one value for both axes or [x, y]."""
+    return (v[0], v[1]) if isinstance(v, list | tuple) else (v, v)
+
+
+def _gaussian(sigma, ksize, *, strength: float = 1.0, border: str = "reflect",
+              value: float = 0.0) -> KernelLeaf:
+    """``sigma`` and ``ksize``: one value, or [x, y] (width first), as cv2.GaussianBlur's
+    sigmaX, sigmaY and Size(width, height)."""
+    (sx, sy), (kx, ky) = _xy(sigma), _xy(ksize)
+    row = gaussian_taps(kx or gaussian_ksize(sx), sx)
+    col = gaussian_taps(ky or gaussian_ksize(sy), sy)
+    return _linear(np.outer(col, row), scale=1.0, offset=0.0, strength=strength, border=border,
+                   value=value, factors=(col, row))
 
 
 def gaussian(info, sigma=1.0, ksize=None, strength=1.0, border="reflect",
@@ -111,9 +120,10 @@ def gaussian(info, sigma=1.0, ksize=None, strength=1.0, border="reflect",
 
 
 def box(info, size=3, strength=1.0, border="reflect", value=0.0) -> list[Leaf]:
-    ones = np.full(size, 1.0 / size)
-    return [_linear(np.outer(ones, ones), scale=1.0, offset=0.0, strength=strength,
-                    border=border, value=value, factors=(ones, ones))]
+    w, h = _xy(size)  # [width, height], as cv2.blur's ksize
+    row, col = np.full(w, 1.0 / w), np.full(h, 1.0 / h)
+    return [_linear(np.outer(col, row), scale=1.0, offset=0.0, strength=strength,
+                    border=border, value=value, factors=(col, row))]
 
 
 def unsharp(info, sigma=1.0, amount=1.0, threshold=0.0, ksize=None, border="reflect",

@@ -71,3 +71,26 @@ morphology_closing = _morph("close")
 morphology_morph_gradient = _morph("gradient")
 morphology_tophat = _morph("tophat")
 morphology_blackhat = _morph("blackhat")
+
+
+def _rank(info, size: int, rank: int, border: str, value: float) -> Filter:
+    from .modules import Rank
+
+    return Rank(size, rank, border=border, value=value)
+
+
+def minimum(info, size=3, border="replicate", value=0.0) -> Filter:
+    """The smallest value of each square, as Pillow's MinFilter (rank 0)."""
+    return _rank(info, size, 0, border, value)
+
+
+def maximum(info, size=3, border="replicate", value=0.0) -> Filter:
+    """The largest value of each square, as Pillow's MaxFilter."""
+    return _rank(info, size, size * size - 1, border, value)
+
+
+def percentile(info, size=3, q=50.0, border="replicate", value=0.0) -> Filter:
+    """The value at percentile ``q`` of each square: rank ``round(q / 100 * (n - 1))`` of the
+    n = size**2 sorted values (q 0 the minimum, 100 the maximum, 50 the median for odd
+    sizes), as Pillow's ``RankFilter(size, rank)``."""
+    return _rank(info, size, round(q / 100 * (size * size - 1)), border, value)

@@ -362,6 +362,30 @@ class Sequence2(Filter):
         return x
 
 
+class Rank(Filter):
+    """The ``rank``-th smallest value of each ``size`` x ``size`` neighbourhood (0 = minimum),
+    as Pillow's ``RankFilter``; see :func:`convkit.functional.rank_filter`."""
+
+    def __init__(self, size: int, rank: int, border: str = "replicate",
+                 value: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= rank < size * size:
+            raise ValueError(f"rank should be in [0, {size * size - 1}]. Got {rank}")
+        self.size, self.rank = int(size), int(rank)
+        self.border = check_border(border)
+        self.value = float(value)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return KF.kernel_pads(self.size, self.size)
+
+    def _reference(self, x: Tensor) -> Tensor:
+        return KF.rank_filter(x, self.size, self.rank, self.border, self.value / 255.0)
+
+    def _own_spec(self) -> tuple[str, dict]:
+        return "rank", {"size": self.size, "rank": self.rank, "border": self.border}
+
+
 def reference(module: nn.Module, x: Tensor) -> Tensor:
     """``module``'s plain definition on ``x``: ``_reference`` for convkit's filters (and
     chains), the module's own ``forward`` for anything else (a learned filter)."""

@@ -130,3 +130,28 @@ def test_tiles_equal_the_whole_image():
 def test_bad_parameters(spec, message):
     with pytest.raises(ValueError, match=message):
         convkit.chain(spec)
+
+
+# --- rank filters, against Pillow's ImageFilter --------------------------------------------
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_rank_filters_equal_pillow(mode, size):
+    from PIL import ImageFilter
+
+    a = image(np.uint8, 29, 41)
+    im = Image.fromarray(a).convert(mode)
+    x = np.asarray(im)
+    n = size * size
+    cases = [("minimum", ImageFilter.MinFilter(size)), ("maximum", ImageFilter.MaxFilter(size))]
+    for q in (0, 10, 25, 50, 90, 100):
+        cases.append((f"percentile(q={q}", ImageFilter.RankFilter(size, round(q / 100 * (n - 1)))))
+    for spec, peer in cases:
+        spec = f"{spec}, size={size})" if "(" in spec else f"{spec}(size={size})"
+        got = convkit.process(x, spec)
+        assert np.array_equal(got, np.asarray(im.filter(peer))), spec
+
+
+def test_rank_gradients_flow():
+    x = torch.rand(1, 1, 6, 7, dtype=torch.float64, requires_grad=True)
+    m = convkit.chain("percentile(size=3, q=25)").double()
+    assert torch.autograd.gradcheck(m, (x,))

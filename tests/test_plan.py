@@ -16,7 +16,8 @@ from convkit.plan.specs import plan_spec
 
 # filters that run as torch modules (pooling, morphology, learned), and kernel (needs weights)
 MODULE_ONLY = ("avgpool", "maxpool", "learned", "kernel", "erode", "dilate", "opening",
-               "closing", "morph_gradient", "tophat", "blackhat")
+               "closing", "morph_gradient", "tophat", "blackhat", "minimum", "maximum",
+               "percentile")
 FIXED = [n for n in convkit.list_filters() if n not in MODULE_ONLY]
 SPECS = [*FIXED, "gaussian(sigma=2.5, strength=0.5)", "sharpen(amount=3, border=constant, value=9)",
          "kernel(weights=[[1,2,0],[0,1,3]], offset=4, negative=offset)", "sobel(dx=1)",

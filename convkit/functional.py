@@ -243,17 +243,26 @@ def median_blur(
     if size == 3:
         out = _median3x3(xp, h, w)
         return out.squeeze(0) if added else out
+    out = _ranked(xp, size, (size * size - 1) // 2, rows_per_chunk)  # the lower median
+    return out.squeeze(0) if added else out
+
+
+def _ranked(xp: Tensor, size: int, rank: int, rows_per_chunk: int = 0) -> Tensor:
+    """The ``rank``-th smallest of every ``size`` x ``size`` window of the padded ``xp``, a
+    chunk of rows at a time, so that memory stays near ``size**2`` times one chunk."""
+    b, c = xp.shape[:2]
+    h, w = xp.shape[-2] - size + 1, xp.shape[-1] - size + 1
     k = size * size
     if rows_per_chunk <= 0:
         # about 64 MB of unfolded values per chunk
         rows_per_chunk = max(1, (16 << 20) // max(1, b * c * w * k))
-    out = torch.empty_like(x4)
+    out = xp.new_empty((b, c, h, w))
     for r0 in range(0, h, rows_per_chunk):
         r1 = min(h, r0 + rows_per_chunk)
         band = xp[..., r0 : r1 + size - 1, :]
         win = band.unfold(-2, size, 1).unfold(-2, size, 1)  # (b, c, rows, w, size, size)
-        out[..., r0:r1, :] = win.reshape(b, c, r1 - r0, w, k).median(dim=-1).values
-    return out.squeeze(0) if added else out
+        out[..., r0:r1, :] = win.reshape(b, c, r1 - r0, w, k).kthvalue(rank + 1, dim=-1).values
+    return out
 
 
 def rank_filter(x: Tensor, size: int, rank: int, border: str = "replicate",
@@ -263,19 +272,10 @@ def rank_filter(x: Tensor, size: int, rank: int, border: str = "replicate",
     ``border="replicate"``). rank 0 is the minimum, ``size**2 - 1`` the maximum. Works in row
     chunks as :func:`median_blur`; differentiable (the gradient goes to the chosen pixel)."""
     x4, added = check_image(x)
-    b, c, h, w = x4.shape
-    k = size * size
-    if not 0 <= rank < k:
-        raise ValueError(f"rank should be in [0, {k - 1}] for size {size}. Got {rank}")
+    if not 0 <= rank < size * size:
+        raise ValueError(f"rank should be in [0, {size * size - 1}] for size {size}. Got {rank}")
     top, bottom, left, right = kernel_pads(size, size)
-    xp = pad(x4, top, bottom, left, right, border, value)
-    rows_per_chunk = max(1, (16 << 20) // max(1, b * c * w * k))
-    out = torch.empty_like(x4)
-    for r0 in range(0, h, rows_per_chunk):
-        r1 = min(h, r0 + rows_per_chunk)
-        band = xp[..., r0 : r1 + size - 1, :]
-        win = band.unfold(-2, size, 1).unfold(-2, size, 1)  # (b, c, rows, w, size, size)
-        out[..., r0:r1, :] = win.reshape(b, c, r1 - r0, w, k).kthvalue(rank + 1, dim=-1).values
+    out = _ranked(pad(x4, top, bottom, left, right, border, value), size, rank)
     return out.squeeze(0) if added else out
 
 

@@ -319,21 +319,38 @@ class Pool2d(Filter):
         return f"{self.mode}pool", self._common(params)
 
 
-class Median(Filter):
-    """Median of each ``size`` x ``size`` neighbourhood, per channel (non-linear).
+class Rank(Filter):
+    """The ``rank``-th smallest value of each ``size`` x ``size`` neighbourhood (0 = minimum),
+    as Pillow's ``RankFilter``; see :func:`convkit.functional.rank_filter`."""
 
-    Anchored like a kernel of that size; the lower median for even sizes.
-    """
-
-    def __init__(self, size: int, border: str = "reflect", value: float = 0.0) -> None:
+    def __init__(self, size: int, rank: int, border: str = "replicate",
+                 value: float = 0.0) -> None:
         super().__init__()
-        self.size = int(size)
+        if not 0 <= rank < size * size:
+            raise ValueError(f"rank should be in [0, {size * size - 1}]. Got {rank}")
+        self.size, self.rank = int(size), int(rank)
         self.border = check_border(border)
         self.value = float(value)
 
     @property
     def reach(self) -> tuple[int, int, int, int]:
         return KF.kernel_pads(self.size, self.size)
+
+    def _reference(self, x: Tensor) -> Tensor:
+        return KF.rank_filter(x, self.size, self.rank, self.border, self.value / 255.0)
+
+    def _own_spec(self) -> tuple[str, dict]:
+        return "rank", {"size": self.size, "rank": self.rank, "border": self.border}
+
+
+class Median(Rank):
+    """Median of each ``size`` x ``size`` neighbourhood, per channel (non-linear).
+
+    Anchored like a kernel of that size; the lower median for even sizes.
+    """
+
+    def __init__(self, size: int, border: str = "reflect", value: float = 0.0) -> None:
+        super().__init__(size, (int(size) ** 2 - 1) // 2, border, value)
 
     def _reference(self, x: Tensor) -> Tensor:
         return KF.median_blur(x, self.size, self.border, self.value / 255.0)
@@ -360,30 +377,6 @@ class Sequence2(Filter):
         for m in self.parts:
             x = reference(m, x)
         return x
-
-
-class Rank(Filter):
-    """The ``rank``-th smallest value of each ``size`` x ``size`` neighbourhood (0 = minimum),
-    as Pillow's ``RankFilter``; see :func:`convkit.functional.rank_filter`."""
-
-    def __init__(self, size: int, rank: int, border: str = "replicate",
-                 value: float = 0.0) -> None:
-        super().__init__()
-        if not 0 <= rank < size * size:
-            raise ValueError(f"rank should be in [0, {size * size - 1}]. Got {rank}")
-        self.size, self.rank = int(size), int(rank)
-        self.border = check_border(border)
-        self.value = float(value)
-
-    @property
-    def reach(self) -> tuple[int, int, int, int]:
-        return KF.kernel_pads(self.size, self.size)
-
-    def _reference(self, x: Tensor) -> Tensor:
-        return KF.rank_filter(x, self.size, self.rank, self.border, self.value / 255.0)
-
-    def _own_spec(self) -> tuple[str, dict]:
-        return "rank", {"size": self.size, "rank": self.rank, "border": self.border}
 
 
 def reference(module: nn.Module, x: Tensor) -> Tensor:

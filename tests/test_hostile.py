@@ -454,3 +454,25 @@ def test_pooling_far_apart_windows_uses_little_memory(tmp_path):
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.split()[-1]) < 1500  # MB; padding the image took 4.2 GB
     assert Image.open(tmp_path / "out.png").size == (2, 2)
+
+
+def test_full_disk_says_so_and_leaves_nothing(tmp_path):
+    """A 64 KiB tmpfs as the output folder (needs the right to mount: root in a container
+    that allows it; skipped elsewhere)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        src = tmp_path / "a.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3),
+                                                          dtype=np.uint8)).save(src)
+        res = invoke(str(src), "-o", str(full / "out.png"))
+        assert res.exit_code == 1
+        assert error_lines(res.stderr) == [
+            f"error: {src}: {full / 'out.png'}: cannot write (No space left on device)"]
+        assert os.listdir(full) == []
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)

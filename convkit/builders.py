@@ -25,6 +25,10 @@ def _module(leaf: L.Leaf) -> nn.Module:
         return Kernel2d.from_leaf(leaf)
     if isinstance(leaf, L.MedianLeaf):
         return Median(leaf.size, border=leaf.border, value=leaf.value)
+    if isinstance(leaf, L.MorphLeaf):
+        from .modules import Morphology
+
+        return Morphology(leaf.op, leaf.fp, leaf.iterations, leaf.border, leaf.value)
     if isinstance(leaf, L.GradientLeaf):
         return GradientMagnitude(leaf.kx, border=leaf.border, value=leaf.value)
     raise TypeError(f"not a leaf: {type(leaf).__name__}")
@@ -46,31 +50,6 @@ def maxpool(info, size=2, stride=None, border="reflect", value=0.0) -> Filter:
     return Pool2d("max", size, stride, border=border, value=value)
 
 
-def _morph(op: str):
-    """The registry builder of one morphology filter (see :mod:`convkit.morphology`)."""
-    def build(info, size=3, shape="rect", footprint=None, iterations=1, border="none",
-              value=0.0) -> Filter:
-        from .morphology import Morphology
-        from .morphology import footprint as make_footprint
-
-        try:
-            fp = make_footprint(size, shape, footprint)
-        except ValueError as e:
-            raise ValueError(f"{info.name}: {e}") from None
-        m = Morphology(op, fp, iterations, border, value)
-        return m
-
-    build.__name__ = f"morphology_{op}"
-    return build
-
-
-morphology_erode = _morph("erode")
-morphology_dilate = _morph("dilate")
-morphology_opening = _morph("open")
-morphology_closing = _morph("close")
-morphology_morph_gradient = _morph("gradient")
-morphology_tophat = _morph("tophat")
-morphology_blackhat = _morph("blackhat")
 
 
 def _rank(info, size: int, rank: int, border: str, value: float) -> Filter:

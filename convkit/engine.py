@@ -44,7 +44,7 @@ from . import functional as KF
 from .fusion import get_plan
 from .kernels import INT_MAX
 from .modules import reference
-from .plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, Plan
+from .plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, MorphOp, Plan
 from .plan.rules import (
     BACKENDS,
     METHODS,
@@ -292,6 +292,16 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         return y if negative is None else _finalize(y.mul_(out_max), out_dtype, out_max,
                                                     negative)
 
+    if isinstance(op, MorphOp):
+        if trace is not None:
+            trace.append(_Step(op.name, backend, "morphology"))
+        if backend == "opencv":
+            return fastpath.morphology(x, op, in_max, out_dtype, out_max, negative)
+        xf = KF.to_float(x) if not x.is_floating_point() else x
+        y = KF.morphology(xf, op.op, op.fp, op.iterations, op.border, op.value)
+        return y if negative is None else _finalize(y.mul_(out_max), out_dtype, out_max,
+                                                    negative)
+
     if isinstance(op, GradientOp):
         own = replace(opts, method=None)  # its kernels run by their own rule, whatever method=
         if (backend == "torch" and op.gx.shape == op.gy.shape
@@ -313,16 +323,7 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         y = _magnitude(g[0], g[1])
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
 
-    # ModuleOp: a module that filters integer planes itself (morphology on OpenCV) takes an
-    # integer image that goes out as it came, when the rounding rule cannot matter
-    own = getattr(op.module, "filter_integer", None)
-    if (own is not None and negative is not None and not x.is_floating_point()
-            and x.device.type == "cpu" and not x.requires_grad and out_dtype == x.dtype
-            and op.module.integer_exact(negative)):
-        if trace is not None:
-            trace.append(_Step(op.name, "opencv", "module"))
-        return own(x)
-    # otherwise the module's own definition on the [0, 1] scale
+    # ModuleOp: the module's own definition on the [0, 1] scale
     if trace is not None:
         trace.append(_Step(op.name, "torch", "module"))
     xf = KF.to_float(x) if not x.is_floating_point() else x

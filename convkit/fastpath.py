@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from .kernels import INT_MAX, border_index, dtype_name
-from .plan.ops import GradientOp, LinearOp, MedianOp, Plan
+from .plan.ops import GradientOp, LinearOp, MedianOp, MorphOp, Plan
 from .plan.rules import Options, cpu_fft, method_for
 
 __all__ = ["supports", "linear", "median", "gradient", "run_plan", "runs_plan", "CV_DTYPES"]
@@ -130,7 +130,7 @@ def supports(op, dtype: Any) -> bool:
     dtype = dtype_name(dtype)
     if dtype not in CV_DTYPES:
         return False
-    if isinstance(op, (LinearOp, GradientOp)):
+    if isinstance(op, (LinearOp, GradientOp, MorphOp)):
         return True
     if isinstance(op, MedianOp):
         if op.size % 2 == 0:
@@ -195,6 +195,12 @@ def _units(x: Any, out_dtype: Any) -> tuple[list, Any, list, tuple | None]:
     """
     if isinstance(x, np.ndarray):
         b, c, h, w = x.shape
+        if c in (3, 4) and x.transpose(0, 2, 3, 1)[0].flags.c_contiguous and (
+                b == 1 or x.transpose(0, 2, 3, 1).flags.c_contiguous):
+            # (H, W, C) images seen as (B, C, H, W): filtered interleaved, as they lie
+            out = np.empty((b, h, w, c), dtype=dtype_name(out_dtype))
+            return ([x[i].transpose(1, 2, 0) for i in range(b)], out.transpose(0, 3, 1, 2),
+                    [out[i] for i in range(b)], None)
         if x.strides[-1] != x.itemsize or x.strides[-2] != w * x.itemsize:
             x = np.ascontiguousarray(x)
         out = np.empty(x.shape, dtype=dtype_name(out_dtype))
@@ -384,6 +390,37 @@ def median(x: Any, op: MedianOp, in_max: float, out_dtype: Any, out_max: float,
         else:
             _store(med.astype(np.float32) if med.dtype != np.float32 else med, dst,
                    negative, alpha=s, delta=delta)
+
+    parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+    return out
+
+
+def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: float,
+               negative: str | None) -> Any:
+    """Morphology of each plane (or interleaved image) with OpenCV. Erosions, dilations and
+    their compositions keep the values of ``x``, and the differences (gradient, top hats) of
+    two of them are exact, so integer planes are filtered as they are; a top hat whose
+    negative values must survive (a float result, or abs/offset) and a constant fill between
+    integer levels are filtered in float32, exactly the torch definition's arithmetic."""
+    from .morphology import morphology_cv
+
+    srcs, out, dsts, _ = _units(x, out_dtype)
+    fill = op.value * in_max
+    s = out_max / in_max
+    delta = OFFSET * out_max if negative == "offset" else 0.0
+    signed = op.op in ("tophat", "blackhat")
+
+    def run(src: np.ndarray, dst: np.ndarray) -> None:
+        as_is = src.dtype == np.float32 or (
+            (op.border != "constant" or float(fill).is_integer())
+            and not (signed and (dst.dtype != src.dtype or s != 1.0 or negative != "clip")))
+        a = src if as_is else src.astype(np.float32)
+        res = morphology_cv(a[None], op.op, op.fp, op.iterations, op.border, fill)[0]
+        if res.dtype == dst.dtype and s == 1.0 and delta == 0.0 and not signed:
+            np.copyto(dst, res.reshape(dst.shape))
+        else:
+            tmp = res.astype(np.float32) if res.dtype != np.float32 else res
+            _store(tmp.reshape(dst.shape), dst, negative, alpha=s, delta=delta)
 
     parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
     return out
@@ -594,6 +631,9 @@ def run_plan(plan: Plan, x: Any, opts: Options, trace: list | None = None) -> An
         elif isinstance(op, MedianOp):
             method = "median"
             cur = median(cur, op, in_max, out_dtype, out_max, negative)
+        elif isinstance(op, MorphOp):
+            method = "morphology"
+            cur = morphology(cur, op, in_max, out_dtype, out_max, negative)
         else:
             method = "gradient"  # (its kernels run by their own rule, whatever method=)
             cur = gradient(cur, op, in_max, out_dtype, out_max, negative,

@@ -25,6 +25,8 @@ from torch import Tensor
 
 from .kernels import INT_MAX, check_border, dtype_name, gaussian_ksize, gaussian_taps
 from .kernels import border_index as _border_index
+from .morphology import OPS as MORPH_OPS
+from .morphology import rect_iterations
 
 __all__ = [
     "pad",
@@ -340,3 +342,56 @@ def to_integer(x: Tensor, dtype: torch.dtype, negative: str = "clip") -> Tensor:
     if top is None:
         raise TypeError(f"integer images should be uint8 or uint16. Got {dtype}")
     return torch.round(x * top).clamp_(0, top).to(dtype)
+
+
+# --- morphology (see convkit.morphology for the rules) -------------------------------------
+def _morph_pass(x: Tensor, fp: np.ndarray, anchor: tuple[int, int], kind: str, border: str,
+          value: float) -> Tensor:
+    """One erosion (``kind`` "min") or dilation ("max") of (B, C, H, W) ``x``."""
+    kh, kw = fp.shape
+    top, left = anchor
+    bottom, right = kh - 1 - top, kw - 1 - left
+    if border == "none":
+        fill = float("inf") if kind == "min" else float("-inf")
+        xp = torch.nn.functional.pad(x, (left, right, top, bottom), value=fill)
+    else:
+        xp = pad(x, top, bottom, left, right, border, value)
+    h, w = x.shape[-2:]
+    out = None
+    pick = torch.minimum if kind == "min" else torch.maximum
+    for dy, dx in zip(*np.nonzero(fp), strict=True):
+        part = xp[..., dy:dy + h, dx:dx + w]
+        out = part if out is None else pick(out, part)
+    return out
+
+
+def _morph_passes(x: Tensor, fp: np.ndarray, kind: str, iterations: int, border: str,
+            value: float) -> Tensor:
+    fp, iterations, anchor = rect_iterations(fp, iterations)
+    for _ in range(iterations):
+        x = _morph_pass(x, fp, anchor, kind, border, value)
+    return x
+
+
+def morphology(x: Tensor, op: str, fp: np.ndarray, iterations: int = 1, border: str = "none",
+               value: float = 0.0) -> Tensor:
+    """``op`` (see :data:`OPS`) on a float image (B, C, H, W) or (C, H, W) with the footprint
+    ``fp`` (an (h, w) 0/1 array anchored at its centre), as ``cv2.morphologyEx``. ``value`` is
+    the constant border's fill on the image's scale. Differentiable."""
+    x4, added = check_image(x)
+    if op in ("erode", "dilate"):
+        out = _morph_passes(x4, fp, "min" if op == "erode" else "max", iterations, border, value)
+    elif op in ("open", "tophat"):
+        opened = _morph_passes(_morph_passes(x4, fp, "min", iterations, border, value), fp, "max",
+                         iterations, border, value)
+        out = opened if op == "open" else x4 - opened
+    elif op in ("close", "blackhat"):
+        closed = _morph_passes(_morph_passes(x4, fp, "max", iterations, border, value), fp, "min",
+                         iterations, border, value)
+        out = closed if op == "close" else closed - x4
+    elif op == "gradient":
+        out = (_morph_passes(x4, fp, "max", iterations, border, value)
+               - _morph_passes(x4, fp, "min", iterations, border, value))
+    else:
+        raise ValueError(f"Invalid morphology {op!r}. Expected one of {', '.join(MORPH_OPS)}")
+    return out.squeeze(0) if added else out

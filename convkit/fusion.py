@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .modules import GradientMagnitude, Kernel2d, Median, Pool2d, Sequence2
+from .modules import GradientMagnitude, Kernel2d, Median, Morphology, Pool2d, Sequence2
 from .plan.fuse import fuse
-from .plan.ops import LinearOp, MedianOp, ModuleOp, Plan, gradient_op, linear_op
+from .plan.ops import LinearOp, MedianOp, ModuleOp, MorphOp, Plan, gradient_op, linear_op
 
 __all__ = ["build_plan", "get_plan", "flatten"]
 
@@ -66,6 +66,8 @@ def _leaf_op(m: nn.Module):
         return _kernel_op(m)
     if type(m) is Median:
         return MedianOp(m.size, m.border, m.value / 255.0, _name(m))
+    if type(m) is Morphology:
+        return MorphOp(m.op, m.fp, m.iterations, m.border, m.value / 255.0, _name(m))
     if type(m) is GradientMagnitude:
         return gradient_op(_numpy(m.kx), _numpy(m.ky), m.border, m.value, _name(m))
     return ModuleOp(m, _name(m))

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import functional as KF
 from .kernels import blend, check_border, check_weights, resolve_scale
+from .morphology import OPS as MORPH_OPS
+from .morphology import reach as morph_reach
 
 __all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median", "reference"]
 
@@ -377,6 +380,45 @@ class Sequence2(Filter):
         for m in self.parts:
             x = reference(m, x)
         return x
+
+
+class Morphology(Filter):
+    """``op`` (see :data:`OPS`) with a fixed structuring element, as a module.
+
+    Args:
+        op: erode, dilate, open, close, gradient, tophat or blackhat.
+        fp: the footprint, an (h, w) array of 0/1 anchored at its centre (``h // 2``,
+            ``w // 2``), as :func:`footprint` makes.
+        iterations: erosions and dilations repeated, as OpenCV's ``iterations``.
+        border: ``none`` (no outside pixel takes part; OpenCV's default) or a convkit border.
+        value: the constant border's fill in 8-bit grey levels.
+
+    Shape: (B, C, H, W) or (C, H, W) float -> the same; equals ``cv2.morphologyEx`` on
+    uint8, uint16 and float32 images. Runs as a plan operation: OpenCV on the CPU without
+    autograd, the torch definition (:func:`convkit.functional.morphology`) otherwise.
+    """
+
+    def __init__(self, op: str, fp: np.ndarray, iterations: int = 1, border: str = "none",
+                 value: float = 0.0) -> None:
+        super().__init__()
+        if op not in MORPH_OPS:
+            raise ValueError(f"Invalid morphology {op!r}. Expected one of {', '.join(MORPH_OPS)}")
+        self.op = op
+        self.fp = np.ascontiguousarray(fp, dtype=np.uint8)
+        self.iterations = int(iterations)
+        self.border = border if border == "none" else check_border(border)
+        self.value = float(value)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        return morph_reach(self.fp, self.op, self.iterations)
+
+    def _reference(self, x: Tensor) -> Tensor:
+        return KF.morphology(x, self.op, self.fp, self.iterations, self.border,
+                             self.value / 255.0)
+
+    def _own_spec(self) -> tuple[str, dict]:
+        return self.op, {"iterations": self.iterations, "border": self.border}
 
 
 def reference(module: nn.Module, x: Tensor) -> Tensor:

@@ -313,7 +313,7 @@ _BUILTINS: tuple[FilterInfo, ...] = (
                       high=100),
                 Param("border", "choice", "replicate", BORDER.help, choices=BORDERS), VALUE),
                _B + "percentile", example="convkit percentile --size 5 --q 25 photo.jpg"),
-    *(FilterInfo(name, text, MORPH, _B + "morphology_" + name,
+    *(FilterInfo(name, text, MORPH, _L + "morphology_" + name,
                  example=f"convkit {name} --size 5 --shape ellipse photo.jpg")
       for name, text in _MORPH_TEXT.items()),
     FilterInfo(

@@ -464,6 +464,7 @@ def test_apply_a_model_file_with_a_space_in_its_name(tmp_path):
     ["sharpen", "{src}", "-o", "{out}/a.png"],
     ["apply", "gaussian(sigma=2) | sharpen | median(size=3)", "{src}", "-o", "{out}/b.png"],
     ["edges", "{src}", "-o", "{out}/c.png", "--device", "auto"],
+    ["apply", "opening(size=5, shape=ellipse) | tophat(size=4)", "{src}", "-o", "{out}/d.png"],
 ])
 def test_cpu_command_line_never_imports_torch(tmp_path, args):
     """Fixed filters on the CPU run on a torch-free plan: neither torch nor torchvision is

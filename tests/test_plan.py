@@ -11,19 +11,18 @@ import pytest
 
 import convkit
 from convkit import fusion
-from convkit.plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp
+from convkit.plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, MorphOp
 from convkit.plan.specs import plan_spec
 
 # filters that run as torch modules (pooling, morphology, learned), and kernel (needs weights)
-MODULE_ONLY = ("avgpool", "maxpool", "learned", "kernel", "erode", "dilate", "opening",
-               "closing", "morph_gradient", "tophat", "blackhat", "minimum", "maximum",
-               "percentile")
+MODULE_ONLY = ("avgpool", "maxpool", "learned", "kernel", "minimum", "maximum", "percentile")
 FIXED = [n for n in convkit.list_filters() if n not in MODULE_ONLY]
 SPECS = [*FIXED, "gaussian(sigma=2.5, strength=0.5)", "sharpen(amount=3, border=constant, value=9)",
          "kernel(weights=[[1,2,0],[0,1,3]], offset=4, negative=offset)", "sobel(dx=1)",
          "scharr(dy=1, negative=clip, border=replicate)", "unsharp(sigma=2, amount=1.5)",
          "gaussian(sigma=1) | sharpen | box(size=5) | emboss", "median(size=4) | edges(sigma=2)",
-         "box(size=3, border=circular) | laplacian(border=circular)", "gaussian(sigma=300)"]
+         "box(size=3, border=circular) | laplacian(border=circular)", "gaussian(sigma=300)",
+         "opening(size=4, shape=cross, iterations=2, border=constant, value=9) | sharpen"]
 
 
 def _same_linear(a: LinearOp, b: LinearOp) -> None:
@@ -49,6 +48,10 @@ def test_spec_plan_equals_module_plan(spec, fuse):
         elif isinstance(a, GradientOp):
             _same_linear(a.gx, b.gx)
             _same_linear(a.gy, b.gy)
+        elif isinstance(a, MorphOp):
+            assert (a.op, a.iterations, a.border, a.value, a.name) == \
+                (b.op, b.iterations, b.border, b.value, b.name)
+            assert np.array_equal(a.fp, b.fp)
         else:
             assert isinstance(a, MedianOp)
             assert (a.size, a.border, a.value, a.name) == (b.size, b.border, b.value, b.name)

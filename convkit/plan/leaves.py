@@ -18,7 +18,8 @@ import numpy as np
 
 from ..kernels import KernelSpec, blend, check_weights, gaussian_ksize, gaussian_taps, load_spec
 
-__all__ = ["KernelLeaf", "MedianLeaf", "GradientLeaf", "Leaf", "named_kernel", "sharpen",
+__all__ = ["KernelLeaf", "MedianLeaf", "GradientLeaf", "MorphLeaf", "Leaf", "named_kernel",
+           "sharpen",
            "gradient", "gaussian", "box", "unsharp", "edges", "median", "kernel"]
 
 
@@ -52,7 +53,19 @@ class GradientLeaf:
     value: float = 0.0
 
 
-Leaf = KernelLeaf | MedianLeaf | GradientLeaf
+@dataclass(frozen=True, eq=False)
+class MorphLeaf:
+    """Morphology ``op`` (see :mod:`convkit.morphology`) with the uint8 0/1 footprint ``fp``;
+    ``value`` the constant border's fill in 8-bit grey levels."""
+
+    op: str
+    fp: np.ndarray
+    iterations: int = 1
+    border: str = "none"
+    value: float = 0.0
+
+
+Leaf = KernelLeaf | MedianLeaf | GradientLeaf | MorphLeaf
 
 
 def _linear(rows: Any, *, scale: float, offset: float, strength: float, border: str,
@@ -163,3 +176,28 @@ def kernel(info, weights=None, path=None, scale=None, offset=None, negative=None
     return [_linear(rows, scale=resolve_scale(rows, scale, what="kernel"), offset=offset or 0.0,
                     strength=strength, border=border or "reflect", value=value,
                     negative=negative)]
+
+
+def _morph(op: str):
+    """The leaves function of one morphology filter."""
+    def leaves(info, size=3, shape="rect", footprint=None, iterations=1, border="none",
+               value=0.0) -> list[Leaf]:
+        from ..morphology import footprint as make_footprint
+
+        try:
+            fp = make_footprint(size, shape, footprint)
+        except ValueError as e:
+            raise ValueError(f"{info.name}: {e}") from None
+        return [MorphLeaf(op, fp, int(iterations), border, float(value))]
+
+    leaves.__name__ = f"morphology_{op}"
+    return leaves
+
+
+morphology_erode = _morph("erode")
+morphology_dilate = _morph("dilate")
+morphology_opening = _morph("open")
+morphology_closing = _morph("close")
+morphology_morph_gradient = _morph("gradient")
+morphology_tophat = _morph("tophat")
+morphology_blackhat = _morph("blackhat")

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LinearOp", "MedianOp", "GradientOp", "ModuleOp", "Plan", "Op", "RANK_TOL"]
+__all__ = ["LinearOp", "MedianOp", "MorphOp", "GradientOp", "ModuleOp", "Plan", "Op",
+           "RANK_TOL"]
 
 # Singular values below this fraction of the largest are float32 noise: dropping them changes a
 # result by less than float32 rounding of the kernel itself.
@@ -101,6 +102,18 @@ class MedianOp:
 
 
 @dataclass(eq=False)
+class MorphOp:
+    """Morphology (:mod:`convkit.morphology`): ``op`` with the 0/1 footprint ``fp``."""
+
+    op: str
+    fp: Any  # uint8 (h, w) array of 0/1
+    iterations: int
+    border: str  # "none" or a convkit border
+    value: float  # [0, 1] scale
+    name: str = "morphology"
+
+
+@dataclass(eq=False)
 class GradientOp:
     """``sqrt(gx**2 + gy**2)`` for the two derivative kernels (as LinearOps, bias 0)."""
 
@@ -115,7 +128,7 @@ class ModuleOp:
     name: str = "module"
 
 
-Op = LinearOp | MedianOp | GradientOp | ModuleOp
+Op = LinearOp | MedianOp | MorphOp | GradientOp | ModuleOp
 
 
 @dataclass(eq=False)

@@ -15,8 +15,8 @@ import numpy as np
 from ..registry import get_info
 from ..spec import check_path_element, format_call, parse
 from .fuse import fuse
-from .leaves import GradientLeaf, KernelLeaf, Leaf, MedianLeaf
-from .ops import MedianOp, Plan, gradient_op, linear_op
+from .leaves import GradientLeaf, KernelLeaf, Leaf, MedianLeaf, MorphLeaf
+from .ops import MedianOp, MorphOp, Plan, gradient_op, linear_op
 
 __all__ = ["plan_spec", "leaf_ops"]
 
@@ -40,6 +40,9 @@ def leaf_ops(leaves: list[Leaf], name: str) -> list:
         elif isinstance(leaf, MedianLeaf):
             ops.append(MedianOp(leaf.size, leaf.border, leaf.value / 255.0,
                                 name if one else "Median"))
+        elif isinstance(leaf, MorphLeaf):
+            ops.append(MorphOp(leaf.op, leaf.fp, leaf.iterations, leaf.border,
+                               leaf.value / 255.0, name if one else "Morphology"))
         elif isinstance(leaf, GradientLeaf):
             kx = _f32(leaf.kx)
             ops.append(gradient_op(kx, kx.T.copy(), leaf.border, leaf.value,

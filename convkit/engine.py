@@ -282,23 +282,18 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
             y = y.add_(bias)
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
 
-    if isinstance(op, MedianOp):
+    if isinstance(op, MedianOp | MorphOp):
+        # operations whose results are values of the image (and their differences): OpenCV on
+        # the planes, or torch's definition on the [0, 1] scale
+        median = isinstance(op, MedianOp)
         if trace is not None:
-            trace.append(_Step(op.name, backend, "median"))
+            trace.append(_Step(op.name, backend, "median" if median else "morphology"))
         if backend == "opencv":
-            return fastpath.median(x, op, in_max, out_dtype, out_max, negative)
+            run = fastpath.median if median else fastpath.morphology
+            return run(x, op, in_max, out_dtype, out_max, negative)
         xf = KF.to_float(x) if not x.is_floating_point() else x
-        y = KF.median_blur(xf, op.size, op.border, op.value)
-        return y if negative is None else _finalize(y.mul_(out_max), out_dtype, out_max,
-                                                    negative)
-
-    if isinstance(op, MorphOp):
-        if trace is not None:
-            trace.append(_Step(op.name, backend, "morphology"))
-        if backend == "opencv":
-            return fastpath.morphology(x, op, in_max, out_dtype, out_max, negative)
-        xf = KF.to_float(x) if not x.is_floating_point() else x
-        y = KF.morphology(xf, op.op, op.fp, op.iterations, op.border, op.value)
+        y = KF.median_blur(xf, op.size, op.border, op.value) if median else \
+            KF.morphology(xf, op.op, op.fp, op.iterations, op.border, op.value)
         return y if negative is None else _finalize(y.mul_(out_max), out_dtype, out_max,
                                                     negative)
 

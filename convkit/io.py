@@ -250,7 +250,7 @@ def read_image_with_info(
 
 def read_array_with_info(
     path: StrPath, *, max_pixels: int | None = None, defer_jpeg: bool = False,
-    allow_truncated: bool = False,
+    allow_truncated: bool = False, interleaved: bool = False,
 ) -> tuple[np.ndarray | EncodedJPEG, ImageInfo]:
     """Read an image file into a NumPy array, with the metadata needed to write it back.
 
@@ -269,6 +269,9 @@ def read_array_with_info(
         defer_jpeg: Leave a complete grey or RGB JPEG undecoded: ``image`` is then an
             :class:`EncodedJPEG` (its header checked, its metadata read) for
             :func:`decode_jpegs` to decode on a GPU. Other files are decoded as usual.
+        interleaved: Give the (C, H, W) array as a view of the decoded (H, W, C) pixels
+            instead of a planar copy (OpenCV filters and encoders take interleaved images as
+            they lie: the command line's route saves two copies of every image).
         allow_truncated: Decode what a damaged file holds instead of refusing it: a JPEG
             whose decoder reports missing or corrupt data (libjpeg-turbo's warnings, "premature
             end of data segment" and the like), or a file cut short, gives the pixels that
@@ -276,7 +279,8 @@ def read_array_with_info(
             ``LOAD_TRUNCATED_IMAGES`` does. By default such a file raises ImageFileError.
 
     Returns:
-        ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` array, ``uint8`` for 8-bit
+        ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` array (a view of a
+        contiguous (H, W, C) one with ``interleaved``), ``uint8`` for 8-bit
         (and lower) files, ``uint16`` for 16-bit PNG and TIFF, ``float32`` (one channel) for
         float TIFF; ``info`` is the file's :class:`ImageInfo`.
 
@@ -317,9 +321,9 @@ def read_array_with_info(
         else:
             if im.format in ("JPEG", "MPO"):
                 _check_jpeg_data(im, data, name, allow_truncated)
-            decoded = _decode_jpeg(im, data, name, allow_truncated)
+            decoded = _decode_jpeg(im, data, name, allow_truncated, interleaved)
             chw, mode, orientation = decoded or _decode_with_pillow(im, name, allow_truncated)
-            image = _orient_array(chw, orientation)
+            image = _orient_array(chw, orientation, interleaved)
         info = ImageInfo(
             format="JPEG" if im.format == "MPO" else im.format,
             mode=mode,
@@ -607,8 +611,8 @@ def _plain_jpeg(im: Image.Image, data: bytes, formats: tuple[str, ...] = ("JPEG"
             and data.rstrip(b"\x00").endswith(b"\xff\xd9"))
 
 
-def _decode_jpeg(im: Image.Image, data: bytes, name: str,
-                             allow_truncated: bool = False) -> tuple[np.ndarray, str, int] | None:
+def _decode_jpeg(im: Image.Image, data: bytes, name: str, allow_truncated: bool = False,
+                 interleaved: bool = False) -> tuple[np.ndarray, str, int] | None:
     """Decode a grey or RGB JPEG with libjpeg-turbo through simplejpeg, or return None to leave
     the file to Pillow.
 
@@ -633,7 +637,8 @@ def _decode_jpeg(im: Image.Image, data: bytes, name: str,
         return None
     if pixels.shape[:2] != (im.size[1], im.size[0]):
         return None
-    return _hwc_to_chw(pixels), im.mode, _orientation(im)
+    chw = pixels.transpose(2, 0, 1) if interleaved else _hwc_to_chw(pixels)
+    return chw, im.mode, _orientation(im)
 
 
 def _jpeg_damage(e: BaseException) -> bool:
@@ -785,8 +790,10 @@ def _valid_orientation(value: object) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _orient_array(image: np.ndarray, orientation: int) -> np.ndarray:
-    """Turn a ``(C, H, W)`` array stored with EXIF ``orientation`` into display layout."""
+def _orient_array(image: np.ndarray, orientation: int, interleaved: bool = False
+                  ) -> np.ndarray:
+    """Turn a ``(C, H, W)`` array stored with EXIF ``orientation`` into display layout:
+    contiguous, or (``interleaved``) a view of contiguous (H, W, C) pixels."""
     h, w = 1, 2
     if orientation == 2:
         image = np.flip(image, w)
@@ -802,6 +809,8 @@ def _orient_array(image: np.ndarray, orientation: int) -> np.ndarray:
         image = np.flip(image.transpose(0, 2, 1), (h, w))
     elif orientation == 8:
         image = np.rot90(image, 1, (h, w))  # anticlockwise
+    if interleaved:
+        return np.ascontiguousarray(image.transpose(1, 2, 0)).transpose(2, 0, 1)
     return np.ascontiguousarray(image)
 
 
@@ -1069,16 +1078,21 @@ def _encode_8bit_opencv(chw: np.ndarray, fmt: str, quality: int, icc: bytes | No
     filtered) are about ten times faster than Pillow's level 6 for files a few percent larger.
     The JPEG settings are the ones documented in :func:`write_image`.
     """
-    planes = chw if chw.shape[0] == 1 else chw[[2, 1, 0, 3][: chw.shape[0]]]
+    hwc = chw.transpose(1, 2, 0)
+    if chw.shape[0] in (3, 4) and hwc.flags.c_contiguous:  # interleaved already: one pass
+        pixels = cv2.cvtColor(hwc, cv2.COLOR_RGB2BGR if chw.shape[0] == 3 else
+                              cv2.COLOR_RGBA2BGRA)
+    else:
+        pixels = _chw_to_hwc(chw if chw.shape[0] == 1 else chw[[2, 1, 0, 3][: chw.shape[0]]])
     if fmt == "PNG":
-        ok, encoded = cv2.imencode(".png", _chw_to_hwc(planes))
+        ok, encoded = cv2.imencode(".png", pixels)
         if not ok:
             raise RuntimeError("OpenCV could not encode a PNG")
         return _png_with_metadata(encoded.tobytes(), icc, exif)
     sampling = (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90
                 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling]
-    ok, encoded = cv2.imencode(".jpg", _chw_to_hwc(planes), params)
+    ok, encoded = cv2.imencode(".jpg", pixels, params)
     if not ok:
         raise RuntimeError("OpenCV could not encode a JPEG")
     return _jpeg_with_metadata(encoded.tobytes(), icc, exif)

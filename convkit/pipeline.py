@@ -819,7 +819,11 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
 
     keeps_size = runner.keeps_size
     # the torch-free route reads NumPy arrays; torch's reads tensors (a GPU may decode JPEGs)
-    read = io.read_array_with_info if runner.plan is not None else io.read_image_with_info
+    if runner.plan is not None:  # interleaved views: OpenCV filters and writes them as they lie
+        def read(path, **kw):
+            return io.read_array_with_info(path, interleaved=True, **kw)
+    else:
+        read = io.read_image_with_info
 
     def decode(job: Job):
         job.started = time.perf_counter()
@@ -899,8 +903,8 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
         import torch
 
         dev = runner.dev
-        images = _decoded([torch.from_numpy(i) if isinstance(i, np.ndarray) else i
-                           for i in images], dev)
+        images = _decoded([torch.from_numpy(np.ascontiguousarray(i))
+                           if isinstance(i, np.ndarray) else i for i in images], dev)
         if on_info is not None and not explained:
             from . import engine
 

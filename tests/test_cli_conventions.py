@@ -198,3 +198,26 @@ def test_completion_offers_filters_after_show(tmp_path):
     res = subprocess.run([sys.executable, "-m", "convkit"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert "plain,gaussian" in res.stdout.split()
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+def test_jpeg_through_the_interleaved_route(tmp_path, orientation):
+    """The torch-free route reads JPEGs as interleaved views and writes them without planar
+    copies: the result is the filter of the decoded, EXIF-turned photo (Pillow's decode and
+    exif_transpose as the reference), for RGB and grey."""
+    from PIL import ImageOps
+
+    for mode in ("RGB", "L"):
+        a = photo(40, 56)
+        im = Image.fromarray(a).convert(mode)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        src = tmp_path / f"{mode}{orientation}.jpg"
+        im.save(src, quality=92, exif=exif.tobytes())
+        out = tmp_path / f"{mode}{orientation}.png"
+        assert run("sharpen", "-q", str(src), "-o", str(out)).exit_code == 0
+        with Image.open(src) as decoded:
+            ref = np.asarray(ImageOps.exif_transpose(decoded))
+        got = np.asarray(Image.open(out))
+        assert got.shape == ref.shape
+        assert np.array_equal(got, _sharp(np.ascontiguousarray(ref)))

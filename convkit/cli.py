@@ -514,7 +514,7 @@ def describe(module, title: str | None = None) -> str:
     (``title``: how to name it; default its spec)."""
     import torch
 
-    from .modules import GradientMagnitude, Kernel2d, Median, Pool2d, Sequence2
+    from .modules import GradientMagnitude, Kernel2d, Median, Morphology, Pool2d, Rank, Sequence2
 
     if isinstance(module, torch.nn.Sequential) and len(module) == 1:
         return describe(module[0])  # a chain of one filter is that filter
@@ -565,6 +565,23 @@ def describe(module, title: str | None = None) -> str:
     if isinstance(module, Median):
         return f"{title}: non-linear, the median of each {module.size}x{module.size} " \
                "neighbourhood; no kernel matrix"
+    if isinstance(module, Rank):
+        return (f"{title}: non-linear, value number {module.rank + 1} (from the smallest) of "
+                f"the {module.size * module.size} in each {module.size}x{module.size} "
+                f"neighbourhood; border {module.border}")
+    if isinstance(module, Morphology):
+        what = {"erode": "minimum", "dilate": "maximum", "open": "erosion, then dilation",
+                "close": "dilation, then erosion", "gradient": "dilation minus erosion",
+                "tophat": "image minus its opening",
+                "blackhat": "closing minus the image"}[module.op]
+        kh, kw = module.fp.shape
+        border = ("none (no pixel outside the image takes part)" if module.border == "none"
+                  else module.border)
+        lines = [f"{title}: non-linear, {what} under the {kh}x{kw} structuring element below "
+                 f"(anchor row {kh // 2}, column {kw // 2}), {module.iterations} "
+                 f"iteration(s), border {border}"]
+        lines += _matrix(torch.from_numpy(module.fp.astype("float64")))
+        return "\n".join(lines)
     if isinstance(module, Pool2d):
         return (f"{title}: {module.mode} pooling over {module.size}x{module.size} windows, "
                 f"stride {module.stride}; the image shrinks by {module.stride}")

@@ -221,3 +221,14 @@ def test_jpeg_through_the_interleaved_route(tmp_path, orientation):
         got = np.asarray(Image.open(out))
         assert got.shape == ref.shape
         assert np.array_equal(got, _sharp(np.ascontiguousarray(ref)))
+
+
+def test_show_prints_the_structuring_element():
+    res = run("show", "erode", "size=5", "shape=ellipse")
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    assert "minimum under the 5x5 structuring element" in lines[0]
+    fp = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    assert [[int(v) for v in ln.split()] for ln in lines[1:6]] == fp.tolist()
+    rank = run("show", "percentile", "size=3", "q=25")
+    assert "value number 3 (from the smallest) of the 9" in rank.output

@@ -192,11 +192,11 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
 
     with tempfile.TemporaryDirectory(prefix="convkit-") as tmp:
         if inputs == ["-"]:
-            from .io import _sniff
+            from .io import sniff_format
 
             data = sys.stdin.buffer.read()
             ext = {"JPEG": ".jpg", "TIFF": ".tif", "WebP": ".webp", "GIF": ".gif",
-                   "BMP": ".bmp"}.get(_sniff(data) or "", ".png")
+                   "BMP": ".bmp"}.get(sniff_format(data) or "", ".png")
             src = os.path.join(tmp, "stdin" + ext)
             with open(src, "wb") as f:
                 f.write(data)

@@ -43,6 +43,7 @@ __all__ = [
     "decode_jpegs",
     "is_image_path",
     "read_array_with_info",
+    "sniff_format",
     "read_image",
     "read_image_with_info",
     "write_image",
@@ -510,8 +511,8 @@ def check_png_size(data: bytes, width: int, height: int, name: str,
             f"{raw} bytes of pixels, more than its {size} bytes could hold)")
 
 
-def _sniff(data: bytes) -> str | None:
-    """The format the file's first bytes claim, for error messages."""
+def sniff_format(data: bytes) -> str | None:
+    """The format the first bytes of a file claim (PNG, JPEG, TIFF, GIF, WebP, BMP), or None."""
     if data.startswith(_PNG_SIGNATURE):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):
@@ -529,7 +530,7 @@ def _sniff(data: bytes) -> str | None:
 
 def _open(data: bytes, name: str) -> Image.Image:
     """Parse the header with Pillow (no pixel limit; the caller checks the size)."""
-    claimed = _sniff(data)
+    claimed = sniff_format(data)
     # Pillow reports a damaged TIFF header by warning, then failing; keep the warning for the
     # error message instead of letting it print. Only for TIFF, because catching warnings
     # resets Python's record of warnings already shown, process-wide.

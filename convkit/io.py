@@ -299,7 +299,7 @@ def read_array_with_info(
 
     data = _read_bytes(path, name)
     if data.startswith(_PNG_SIGNATURE):
-        _check_png_chunks(data, name)
+        check_png_chunks(data, name)
     im = _open(data, name)
     try:
         width, height = im.size
@@ -311,7 +311,7 @@ def read_array_with_info(
         if im.format == "PNG":
             check_png_size(data, width, height, name)
         if defer_jpeg and _plain_jpeg(im, data):
-            orientation, mode = _orientation(im), im.mode
+            orientation, mode = exif_orientation(im), im.mode
             import torch
 
             image = EncodedJPEG(name, torch.frombuffer(bytearray(data), dtype=torch.uint8),
@@ -328,8 +328,8 @@ def read_array_with_info(
         info = ImageInfo(
             format="JPEG" if im.format == "MPO" else im.format,
             mode=mode,
-            icc_profile=_matching_icc(im.info.get("icc_profile"), image.shape[0]),
-            exif=_exif_from(im, reset_orientation=orientation != 1),
+            icc_profile=matching_icc(im.info.get("icc_profile"), image.shape[0]),
+            exif=exif_block(im, reset_orientation=orientation != 1),
             has_alpha=image.shape[0] in (2, 4),
             frames=_frames(im),
         )
@@ -467,7 +467,7 @@ def not_a_regular_file(mode: int) -> str:
         "not a regular file"
 
 
-def _check_png_chunks(data: bytes, name: str) -> None:
+def check_png_chunks(data: bytes, name: str) -> None:
     """Raise for a PNG chunk cut off by the end of the file or with a bad CRC.
 
     Pillow does not check the CRC of image data chunks, and reports a cut-off header chunk only
@@ -639,7 +639,7 @@ def _decode_jpeg(im: Image.Image, data: bytes, name: str, allow_truncated: bool 
     if pixels.shape[:2] != (im.size[1], im.size[0]):
         return None
     chw = pixels.transpose(2, 0, 1) if interleaved else _hwc_to_chw(pixels)
-    return chw, im.mode, _orientation(im)
+    return chw, im.mode, exif_orientation(im)
 
 
 def _jpeg_damage(e: BaseException) -> bool:
@@ -684,7 +684,7 @@ def _decode_with_pillow(im: Image.Image, name: str, allow_truncated: bool = Fals
         # so the key becomes the alpha channel here, as it does for 8-bit grey.
         grey = _hwc_to_chw(np.asarray(im))
         alpha = np.where(grey[0] == im.info["transparency"], 0, 65535).astype(grey.dtype)
-        return np.concatenate([grey, alpha[None]]), mode, _orientation(im)
+        return np.concatenate([grey, alpha[None]]), mode, exif_orientation(im)
     if mode == "P":
         target = "RGBA" if im.has_transparency_data else "RGB"
     elif mode in ("L", "RGB") and "transparency" in im.info:
@@ -697,7 +697,7 @@ def _decode_with_pillow(im: Image.Image, name: str, allow_truncated: bool = Fals
         raise ImageFileError(f"{name}: unsupported pixel format (Pillow mode {mode!r})")
     # Read after load: Pillow applies a TIFF's orientation itself while loading and then
     # removes the tag, and a PNG's eXIf chunk may come after the image data.
-    orientation = _orientation(im)
+    orientation = exif_orientation(im)
     try:
         pixels = im if target == mode else im.convert(target)
     except Exception as e:
@@ -724,7 +724,7 @@ def _decode_16bit_colour(im: Image.Image, data: bytes, name: str) -> tuple[np.nd
         _check_tiff_strips(im, data, name)
         orientation = 1  # OpenCV's TIFF decoder applies the Orientation tag itself
     else:
-        orientation = _orientation(im)  # for PNG, IMREAD_UNCHANGED ignores it
+        orientation = exif_orientation(im)  # for PNG, IMREAD_UNCHANGED ignores it
     # IMREAD_UNCHANGED keeps 16 bits and alpha.
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4):
@@ -778,7 +778,8 @@ def _hwc_to_chw(a: np.ndarray) -> np.ndarray:
     return np.array(a.transpose(2, 0, 1), dtype=a.dtype.newbyteorder("="), order="C")
 
 
-def _orientation(im: Image.Image) -> int:
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 to 8) of an open image; 1 where it is absent or unreadable."""
     try:
         value = im.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:
@@ -835,7 +836,7 @@ def _orient_tensor(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image.contiguous()
 
 
-def _exif_from(im: Image.Image, *, reset_orientation: bool) -> bytes | None:
+def exif_block(im: Image.Image, *, reset_orientation: bool) -> bytes | None:
     """The EXIF block as ``b"Exif\\0\\0"`` + TIFF data, Orientation set to 1 if asked."""
     raw = im.info.get("exif")
     if raw is None and "Raw profile type exif" in im.info:  # PNG written by ImageMagick
@@ -880,7 +881,7 @@ def _set_orientation_1(exif: bytes) -> bytes | None:
         return None  # better no EXIF than one that makes viewers rotate the image again
 
 
-def _matching_icc(icc: object, channels: int) -> bytes | None:
+def matching_icc(icc: object, channels: int) -> bytes | None:
     """The ICC profile if its colour space fits ``channels`` (grey: 1-2, RGB: 3-4), else None."""
     if not isinstance(icc, bytes) or len(icc) < 20:
         return None
@@ -1001,7 +1002,7 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None,
     elif channels == 2:
         chw = chw[[0, 0, 0, 1]]  # 16-bit grey + alpha: neither Pillow nor OpenCV write it
 
-    icc = _matching_icc(info.icc_profile, chw.shape[0]) if info is not None else None
+    icc = matching_icc(info.icc_profile, chw.shape[0]) if info is not None else None
     exif = info.exif if info is not None and fmt != "BMP" else None
     icc, exif = _fit_metadata(fmt, icc, exif, notes)
     if chw.dtype == np.uint16 and chw.shape[0] > 1:
@@ -1089,7 +1090,7 @@ def _encode_8bit_opencv(chw: np.ndarray, fmt: str, quality: int, icc: bytes | No
         ok, encoded = cv2.imencode(".png", pixels)
         if not ok:
             raise RuntimeError("OpenCV could not encode a PNG")
-        return _png_with_metadata(encoded.tobytes(), icc, exif)
+        return png_with_metadata(encoded.tobytes(), icc, exif)
     sampling = (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90
                 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling]
@@ -1134,10 +1135,10 @@ def _encode_16bit_colour(chw: np.ndarray, fmt: str, icc: bytes | None, exif: byt
     data = encoded.tobytes()
     if fmt != "PNG":
         return data
-    return _png_with_metadata(data, icc, exif)
+    return png_with_metadata(data, icc, exif)
 
 
-def _png_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+def png_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     """Insert iCCP and eXIf chunks into a PNG written by OpenCV."""
     chunks = []
     if icc is not None:

@@ -169,7 +169,7 @@ def _out_suffix(suffix: str, fmt: str | None) -> str:
     return suffix if suffix.lower() in _io().WRITE_EXTENSIONS else ".png"
 
 
-def _walk(folder: str, recursive: bool, exclude: str | None) -> tuple[list[str], bool]:
+def walk_images(folder: str, recursive: bool, exclude: str | None) -> tuple[list[str], bool]:
     """Image files under ``folder`` (sorted); and whether subfolders were left unvisited.
 
     Symbolic links to folders are followed once each: a folder whose real path was seen
@@ -214,7 +214,7 @@ def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str |
             if exclude and os.path.realpath(item) == exclude:
                 raise UsageError(f"-o {shown(item)} is the input folder itself; pass --in-place "
                                  "(instead of -o) to replace the inputs, or name another folder")
-            files, has_subdirs = _walk(item, recursive, exclude)
+            files, has_subdirs = walk_images(item, recursive, exclude)
             if not files:
                 hint = " (pass -r to look in subfolders)" if has_subdirs else ""
                 exts = ", ".join(sorted(io.SUPPORTED_EXTENSIONS))
@@ -231,7 +231,7 @@ def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str |
             files = []
             for m in matches:
                 if os.path.isdir(m):
-                    sub, _ = _walk(m, recursive, exclude)
+                    sub, _ = walk_images(m, recursive, exclude)
                     files.extend((f, m) for f in sub)
                 elif io.is_image_path(m):
                     files.append((m, os.path.dirname(m) or "."))

@@ -637,12 +637,12 @@ def _png_source(src: Path) -> _PngSource | None:
     except (ValueError, OSError, struct_error):
         return None
     data = pngstream.metadata_png(info)
-    cio._check_png_chunks(data, str(src))  # a bad CRC or cut-off chunk, as io reports it
+    cio.check_png_chunks(data, str(src))  # a bad CRC or cut-off chunk, as io reports it
     try:
         with Image.open(BytesIO(data), formats=["PNG"]) as im:
-            orientation = cio._orientation(im)
+            orientation = cio.exif_orientation(im)
             icc = im.info.get("icc_profile")
-            exif = cio._exif_from(im, reset_orientation=orientation != 1)
+            exif = cio.exif_block(im, reset_orientation=orientation != 1)
     except Exception as e:  # Pillow raises many kinds of exception for corrupt chunks
         raise ValueError(f"{src}: corrupt PNG metadata ({e})") from None
     return _PngSource(info, icc, exif, orientation)
@@ -653,7 +653,7 @@ def _metadata_chunks(png: _PngSource, channels: int, head: bytes) -> bytes:
     image of ``channels`` channels."""
     from . import io as cio
 
-    return cio._png_with_metadata(head, cio._matching_icc(png.icc, channels), png.exif)
+    return cio.png_with_metadata(head, cio.matching_icc(png.icc, channels), png.exif)
 
 
 def _insert_png_metadata(path: Path, png: _PngSource, channels: int) -> None:

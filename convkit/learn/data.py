@@ -56,14 +56,14 @@ class Item:
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (by extension), sorted by path.
 
-    The folder is walked by the batch pipeline's walk (:func:`convkit.pipeline._walk`), so
+    The folder is walked by the batch pipeline's walk (:func:`convkit.pipeline.walk_images`), so
     training reads what ``convkit apply`` would: hidden files and folders (``.x``: macOS
     ``._x.png`` resource forks, ``.DS_Store``, a writer's temporaries) are skipped, and a
     symlinked folder is entered once.
     """
-    from ..pipeline import _walk
+    from ..pipeline import walk_images
 
-    found, _ = _walk(str(folder), recursive, None)
+    found, _ = walk_images(str(folder), recursive, None)
     return sorted(p for p in map(Path, found) if p.is_file())
 
 

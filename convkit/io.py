@@ -92,13 +92,13 @@ _MAX_SIDE = {"JPEG": 65_535, "WEBP": 16_383}
 # Image.open runs with Pillow's process-wide pixel limit switched off, so that the image's size
 # can be checked here against max_pixels (which may be above Pillow's own limit) and reported in
 # the error. The lock stops two reads from restoring each other's values.
-_PILLOW_GLOBALS = threading.Lock()
+PILLOW_GLOBALS = threading.Lock()
 
 
 def pillow_pixel_limit() -> int | None:
     """Pillow's decompression-bomb limit. Read under the lock: ``_open`` switches it off for a
     moment in whichever thread is parsing a header, and an unlocked read could see None."""
-    with _PILLOW_GLOBALS:
+    with PILLOW_GLOBALS:
         return Image.MAX_IMAGE_PIXELS
 
 
@@ -536,7 +536,7 @@ def _open(data: bytes, name: str) -> Image.Image:
     # resets Python's record of warnings already shown, process-wide.
     catching = warnings.catch_warnings(record=True) if claimed == "TIFF" else nullcontext()
     error: Exception | None = None
-    with _PILLOW_GLOBALS, catching as caught:
+    with PILLOW_GLOBALS, catching as caught:
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             im = Image.open(io.BytesIO(data), formats=_READ_FORMATS)
@@ -571,7 +571,7 @@ def _load(im: Image.Image, name: str, allow_truncated: bool = False) -> None:
     over_pillow_limit = limit is not None and width * height > limit
     try:
         if over_pillow_limit or allow_truncated:
-            with _PILLOW_GLOBALS:
+            with PILLOW_GLOBALS:
                 saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
                 if over_pillow_limit:
                     Image.MAX_IMAGE_PIXELS = None

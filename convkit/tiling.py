@@ -460,7 +460,7 @@ def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        from .io import _PILLOW_GLOBALS as lock  # share the reader's lock on Pillow's globals
+        from .io import PILLOW_GLOBALS as lock  # share the reader's lock on Pillow's globals
     except ImportError:  # pragma: no cover - io is optional for this module
         lock = _PILLOW_LOCK
     with lock:

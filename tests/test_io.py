@@ -737,7 +737,7 @@ def test_pixel_limit_holds_while_another_thread_parses_a_header(tmp_path):
         except BaseException as e:  # noqa: BLE001 - the test inspects it
             result.append(e)
 
-    with cio._PILLOW_GLOBALS:
+    with cio.PILLOW_GLOBALS:
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         t = threading.Thread(target=reader)
         t.start()

@@ -93,3 +93,33 @@ def test_torch_free_modules_import_no_torch():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def private_uses() -> list[str]:
+    """``from .x import _name`` and ``x._name`` (x a convkit module bound by an import), in
+    every convkit module: names private to another module."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "")
+                                                     .startswith("convkit")):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{path.name}: from {node.module or '.'} import {a.name}")
+                    if node.module is None or not a.name[0].isupper():
+                        aliases.add(a.asname or a.name)  # (a module or a function)
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname or a.name for a in node.names
+                            if a.name.startswith("convkit")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_used_across_modules():
+    assert private_uses() == []

@@ -46,15 +46,19 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_NAME.match(name) is not None
 
 
-def _create_temp(dst: Path, suffix: str) -> Path:
+def _create_temp(dst: Path, suffix: str) -> tuple[Path, int | None]:
     """Create an empty temporary file beside ``dst`` with ``dst``'s mode (and owner, where
-    allowed) or, for a new file, the umask's default; return its path."""
+    allowed) or, for a new file, the umask's default; return its path, and the mode to set
+    once it is written when that mode would not let its owner write it (a read-only file
+    replaced in place: writers open the temporary file by name)."""
     try:
         st = os.stat(dst)
     except OSError:
         st = None
     keep = st is not None and stat.S_ISREG(st.st_mode)
-    mode = stat.S_IMODE(st.st_mode) if keep else 0o666
+    final = stat.S_IMODE(st.st_mode) if keep else 0o666
+    mode = final | 0o200  # the owner writes it meanwhile; group and others get no more
+    later = final if keep and mode != final else None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
         | getattr(os, "O_CLOEXEC", 0)
     while True:
@@ -75,7 +79,7 @@ def _create_temp(dst: Path, suffix: str) -> Path:
         _remove_quietly(temp)
         raise
     os.close(fd)
-    return temp
+    return temp, later
 
 
 @contextlib.contextmanager
@@ -86,9 +90,11 @@ def replacing(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> Ite
     temporary file is removed and ``path`` is left as it was. ``keep_suffix`` ends the
     temporary name in ``path``'s extension, for writers that choose the format by it."""
     dst = destination(path)
-    temp = _create_temp(dst, dst.suffix if keep_suffix else "")
+    temp, final_mode = _create_temp(dst, dst.suffix if keep_suffix else "")
     try:
         yield temp
+        if final_mode is not None:
+            os.chmod(temp, final_mode)
         os.replace(temp, dst)
     except BaseException:
         _remove_quietly(temp)

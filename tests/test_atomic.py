@@ -87,3 +87,54 @@ def test_remove_stale_takes_dead_runs_files_only(tmp_path):
         p.write_bytes(b"x")
     assert remove_stale(tmp_path) == 2
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name])
+
+
+def test_read_only_file_is_replaced_and_stays_read_only(tmp_path):
+    path = tmp_path / "ro.png"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o444)
+    write_file(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_read_only_file_of_an_ordinary_user(tmp_path):
+    """As a user without root's privileges (nobody), whose own read-only file is replaced in
+    place, as sed -i does: the temporary file must be writable by its owner meanwhile.
+    convkit/atomic.py needs the standard library only: a copy of it runs under the system's
+    Python (the checkout and its environment may be out of nobody's reach)."""
+    import shutil
+
+    import convkit.atomic
+
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3")
+    import tempfile
+    from pathlib import Path
+
+    # (pytest's tmp_path lies in folders only root may enter)
+    folder = Path(tempfile.mkdtemp(prefix="convkit-nobody-"))
+    request_cleanup = lambda: shutil.rmtree(folder, ignore_errors=True)  # noqa: E731
+    shutil.copy(convkit.atomic.__file__, folder / "atomic_copy.py")
+    path = folder / "ro.png"
+    path.write_bytes(b"old")
+    for p in (folder, path, folder / "atomic_copy.py"):
+        os.chown(p, 65534, 65534)
+    os.chmod(path, 0o444)
+    code = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom atomic_copy import write_file\n"
+            "write_file(sys.argv[2], b'new')\n")
+    try:
+        try:
+            res = subprocess.run([python, "-B", "-c", code, str(folder), str(path)],
+                                 capture_output=True, text=True, timeout=60,
+                                 preexec_fn=lambda: os.setuid(65534))
+        except PermissionError:
+            pytest.skip("nobody cannot run the system python3 here")
+        assert res.returncode == 0, res.stderr
+        assert path.read_bytes() == b"new"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
+        assert sorted(os.listdir(folder)) == ["atomic_copy.py", "ro.png"]
+    finally:
+        request_cleanup()

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .device import wants_torch_device
-
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -94,25 +92,21 @@ def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,
 
 
 def _plan(image: Any, spec: Any, device: Any):
-    """The torch-free plan for this call, or None when it goes through torch."""
-    if not (isinstance(spec, str) or (isinstance(spec, list) and spec
-                                      and all(isinstance(p, str) for p in spec))):
-        return None
+    """The torch-free plan for this call (:func:`convkit.pipeline.cpu_plan`, for an image
+    whose dtype it runs as the engine would), or None when it goes through torch."""
     if isinstance(image, np.ndarray):
         if image.dtype.name not in ("uint8", "uint16", "float32"):
             return None
     elif not _is_pil(image) or image.mode == "F":  # (float PIL images: as before)
         return None
-    if wants_torch_device(device):
-        return None
     from . import fastpath
+    from .pipeline import cpu_plan
     from .plan.rules import current
-    from .plan.specs import plan_spec
 
-    plan = plan_spec(" | ".join(spec) if isinstance(spec, list) else spec, current().fuse)
+    plan = cpu_plan(spec, device)
     dtype = image.dtype if isinstance(image, np.ndarray) else \
         ("uint16" if image.mode.startswith("I;16") else "uint8")
-    if plan is None or not plan.ops or not fastpath.runs_plan(plan, dtype, current()):
+    if plan is None or not fastpath.runs_plan(plan, dtype, current()):
         return None
     return plan
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
-           "output_name", "file_spec", "UsageError"]
+           "output_name", "file_spec", "cpu_plan", "UsageError"]
 
 #: --format values and the extension each writes.
 FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif",
@@ -142,6 +142,25 @@ def file_spec(spec: Any) -> Any:
     if isinstance(spec, str) and os.path.isfile(spec):
         return '"' + spec.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return spec
+
+
+def cpu_plan(spec: Any, device: Any):
+    """The torch-free plan of ``spec`` (a spec string, or a list of them) for a run on
+    ``device``, or None when the run goes through torch: a module, a chain holding something
+    other than fixed filters (pooling, a rank filter, a learned filter), or a device that
+    needs torch to decide or to run (see :func:`convkit.device.wants_torch_device`). The one
+    rule of both :func:`convkit.process` and the command line."""
+    from .device import wants_torch_device
+
+    if isinstance(spec, list) and spec and all(isinstance(p, str) for p in spec):
+        spec = " | ".join(spec)
+    if not isinstance(spec, str) or wants_torch_device(device):
+        return None
+    from .plan.rules import current
+    from .plan.specs import plan_spec
+
+    plan = plan_spec(file_spec(spec), current().fuse)
+    return plan if plan is not None and plan.ops else None
 
 
 def output_name(spec: Any) -> str:
@@ -635,12 +654,7 @@ def run(
             todo.append(j)
 
     if dry_run:
-        from .plan.specs import plan_spec
-
-        if isinstance(spec, str) and plan_spec(file_spec(spec)) is None:
-            from .chains import chain
-
-            chain(file_spec(spec))  # the spec is checked as a run would (usage errors)
+        _Runner(spec, device, rank, gpu_decode=decode == "gpu")  # checked as a run would be
         for j in todo:
             record(j, "planned")
         todo = []
@@ -648,7 +662,8 @@ def run(
         from .atomic import destination, remove_stale
 
         # a run killed earlier (SIGKILL, a power cut) may have left temporary files
-        for folder in {destination(j.out).parent for j in todo}:
+        folders = {destination(j.out).parent for j in todo}
+        for folder in folders:
             remove_stale(folder)
         runner = _Runner(spec, device, rank, gpu_decode=decode == "gpu")
         if decode == "gpu" and not _device_decodes(runner.device_type):
@@ -663,7 +678,7 @@ def run(
                   defer_jpeg=decode == "gpu", in_place=in_place, warn=warn,
                   allow_truncated=allow_truncated, compression=compression)
         if summary.abandoned:  # an abandoned step may have begun a file: no trace of it
-            for folder in {destination(j.out).parent for j in todo}:
+            for folder in folders:
                 remove_stale(folder, own=True)
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
@@ -683,17 +698,11 @@ class _Runner:
     """
 
     def __init__(self, spec: Any, device: str | None, rank: int, gpu_decode: bool = False):
-        from .device import wants_torch_device
+        from .plan.rules import current
 
         self.spec, self.device_arg, self.rank = spec, device, rank
-        self.plan = None
-        if isinstance(spec, str) and not gpu_decode and not wants_torch_device(device):
-            from .plan.rules import current
-            from .plan.specs import plan_spec
-
-            plan = plan_spec(file_spec(spec), current().fuse)
-            if plan is not None and plan.ops:
-                self.plan, self.opts = plan, current()
+        self.plan = None if gpu_decode else cpu_plan(spec, device)
+        self.opts = current()
         self._module = None
         self._dev = None
         if self.plan is None:

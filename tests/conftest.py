@@ -72,3 +72,13 @@ def photo() -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 120):
+    """``code`` in a fresh Python interpreter (the tests' own), with ``args`` in sys.argv:
+    what a new process imports and prints, untouched by what this one has loaded."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)

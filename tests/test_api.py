@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -327,8 +328,6 @@ def test_modules_built_directly_print_as_specs():
 def test_process_numpy_spec_runs_without_torch():
     """A NumPy image through a spec of fixed filters on the CPU plans and runs on OpenCV
     without importing torch, and equals cv2.filter2D."""
-    import subprocess
-    import sys
 
     code = (
         "import sys, numpy as np, cv2, convkit\n"
@@ -341,7 +340,6 @@ def test_process_numpy_spec_runs_without_torch():
         "assert np.array_equal(out, ref), np.abs(out.astype(int) - ref).max()\n"
         "print('torch' in sys.modules)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    res = run_python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"

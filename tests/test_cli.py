@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import run_python
 
 from convkit.cli import cli
 from convkit.registry import get_info, list_filters
@@ -107,8 +108,7 @@ def test_help_and_list_do_not_import_torch(argv):
         "('torch', 'torchvision', 'cv2', 'numpy'))\n"
         "print('HEAVY', loaded, file=sys.stderr)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    res = run_python(code, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stderr, res.stderr
 
@@ -469,8 +469,6 @@ def test_apply_a_model_file_with_a_space_in_its_name(tmp_path):
 def test_cpu_command_line_never_imports_torch(tmp_path, args):
     """Fixed filters on the CPU run on a torch-free plan: neither torch nor torchvision is
     imported (checked in a fresh interpreter), and the result equals OpenCV's."""
-    import subprocess
-    import sys
 
     import cv2
     import numpy as np
@@ -484,8 +482,7 @@ def test_cpu_command_line_never_imports_torch(tmp_path, args):
             f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
             "print(code, 'torch' in sys.modules, 'torchvision' in sys.modules)\n")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # "auto" must find no GPU, even here
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env)
+    res = run_python(code, env=env)
     assert res.stdout.split() == ["0", "False", "False"], res.stderr
     if args[0] == "sharpen":
         k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)

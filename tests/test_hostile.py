@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import run_python
 from PIL import Image
 
 import convkit
@@ -449,8 +450,7 @@ def test_pooling_far_apart_windows_uses_little_memory(tmp_path):
             "try:\n    main(['maxpool', '--size', '2', '--stride', '18000', '-q', sys.argv[1], "
             "'-o', sys.argv[2]])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
-    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "small.png"),
-                          str(tmp_path / "out.png")], capture_output=True, text=True, timeout=120)
+    res = run_python(code, str(tmp_path / "small.png"), str(tmp_path / "out.png"))
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.split()[-1]) < 1500  # MB; padding the image took 4.2 GB
     assert Image.open(tmp_path / "out.png").size == (2, 2)

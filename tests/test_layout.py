@@ -5,9 +5,10 @@ importing no torch at module level (checked in a fresh interpreter)."""
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
+
+from conftest import run_python
 
 PACKAGE = Path(__file__).resolve().parent.parent / "convkit"
 
@@ -89,8 +90,7 @@ def test_torch_free_modules_import_no_torch():
     code = ("import importlib, sys\n"
             f"for name in {torch_free!r}:\n    importlib.import_module(name)\n"
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    res = run_python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
 

@@ -583,7 +583,7 @@ def past_int32(plan: Plan, dtype: Any) -> bool:
         lins = ([op] if isinstance(op, LinearOp) else
                 [op.gx, op.gy] if isinstance(op, GradientOp) else [])
         if lins:
-            l1 = sum(k.cached("l1", lambda k=k: float(np.abs(k.kernel).sum())) for k in lins)
+            l1 = sum(k.l1 for k in lins)
             gain, bias = gain * l1, bias * l1 + abs(getattr(op, "bias", 0.0))
     return (gain + bias + 1.0) * top >= 2**30
 
@@ -647,6 +647,9 @@ def run_plan(plan: Plan, x: Any, opts: Options, trace: list | None = None) -> An
 def _flipped(op: LinearOp) -> LinearOp:
     """The kernel turned by 180 degrees, zero border: its correlation is ``op``'s adjoint."""
     f = op.factors
+    if f is not None and not op.dense:  # the made kernel turns with its factors
+        return LinearOp(None, 0.0, "constant", 0.0, None, f"{op.name}'",
+                        (f[0][::-1].copy(), f[1][::-1].copy()))
     return LinearOp(op.kernel[::-1, ::-1].copy(), 0.0, "constant", 0.0, None, f"{op.name}'",
                     None if f is None else (f[0][::-1].copy(), f[1][::-1].copy()))
 

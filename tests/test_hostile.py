@@ -382,6 +382,37 @@ def test_show_summarises_a_huge_kernel_quickly():
     assert len(lines) < 25 and "separable: yes" in res.stdout
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_huge_separable_kernels_are_planned_as_two_vectors(tmp_path):
+    """``gaussian(ksize=4095)`` is two 4095-tap vectors: planning it, fused with a box, and a
+    dry run of the command allocate no 4095x4095 array (128 MB in float64; the issue measured
+    14 s building it)."""
+    import tracemalloc
+
+    from convkit.plan.specs import plan_spec
+
+    spec = "gaussian(ksize=4095) | box(size=[4095, 3])"
+    tracemalloc.start()
+    try:
+        plan = plan_spec(spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert plan is not None and len(plan.ops) == 1 and peak < 4 << 20, peak
+    src = tmp_path / "a.png"
+    Image.fromarray(photo()).save(src)
+    # (VmHWM, not getrusage: a child's ru_maxrss keeps its parent's peak from before exec)
+    code = (f"import sys; from convkit.cli import main; sys.argv = ['convkit', 'apply', "
+            f"{spec!r}, {str(src)!r}, '-o', {str(tmp_path / 'o.png')!r}, '--dry-run']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')]"
+            "[0])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[-1]) < 120 << 10, res.stdout  # kB; the dense kernel is 128 MB
+
+
 def test_dense_kernel_side_limit():
     with pytest.raises(ValueError, match=r"at most 1023x1023\. Got 1 rows of up to 2000"):
         convkit.chain(f"kernel(weights={[1.0] * 2000})")

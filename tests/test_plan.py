@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import convkit
 from convkit import fusion
@@ -22,6 +23,7 @@ SPECS = [*FIXED, "gaussian(sigma=2.5, strength=0.5)", "sharpen(amount=3, border=
          "scharr(dy=1, negative=clip, border=replicate)", "unsharp(sigma=2, amount=1.5)",
          "gaussian(sigma=1) | sharpen | box(size=5) | emboss", "median(size=4) | edges(sigma=2)",
          "box(size=3, border=circular) | laplacian(border=circular)", "gaussian(sigma=300)",
+         "gaussian(sigma=2) | box(size=[5, 3])", "box(size=[4, 3]) | gaussian(sigma=[1, 2])",
          "opening(size=4, shape=cross, iterations=2, border=constant, value=9) | sharpen"]
 
 
@@ -99,3 +101,51 @@ def test_planning_imports_no_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_huge_separable_kernels_stay_two_vectors():
+    """A 4095-tap gaussian (and its fusion with a box) is planned as two vectors: no dense
+    4095x4095 array is made unless something reads it."""
+    (op,) = plan_spec("gaussian(ksize=4095) | box(size=[4095, 3])").ops
+    assert op.shape == (4097, 8189) and not op.dense and op.rank == 1
+    assert op.symmetric and op.box_weight is None and not op.dense
+    m = convkit.get_filter("gaussian", ksize=4095)
+    assert m.weight.shape == (4095, 4095) and m._built is None  # its copy is not made either
+    assert not m.weights_changed() and m._built is None
+
+
+@pytest.mark.parametrize("spec", ["gaussian(sigma=1.5, ksize=[7, 5])", "box(size=[5, 3])",
+                                  "box(size=3) | gaussian(sigma=[2, 1])"])
+def test_kernel_made_from_factors_is_the_module_weight(spec):
+    """The dense kernel of an unmade op is the float32-rounded products of its factors (for one
+    filter, float32 factors: the module's ``weight``), and the properties read from the factors
+    are those of that kernel."""
+    (op,) = plan_spec(spec).ops
+    assert not op.dense
+    col, row = op.factors
+    expected = (col[:, None] * row[None, :]).astype(np.float32).astype(np.float64)
+    dense = LinearOp(expected.copy())  # the same kernel, no factors
+    assert (op.shape, op.symmetric, op.box_weight) == (dense.shape, dense.symmetric,
+                                                       dense.box_weight)
+    assert op.l1 == pytest.approx(dense.l1, rel=1e-6)  # (a bound: products unrounded)
+    assert np.array_equal(op.kernel, expected) and op.dense
+    if "|" not in spec:
+        assert np.array_equal(convkit.chain(spec)[0].weight.numpy(), expected.astype(np.float32))
+
+
+def test_weights_edited_after_build_are_seen():
+    """An in-place edit, ``load_state_dict`` and a dtype change: the first two change the
+    weights (the spec becomes a kernel's), the last does not."""
+    m = convkit.get_filter("gaussian", sigma=2)
+    assert not m.weights_changed() and not m.double().weights_changed()
+    m = convkit.get_filter("gaussian", sigma=2)
+    with torch.no_grad():
+        m.weight[0, 0] += 1
+    assert m.weights_changed() and m.spec().startswith("kernel(")
+    m2 = convkit.get_filter("gaussian", sigma=2)
+    state = convkit.get_filter("gaussian", sigma=2).state_dict()
+    m2.load_state_dict(state)
+    assert not m2.weights_changed()
+    state["weight"][1, 1] = 5
+    m2.load_state_dict(state)
+    assert m2.weights_changed()

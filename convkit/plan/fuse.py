@@ -22,8 +22,6 @@ Torch-free: this works on :mod:`convkit.plan.ops` alone.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .ops import LinearOp, Plan
@@ -64,6 +62,18 @@ def convolve_ops(a: LinearOp, b: LinearOp) -> LinearOp:
     Correlating with A then B correlates with the full convolution ``C[c] = sum_{i+j=c} A[i]
     B[j]``, anchored at the sum of the anchors.
     """
+    if a.factors is not None and b.factors is not None and all(
+            n % 2 for n in (*a.shape, *b.shape)):
+        # two centred separable kernels make a separable one, its factors the factors' full
+        # convolutions; its dense kernel, the float32 products, is made only if read (so the
+        # plans of a spec and of its modules hold the same kernel)
+        (ca, ra), (cb, rb) = a.factors, b.factors  # type: ignore[misc]
+        col, row = np.convolve(ca, cb), np.convolve(ra, rb)
+        if a.symmetric and b.symmetric:  # (palindromes, as the dense branch makes them)
+            col, row = (col + col[::-1]) / 2.0, (row + row[::-1]) / 2.0
+        gain = float(cb.sum() * rb.sum())
+        return LinearOp(None, a.bias * gain + b.bias, a.border, a.value, None,
+                        f"{a.name} * {b.name}", (col, row))
     ka, kb = a.kernel, b.kernel
     ha, wa = ka.shape
     hb, wb = kb.shape
@@ -163,7 +173,7 @@ def split_group(group: list[LinearOp]) -> list[LinearOp]:
             # through a kernel as itself times the kernel's sum (no constant border here), so
             # the group's bias, folded in the original order, goes to the last operation.
             total = best[0].bias
-            best = [replace(o, bias=0.0) for o in cand[:-1]] + [replace(cand[-1], bias=total)]
+            best = [o.with_bias(0.0) for o in cand[:-1]] + [cand[-1].with_bias(total)]
     return best
 
 

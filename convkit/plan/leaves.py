@@ -27,7 +27,8 @@ __all__ = ["KernelLeaf", "MedianLeaf", "GradientLeaf", "MorphLeaf", "Leaf", "nam
 class KernelLeaf:
     """``correlate(pad(x), kernel) + bias``: ``kernel`` float64 (kh, kw), the one applied;
     ``bias`` on the [0, 1] scale; ``value`` the constant border's fill in 8-bit grey levels;
-    ``factors`` exact separable (col, row) when known (gaussian, box)."""
+    ``factors`` exact separable (col, row) when known (gaussian, box). With factors the kernel
+    may be None: ``np.outer(col, row)``, made when first read (a plan never needs it)."""
 
     kernel: np.ndarray
     bias: float = 0.0
@@ -35,6 +36,24 @@ class KernelLeaf:
     value: float = 0.0
     negative: str | None = None
     factors: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel is None:
+            if self.factors is None:
+                raise TypeError("KernelLeaf: a kernel, or separable factors, is needed")
+            del self.__dict__["kernel"]  # __getattr__ makes it when read
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "kernel" and self.__dict__.get("factors") is not None:
+            k = self.__dict__["kernel"] = np.outer(*self.factors)
+            return k
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if "kernel" not in self.__dict__:
+            return len(self.factors[0]), len(self.factors[1])  # type: ignore[index]
+        return self.kernel.shape
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +89,10 @@ Leaf = KernelLeaf | MedianLeaf | GradientLeaf | MorphLeaf
 
 def _linear(rows: Any, *, scale: float, offset: float, strength: float, border: str,
             value: float, negative: str | None = None, factors=None) -> KernelLeaf:
-    k, bias = blend(rows, scale, offset, strength)
+    if factors is not None and strength == 1.0 and scale == 1.0 and offset == 0.0:
+        # (``rows`` is then the outer product of the factors, taps in [0, 1]: left unmade)
+        return KernelLeaf(None, 0.0, border, float(value), negative, factors)
+    k, bias = blend(rows() if callable(rows) else rows, scale, offset, strength)
     return KernelLeaf(k, bias, border, float(value), negative,
                       factors if strength == 1.0 else None)
 
@@ -123,8 +145,8 @@ def _gaussian(sigma, ksize, *, strength: float = 1.0, border: str = "reflect",
     (sx, sy), (kx, ky) = _xy(sigma), _xy(ksize)
     row = gaussian_taps(kx or gaussian_ksize(sx), sx)
     col = gaussian_taps(ky or gaussian_ksize(sy), sy)
-    return _linear(np.outer(col, row), scale=1.0, offset=0.0, strength=strength, border=border,
-                   value=value, factors=(col, row))
+    return _linear(lambda: np.outer(col, row), scale=1.0, offset=0.0, strength=strength,
+                   border=border, value=value, factors=(col, row))
 
 
 def gaussian(info, sigma=1.0, ksize=None, strength=1.0, border="reflect",
@@ -135,7 +157,7 @@ def gaussian(info, sigma=1.0, ksize=None, strength=1.0, border="reflect",
 def box(info, size=3, strength=1.0, border="reflect", value=0.0) -> list[Leaf]:
     w, h = _xy(size)  # [width, height], as cv2.blur's ksize
     row, col = np.full(w, 1.0 / w), np.full(h, 1.0 / h)
-    return [_linear(np.outer(col, row), scale=1.0, offset=0.0, strength=strength,
+    return [_linear(lambda: np.outer(col, row), scale=1.0, offset=0.0, strength=strength,
                     border=border, value=value, factors=(col, row))]
 
 

@@ -34,9 +34,12 @@ class LinearOp:
 
     ``value`` (the constant border's fill) and ``bias`` are on the [0, 1] float scale.
     ``factors`` holds exact separable factors when the source module gave them (gaussian, box).
+    With factors, ``kernel`` may be given as None: the dense kernel is then made when first
+    read, as the float32 products of the factors (what a module's ``weight`` holds), so a
+    4095-tap gaussian is planned and run as two vectors without a 4095x4095 array.
     """
 
-    kernel: np.ndarray  # float64 (kh, kw)
+    kernel: np.ndarray  # float64 (kh, kw); None with factors: made when read
     bias: float = 0.0
     border: str = "reflect"
     value: float = 0.0
@@ -45,9 +48,44 @@ class LinearOp:
     factors: tuple[np.ndarray, np.ndarray] | None = None  # exact (col, row), rank 1
     _cache: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.kernel is None:
+            if self.factors is None:
+                raise TypeError("LinearOp: a kernel, or separable factors, is needed")
+            del self.__dict__["kernel"]  # __getattr__ makes it when read
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a kernel not made yet
+        if name == "kernel" and self.__dict__.get("factors") is not None:
+            col, row = self.factors  # type: ignore[misc]
+            k = self.__dict__["kernel"] = np.outer(col, row).astype(np.float32).astype(
+                np.float64)
+            return k
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def dense(self) -> bool:
+        """Whether the dense kernel exists (given, or made by a read)."""
+        return "kernel" in self.__dict__
+
     @property
     def shape(self) -> tuple[int, int]:
+        if not self.dense:
+            return len(self.factors[0]), len(self.factors[1])  # type: ignore[index]
         return self.kernel.shape  # type: ignore[return-value]
+
+    def with_bias(self, bias: float) -> LinearOp:
+        """This operation with another bias (its kernel, made or not, shared)."""
+        return LinearOp(self.__dict__.get("kernel"), bias, self.border, self.value, self.method,
+                        self.name, self.factors)
+
+    @cached_property
+    def l1(self) -> float:
+        """The sum of the kernel's absolute taps (its gain bound)."""
+        if not self.dense:
+            col, row = self.factors  # type: ignore[misc]
+            return float(np.abs(col).sum() * np.abs(row).sum())
+        return float(np.abs(self.kernel).sum())
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
@@ -73,6 +111,14 @@ class LinearOp:
     @cached_property
     def box_weight(self) -> float | None:
         """The common weight when every tap is equal (a box kernel), else None."""
+        if not self.dense:
+            # equal taps need constant factors (a factor with unequal entries gives unequal
+            # products, or all zeros); the weight as the made kernel holds it
+            col, row = self.factors  # type: ignore[misc]
+            if col.size * row.size > 1 and np.all(col == col[0]) and np.all(row == row[0]):
+                w = float(np.float32(col[0] * row[0]))
+                return w if w != 0 else None
+            return None
         k = self.kernel
         if k.size > 1 and np.all(k == k.flat[0]) and k.flat[0] != 0:
             return float(k.flat[0])
@@ -81,6 +127,10 @@ class LinearOp:
     @cached_property
     def symmetric(self) -> bool:
         """Odd sides and mirror-symmetric in both axes (the reflect-fusion condition)."""
+        if not self.dense:
+            col, row = self.factors  # type: ignore[misc]
+            if np.array_equal(col, col[::-1]) and np.array_equal(row, row[::-1]):
+                return col.size % 2 == 1 and row.size % 2 == 1  # the products are symmetric
         k = self.kernel
         return (k.shape[0] % 2 == 1 and k.shape[1] % 2 == 1
                 and np.array_equal(k, k[::-1, :]) and np.array_equal(k, k[:, ::-1]))

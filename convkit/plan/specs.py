@@ -16,7 +16,7 @@ from ..registry import get_info
 from ..spec import check_path_element, format_call, parse
 from .fuse import fuse
 from .leaves import GradientLeaf, KernelLeaf, Leaf, MedianLeaf, MorphLeaf
-from .ops import MedianOp, MorphOp, Plan, gradient_op, linear_op
+from .ops import LinearOp, MedianOp, MorphOp, Plan, gradient_op, linear_op
 
 __all__ = ["plan_spec", "leaf_ops"]
 
@@ -32,10 +32,16 @@ def leaf_ops(leaves: list[Leaf], name: str) -> list:
     one = len(leaves) == 1
     for leaf in leaves:
         if isinstance(leaf, KernelLeaf):
+            kh, kw = leaf.shape
+            label = name if one and len(name) <= 80 else f"kernel {kh}x{kw}"
+            if leaf.factors is not None and "kernel" not in leaf.__dict__:
+                # left unmade: the op makes the float32 products when (if ever) read
+                ops.append(LinearOp(None, leaf.bias, leaf.border, leaf.value / 255.0, None,
+                                    label, (_f32(leaf.factors[0]), _f32(leaf.factors[1]))))
+                continue
             k = _f32(leaf.kernel)
             col, row = (_f32(leaf.factors[0]), _f32(leaf.factors[1])) if leaf.factors else \
                 (None, None)
-            label = name if one and len(name) <= 80 else f"kernel {k.shape[0]}x{k.shape[1]}"
             ops.append(linear_op(k, leaf.bias, leaf.border, leaf.value, None, label, col, row))
         elif isinstance(leaf, MedianLeaf):
             ops.append(MedianOp(leaf.size, leaf.border, leaf.value / 255.0,

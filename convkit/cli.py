@@ -104,8 +104,10 @@ def _run_params() -> list[click.Parameter]:
                      help="Refuse images with more pixels than this (decompression-bomb "
                           "guard; default 2^30, about 1.07 gigapixels)."),
         click.Option(["--max-memory"], metavar="SIZE",
-                     help="Working memory for filtering a huge image in tiles, e.g. 512M or "
-                          "2G (default: automatic)."),
+                     help="Memory for the images in flight, e.g. 512M or 2G: a folder of "
+                          "large images is decoded no further ahead than this allows (each "
+                          "weighed by its header, x3), and a huge image is filtered in tiles "
+                          "within it (default: a quarter of available memory, at least 1G)."),
         click.Option(["-q", "--quiet"], is_flag=True,
                      help="No progress bar and no summary line (errors are still printed)."),
         click.Option(["-v", "--verbose"], is_flag=True,

@@ -458,6 +458,65 @@ def _read_bytes(path: StrPath, name: str) -> bytes:
     return data
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}  # colour type -> channels read (palette: RGBA)
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def declared_bytes(path: StrPath) -> int | None:
+    """Bytes of the pixels a file's header declares, as :func:`read_array_with_info` gives
+    them (width x height x channels x bytes per sample), from its first bytes: PNG's IHDR,
+    JPEG's frame header, the header Pillow parses for the other formats. None when the header
+    does not tell or the file is not a regular one (reading it then says why).
+
+    The pipeline weighs its images in flight by this before decoding them."""
+    try:
+        with open(os.fsdecode(path), "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            head = f.read(1 << 16)
+            if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
+                w, h = struct.unpack(">II", head[16:24])
+                return w * h * _PNG_CHANNELS.get(head[25], 4) * (2 if head[24] == 16 else 1)
+            if head.startswith(b"\xff\xd8"):
+                return _jpeg_declared(head)
+            f.seek(0)
+            with PILLOW_GLOBALS, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    with Image.open(f, formats=_READ_FORMATS) as im:
+                        w, h = im.size
+                        bands = len(im.getbands()) if im.mode != "P" else 4
+                        depth = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith(
+                            "I;16") else 1
+                        if im.format == "TIFF" and max(_as_tuple(im.tag_v2.get(258, ())) or
+                                                       (8,)) == 16:
+                            depth = 2
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+            return w * h * bands * depth
+    except Exception:  # unreadable, or a header Pillow cannot parse: the decode says why
+        return None
+
+
+def _jpeg_declared(head: bytes) -> int | None:
+    """Width x height x components from the frame header (SOFn) among the first bytes."""
+    i = 2
+    while i + 9 < len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(head[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF:
+            h, w = struct.unpack(">HH", head[i + 5:i + 9])
+            return w * h * min(head[i + 9], 3)  # (CMYK is read as RGB)
+        i += 2 + length
+    return None  # (a frame header past 64 KiB of metadata: unknown)
+
+
 def not_a_regular_file(mode: int) -> str:
     """The reason a file of ``mode`` (``st_mode``) is not read, for error messages."""
     kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)

@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from .memory import FLIGHT_FACTOR, default_budget, parse_memory
+
 __all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
            "output_name", "file_spec", "cpu_plan", "UsageError"]
 
@@ -564,8 +566,12 @@ def run(
         workers: decode and encode threads each (default: CPU count, 2 to 8).
         max_pixels: refuse images with more pixels than this (decompression-bomb guard);
             None: :data:`DEFAULT_MAX_PIXELS` (2^30).
-        max_memory: working memory for filtering one huge image in tiles, bytes or a size
-            like "512M" (see :func:`filter_image`); None: automatic.
+        max_memory: memory for images, bytes or a size like "512M": the images in flight
+            (decoded, waiting for a batch, filtered, being encoded) are kept within it, each
+            weighed before its decode by what its header declares (x3 for the copies a run
+            makes); one image over it runs alone. It is also the working memory of a huge
+            image filtered in tiles (see :func:`filter_image`). None: a quarter of the memory
+            available (at least 1 GiB) for the images in flight, automatic for tiles.
         decode: where grey and RGB JPEGs are decoded. "cpu" (default): libjpeg-turbo in the
             decode threads, the same pixels on every machine. "gpu": nvJPEG on the CUDA device,
             a batch at a time (``torchvision.io.decode_jpeg``); its pixels differ from
@@ -608,8 +614,6 @@ def run(
     if max_pixels is None:
         max_pixels = DEFAULT_MAX_PIXELS
     if max_memory is not None:
-        from .tiling import parse_memory
-
         max_memory = parse_memory(max_memory)
     rank, world = shard()
     tag = name or output_name(spec)
@@ -879,6 +883,8 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
     write_window = max(2 * workers, batch_size)
     writes: deque[tuple[Job, Future]] = deque()
 
+    flight = _Flight(max_memory or default_budget())
+
     def settle(limit: int) -> None:
         while len(writes) > limit:
             job, fut = writes.popleft()
@@ -889,6 +895,7 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
             except Exception as e:
                 fail_line(_one_line(job, e))
                 record(job, "failed", _one_line(job, e))
+            flight.release(job)
             if bar is not None:
                 bar.update(1)
 
@@ -949,6 +956,7 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
                     return
             fail_line(_one_line(job, error))
             record(job, "failed", _one_line(job, error))
+            flight.release(job)
             if bar is not None:
                 bar.update(1)
             return
@@ -965,9 +973,16 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
         pending -= len(batch)
         emit(batch, alpha=key[0] in (2, 4))
 
+    def make_room() -> None:
+        """Filter the batches that wait and finish the writes: their bytes leave the flight."""
+        for key in list(groups):
+            flush(key)
+        settle(0)
+
     with _Stop() as stop:
         try:
-            for job, fut in _window(todo, decoders, decode, read_window, stop.event):
+            for job, fut in _window(todo, decoders, decode, read_window, stop.event, flight,
+                                    make_room):
                 try:
                     image, info = _wait(fut, stop.event)
                 except _Abandoned:
@@ -975,12 +990,14 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
                 except Exception as e:
                     fail_line(_one_line(job, e))
                     record(job, "failed", _one_line(job, e))
+                    flight.release(job)
                     if bar is not None:
                         bar.update(1)
                     continue
                 if image is _STREAMED:
                     summary.written += 1
                     record(job, "written")
+                    flight.release(job)
                     if bar is not None:
                         bar.update(1)
                     continue
@@ -1087,17 +1104,55 @@ def _animated_png(path: str) -> bool:
         return False
 
 
+class _Flight:
+    """The bytes of the images a run holds between their decode and their write (decoding,
+    waiting for a batch, filtered, being encoded), weighed before decoding by what each header
+    declares (:func:`convkit.io.declared_bytes` x :data:`convkit.memory.FLIGHT_FACTOR`), and the
+    budget they must stay within. Kept by the loop's thread alone."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self._held: dict[int, int] = {}
+
+    def weigh(self, job: Job) -> int:
+        size = _io().declared_bytes(job.src)
+        if size is None:  # a header that does not tell: its file's size (its decode fails)
+            try:
+                size = os.path.getsize(job.src)
+            except OSError:
+                size = 0
+        return FLIGHT_FACTOR * size
+
+    def take(self, job: Job, cost: int) -> None:
+        self._held[id(job)] = cost
+        self.used += cost
+
+    def release(self, job: Job) -> None:
+        self.used -= self._held.pop(id(job), 0)
+
+
 def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,
-            stop: threading.Event) -> Iterator[tuple[Job, Future]]:
-    """Submit ``fn(job)`` for the jobs, at most ``size`` ahead; yield them in order."""
+            stop: threading.Event, flight: _Flight | None = None,
+            make_room: Callable[[], None] | None = None) -> Iterator[tuple[Job, Future]]:
+    """Submit ``fn(job)`` for the jobs, at most ``size`` ahead and, with ``flight``, within its
+    budget of bytes; yield them in order. When the budget is full and nothing is ahead,
+    ``make_room()`` must release what the caller holds (filter its waiting batches, finish its
+    writes); an image over the whole budget then runs alone."""
     ahead: deque[tuple[Job, Future]] = deque()
-    it = iter(jobs)
-    for job in it:
+    for job in jobs:
         if stop.is_set():
             break
-        ahead.append((job, pool.submit(fn, job)))
-        if len(ahead) >= size:
+        cost = flight.weigh(job) if flight is not None else 0
+        while ahead and (len(ahead) >= size or (
+                flight is not None and flight.used + cost > flight.budget)):
             yield ahead.popleft()
+            if stop.is_set():
+                break
+        if flight is not None:
+            if flight.used + cost > flight.budget and make_room is not None:
+                make_room()
+            flight.take(job, cost)
+        ahead.append((job, pool.submit(fn, job)))
     while ahead and not stop.is_set():
         yield ahead.popleft()
     for _, fut in ahead:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import threading
 import warnings
@@ -50,6 +49,7 @@ from torch import Tensor, nn
 from . import atomic, engine
 from . import functional as KF
 from .fusion import flatten
+from .memory import available_memory, parse_memory
 from .modules import Filter, Pool2d
 
 if TYPE_CHECKING:
@@ -191,54 +191,6 @@ def _ranges(units: list[Unit], sizes: list[int], lo: int, hi: int, axis: int,
 
 
 # --- memory -------------------------------------------------------------------------------------
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
-          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
-          "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
-
-
-def parse_memory(value: int | float | str) -> int:
-    """Bytes from ``2147483648``, ``"2G"``, ``"512MiB"``, ``"1.5gb"`` (binary units)."""
-    if isinstance(value, bool):
-        raise TypeError(f"max_memory should be a number of bytes or a size like '2G'. Got "
-                        f"{value!r}")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"max_memory should be a positive number of bytes. Got {value!r}")
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise ValueError(
-            f"Invalid max_memory {value!r}. Expected bytes or a size like 512M, 2G, 1.5GiB"
-        )
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def available_memory() -> int:
-    """Bytes of memory available to this process now (MemAvailable; cgroup limit if lower)."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = 4 << 30
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            limit = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if limit.isdigit():
-            avail = min(avail, int(limit))
-    return avail
-
-
 def _auto_memory() -> int:
     return int(min(512 << 20, max(64 << 20, available_memory() // 8)))
 

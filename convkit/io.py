@@ -469,8 +469,10 @@ def declared_bytes(path: StrPath) -> int | None:
     does not tell or the file is not a regular one (reading it then says why).
 
     The pipeline weighs its images in flight by this before decoding them."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)  # (non-blocking: opening a FIFO must not wait)
     try:
-        with open(os.fsdecode(path), "rb", buffering=0) as f:
+        with open(os.open(os.fsdecode(path), flags), "rb", buffering=0) as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None
             head = f.read(1 << 16)

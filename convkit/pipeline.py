@@ -979,40 +979,46 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
             flush(key)
         settle(0)
 
+    def receive(job: Job, fut: Future) -> None:
+        """One decoded image into its batch (or filtered at once), or its failure reported."""
+        nonlocal pending
+        try:
+            image, info = _wait(fut, stop.event)
+        except _Abandoned:
+            raise
+        except Exception as e:
+            fail_line(_one_line(job, e))
+            record(job, "failed", _one_line(job, e))
+            flight.release(job)
+            if bar is not None:
+                bar.update(1)
+            return
+        if image is _STREAMED:
+            summary.written += 1
+            record(job, "written")
+            flight.release(job)
+            if bar is not None:
+                bar.update(1)
+            return
+        c, h, w = image.shape
+        if h * w > HUGE_PIXELS:
+            emit([(job, image, info)], alpha=c in (2, 4))
+            return
+        key = (c, h, w, image.dtype)
+        groups.setdefault(key, []).append((job, image, info))
+        pending += 1
+        if len(groups[key]) >= batch_size or len(groups[key]) * h * w >= MAX_BATCH_PIXELS:
+            flush(key)
+        # Many sizes, few of each: flush the biggest group so memory stays bounded.
+        while pending > 2 * batch_size:
+            flush(max(groups, key=lambda k: len(groups[k])))
+
     with _Stop() as stop:
         try:
             for job, fut in _window(todo, decoders, decode, read_window, stop.event, flight,
                                     make_room):
-                try:
-                    image, info = _wait(fut, stop.event)
-                except _Abandoned:
-                    raise
-                except Exception as e:
-                    fail_line(_one_line(job, e))
-                    record(job, "failed", _one_line(job, e))
-                    flight.release(job)
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                if image is _STREAMED:
-                    summary.written += 1
-                    record(job, "written")
-                    flight.release(job)
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                c, h, w = image.shape
-                if h * w > HUGE_PIXELS:
-                    emit([(job, image, info)], alpha=c in (2, 4))
-                    continue
-                key = (c, h, w, image.dtype)
-                groups.setdefault(key, []).append((job, image, info))
-                pending += 1
-                if len(groups[key]) >= batch_size or len(groups[key]) * h * w >= MAX_BATCH_PIXELS:
-                    flush(key)
-                # Many sizes, few of each: flush the biggest group so memory stays bounded.
-                while pending > 2 * batch_size:
-                    flush(max(groups, key=lambda k: len(groups[k])))
+                receive(job, fut)
+                del fut  # (its result, the decoded image, must not outlive its write)
             for key in list(groups):
                 flush(key)
             settle(0)

@@ -86,7 +86,7 @@ def test_torch_free_modules_import_no_torch():
     torch_free = ["convkit", "convkit.cli", "convkit.registry", "convkit.kernels",
                   "convkit.spec", "convkit.plan.specs", "convkit.plan.fuse", "convkit.fastpath",
                   "convkit.io", "convkit.pipeline", "convkit.atomic", "convkit.device",
-                  "convkit.api"]
+                  "convkit.memory", "convkit.api"]
     code = ("import importlib, sys\n"
             f"for name in {torch_free!r}:\n    importlib.import_module(name)\n"
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")

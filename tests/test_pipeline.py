@@ -420,3 +420,104 @@ def test_huge_png_streams_to_png_with_the_whole_image_result(tmp_path, monkeypat
     ref = cv2.filter2D(blur, -1,
                        np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32))
     assert np.abs(out.astype(float) - np.clip(np.round(ref), 0, 255)).max() <= 1
+
+
+def _flight_spy(monkeypatch) -> list[int]:
+    """Counts the images between the start of their decode and the end of their write; returns
+    the list of counts seen at each decode's start."""
+    import threading
+
+    from convkit import io as cio
+
+    lock, now, seen = threading.Lock(), [0], []
+    read, write = cio.read_array_with_info, cio.write_image
+
+    def spy_read(*a, **kw):
+        with lock:
+            now[0] += 1
+            seen.append(now[0])
+        return read(*a, **kw)
+
+    def spy_write(*a, **kw):
+        try:
+            return write(*a, **kw)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(cio, "read_array_with_info", spy_read)
+    monkeypatch.setattr(cio, "write_image", spy_write)
+    return seen
+
+
+@pytest.mark.parametrize("budget, most", [("300K", 1), ("100M", 8)])
+def test_images_in_flight_stay_within_max_memory(tmp_path, monkeypatch, budget, most):
+    """Each image is weighed by its header (200x300 RGB: 180 kB of pixels, x3) before its
+    decode: within 300 KB one image is in flight at a time (it exceeds the budget alone and
+    runs alone); within 100 MB the windows bound them (4 decodes ahead, 4 writes behind, with
+    2 workers)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(8):
+        write(src / f"{i}.png", photo(200, 300, seed=i))
+    seen = _flight_spy(monkeypatch)
+    s = convkit.run("sharpen", src, tmp_path / "out", max_memory=budget, workers=2,
+                    progress=False)
+    assert s.written == 8 and len(seen) == 8
+    assert max(seen) <= most, seen
+    if most > 1:
+        assert max(seen) > 1, seen  # (the window did run ahead)
+    for i in range(8):  # and every output is right
+        got = cv2.imread(str(tmp_path / "out" / f"{i}.png"))
+        assert np.abs(got.astype(int) - sharpened(photo(200, 300, seed=i)).astype(int)).max() <= 1
+
+
+def test_batches_waiting_are_filtered_to_make_room(tmp_path, monkeypatch):
+    """With batches of 4 and room for 2 images, the batch that waits is filtered early (a
+    window that waited for a full batch within the budget would never finish)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        write(src / f"{i}.png", photo(100, 100, seed=i))
+    seen = _flight_spy(monkeypatch)
+    s = convkit.run("sharpen", src, tmp_path / "out", max_memory=2 * 3 * 30000 + 1,
+                    batch_size=4, workers=2, device="cpu", progress=False)
+    assert s.written == 6 and max(seen) <= 2, seen
+
+
+@pytest.mark.parametrize("name, make", [
+    ("rgb8.png", lambda p: cv2.imwrite(p, np.zeros((30, 50, 3), np.uint8))),
+    ("rgba16.png", lambda p: cv2.imwrite(p, np.zeros((30, 50, 4), np.uint16))),
+    ("grey16.png", lambda p: cv2.imwrite(p, np.zeros((30, 50), np.uint16))),
+    ("grey.jpg", lambda p: cv2.imwrite(p, np.zeros((30, 50), np.uint8))),
+    ("rgb.jpg", lambda p: cv2.imwrite(p, np.zeros((30, 50, 3), np.uint8))),
+    ("rgb16.tif", lambda p: cv2.imwrite(p, np.zeros((30, 50, 3), np.uint16))),
+    ("float.tif", lambda p: cv2.imwrite(p, np.zeros((30, 50), np.float32))),
+    ("rgb.webp", lambda p: cv2.imwrite(p, np.zeros((30, 50, 3), np.uint8))),
+    ("rgb.bmp", lambda p: cv2.imwrite(p, np.zeros((30, 50, 3), np.uint8))),
+    ("cmyk.jpg", lambda p: __import__("PIL.Image").Image.new("CMYK", (50, 30)).save(p)),
+    ("palette.gif", lambda p: __import__("PIL.Image").Image.new("P", (50, 30)).save(p)),
+])
+def test_declared_bytes_are_the_decoded_bytes(tmp_path, name, make):
+    """The header's word for the decoded size, against the decoder's array: equal, or (a
+    palette, read as RGB or RGBA by its transparency) at most RGBA's."""
+    from convkit import io as cio
+
+    p = str(tmp_path / name)
+    make(p)
+    got = cio.declared_bytes(p)
+    decoded = cio.read_array_with_info(p)[0].nbytes
+    if name.startswith("palette"):
+        assert decoded <= got == 30 * 50 * 4
+    else:
+        assert got == decoded, (got, decoded)
+
+
+def test_declared_bytes_of_what_is_not_an_image(tmp_path):
+    from convkit import io as cio
+
+    (tmp_path / "t.png").write_text("not an image")
+    os.mkfifo(tmp_path / "f.png")
+    assert cio.declared_bytes(tmp_path / "t.png") is None
+    assert cio.declared_bytes(tmp_path / "f.png") is None  # (and it did not block)
+    assert cio.declared_bytes(tmp_path / "missing.png") is None

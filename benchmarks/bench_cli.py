@@ -12,7 +12,8 @@ Every row writes the same kind of files (JPEG quality 95, or PNG) from the same 
 
 * convkit       ``python -m convkit sharpen DIR -o OUT -q --json`` as a subprocess. "wall" includes
                 start-up (Python + torch import); "run" is the pipeline's own time (plan, decode,
-                filter, encode) from its JSON summary. Peak RSS is the child's (os.wait4).
+                filter, encode) from its JSON summary. Peak RSS is the child's (os.wait4 in
+                a small launcher: a child of this process would inherit its peak).
 * convkit.run   the same pipeline called in this process: wall and CPU time without start-up.
 * convkit+cv2   the same pipeline in this process with the filter step swapped for
                 cv2.filter2D: what the pipeline costs around a fast engine (a diagnostic row,
@@ -94,23 +95,30 @@ def fresh(folder: Path) -> Path:
     return folder
 
 
+# Linux keeps a process's peak RSS across exec, so a child forked from this process (which has
+# imported torch) would report this process's peak as its own. A small launcher starts convkit
+# and reports the child's wall time, peak RSS and CPU time (os.wait4) as its last stderr line.
+LAUNCHER = """\
+import os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(p.pid, 0)
+print(time.perf_counter() - t0, usage.ru_maxrss, usage.ru_utime + usage.ru_stime,
+      os.waitstatus_to_exitcode(status), file=sys.stderr)
+"""
+
+
 def time_convkit(data: Path, out: Path, extra: list[str]) -> dict:
     fresh(out)
     cmd = [sys.executable, "-m", "convkit", "sharpen", str(data), "-o", str(out), "-q", "--json",
            *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would mix in other children)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    stdout = proc.stdout.read().decode()
-    stderr = proc.stderr.read().decode()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"convkit failed ({proc.returncode}):\n{stderr}")
-    summary = json.loads(stdout)
-    return {"wall": wall, "run": summary["seconds"], "rss_mb": usage.ru_maxrss / 1024,
-            "written": summary["written"], "cpu": usage.ru_utime + usage.ru_stime}
+    res = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True)
+    wall, rss_kb, cpu, code = res.stderr.splitlines()[-1].split()
+    if int(code) != 0:
+        raise SystemExit(f"convkit failed ({code}):\n{res.stderr}")
+    summary = json.loads(res.stdout)
+    return {"wall": float(wall), "run": summary["seconds"], "rss_mb": int(rss_kb) / 1024,
+            "written": summary["written"], "cpu": float(cpu)}
 
 
 def _best(cmd: list[str], rounds: int = 5) -> float:

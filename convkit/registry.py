@@ -254,10 +254,13 @@ _BUILTINS: tuple[FilterInfo, ...] = (
         _L + "box", example="convkit box --size 5 photo.jpg",
     ),
     FilterInfo(
-        "gaussian", "Gaussian blur, as cv2.GaussianBlur (ksize from sigma as OpenCV chooses it).",
+        "gaussian", "Gaussian blur, as cv2.GaussianBlur (ksize from sigma, or sigma from ksize, as "
+        "OpenCV chooses them).",
         (
-            Param("sigma", "pair", 1.0, "standard deviation in pixels, or [x, y] for "
-                  "different ones across and down", low=0, low_open=True, high=MAX_SIGMA),
+            Param("sigma", "pair", None, "standard deviation in pixels, or [x, y] for "
+                  "different ones across and down; default 1, or from ksize as OpenCV derives "
+                  "it (0.3*((ksize-1)*0.5-1)+0.8; its fixed taps for 3 to 9)", low=0,
+                  low_open=True, high=MAX_SIGMA),
             Param("ksize", "ipair", None, "kernel side, or [width, height]; default "
                   "round(6*sigma+1) made odd", low=1, high=MAX_SIDE),
             *LINEAR,
@@ -348,6 +351,9 @@ def _from_spec(spec: KernelSpec) -> FilterInfo:
             Param("dy", "int", 0, "order of the y derivative (0 or 1)", low=0, high=1),
             NEGATIVE, *LINEAR,
         )
+        if spec.name == "sobel":  # OpenCV's apertures (a file's kernel is its own)
+            params = (*params, Param("ksize", "int", 3, "aperture: 1, 3, 5 or 7, as cv2.Sobel's "
+                                     "(1: [-1, 0, 1] without smoothing)", low=1, high=7))
         return FilterInfo(spec.name, spec.description, params, _L + "gradient", spec,
                           example=f"convkit {spec.name} --dx 1 photo.jpg")
     if spec.name == "sharpen":

@@ -123,7 +123,9 @@ def test_list_shows_every_filter_its_description_and_parameters():
     assert "sigma=1" in res.output and "border=reflect" in res.output
     data = json.loads(invoke("list", "--json").output)
     assert [d["name"] for d in data] == list_filters()
-    assert data[[d["name"] for d in data].index("gaussian")]["params"]["sigma"]["default"] == 1.0
+    params = {d["name"]: d["params"] for d in data}
+    assert params["unsharp"]["sigma"]["default"] == 1.0
+    assert params["gaussian"]["sigma"]["default"] is None  # (1, or derived from ksize)
 
 
 def test_show_sharpen_prints_the_kernel_its_sum_and_rank():

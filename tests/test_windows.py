@@ -50,3 +50,80 @@ def test_pair_parameters_print_and_check():
         convkit.chain("box(size=[1, 2, 3])")
     with pytest.raises(ValueError, match="gaussian: sigma should be > 0"):
         convkit.chain("gaussian(sigma=[1, 0])")
+
+
+@pytest.mark.parametrize("border", list(BORDERS))
+@pytest.mark.parametrize("ksize", [3, 5, 7, 9, 13, [5, 9], [11, 3]])
+def test_gaussian_sigma_from_ksize_as_opencv(border, ksize):
+    """``gaussian(ksize=k)`` without sigma is cv2.GaussianBlur(img, (k, k), 0): its fixed taps
+    for 3 to 9 and its sigma rule above (taps checked against cv2.getGaussianKernel(k, 0));
+    the image against OpenCV's float64 result (correctly rounded) and its 8-bit one (1 level)."""
+    from convkit.plan.leaves import opencv_gaussian_taps
+
+    w, h = (ksize, ksize) if isinstance(ksize, int) else ksize
+    for k in (w, h):
+        assert np.allclose(opencv_gaussian_taps(k),
+                           cv2.getGaussianKernel(k, 0, ktype=cv2.CV_64F).ravel(),
+                           rtol=0, atol=1e-15)
+    a = image(2)
+    got = convkit.process(a, f"gaussian(ksize={ksize}, border={border})").astype(np.float64)
+    exact = cv2.GaussianBlur(a.astype(np.float64), (w, h), 0, borderType=BORDERS[border])
+    assert np.abs(got - exact).max() <= 0.5 + 1e-6
+    # OpenCV's 8-bit path is fixed-point, up to 1.8 levels off its float64 result: 2 levels
+    ref8 = cv2.GaussianBlur(a, (w, h), 0, borderType=BORDERS[border])
+    assert np.abs(got - ref8).max() <= 2
+
+
+def test_gaussian_without_sigma_or_ksize_is_sigma_1():
+    a = image(3)
+    assert np.array_equal(convkit.process(a, "gaussian"), convkit.process(a, "gaussian(sigma=1)"))
+
+
+@pytest.mark.parametrize("border", list(BORDERS))
+@pytest.mark.parametrize("ksize", [1, 3, 5, 7])
+@pytest.mark.parametrize("dx, dy", [(1, 0), (0, 1)])
+def test_sobel_apertures_as_opencv(border, ksize, dx, dy):
+    """``sobel(ksize=k)`` equals cv2.Sobel on float32 (to float32 rounding: the sums run in
+    another order) and exactly as |response| rounded on uint8."""
+    f = image(4).astype(np.float32) / 255
+    got = convkit.process(f, f"sobel(dx={dx}, dy={dy}, ksize={ksize}, border={border}, "
+                             "negative=clip)")
+    ref = cv2.Sobel(f, cv2.CV_32F, dx, dy, ksize=ksize, borderType=BORDERS[border])
+    assert np.abs(got - ref).max() <= 2e-6
+    a = image(5)
+    got8 = convkit.process(a, f"sobel(dx={dx}, dy={dy}, ksize={ksize}, border={border})")
+    ref8 = np.abs(cv2.Sobel(a.astype(np.float64), cv2.CV_64F, dx, dy, ksize=ksize,
+                            borderType=BORDERS[border]))
+    assert np.abs(got8 - np.clip(np.round(ref8), 0, 255)).max() == 0
+
+
+def test_sobel_aperture_is_checked():
+    with pytest.raises(ValueError, match=r"sobel: ksize should be 1, 3, 5 or 7"):
+        convkit.chain("sobel(ksize=4)")
+    with pytest.raises(ValueError, match=r"sobel: ksize should be <= 7"):
+        convkit.chain("sobel(ksize=9)")
+
+
+@pytest.mark.parametrize("name, dx, dy, col, row", [
+    ("sobel", 1, 0, [1, 2, 1], [-1, 0, 1]), ("sobel", 0, 1, [-1, 0, 1], [1, 2, 1]),
+    ("scharr", 1, 0, [3, 10, 3], [-1, 0, 1]), ("prewitt", 0, 1, [-1, 0, 1], [1, 1, 1])])
+def test_derivatives_run_on_their_integer_factors(name, dx, dy, col, row):
+    """scikit-image's test_sobel_vertical case, a vertical step of 0 and 1 (float32): the
+    separable path runs the integer factors, so the responses are exact integers (an SVD's
+    factors gave 0.99999994 for 1)."""
+    from convkit.plan.specs import plan_spec
+
+    (op,) = plan_spec(f"{name}(dx={dx}, dy={dy})").ops
+    c, r = op.svd[0]
+    assert np.array_equal(np.outer(c, r), np.outer(col, row))
+    assert np.all(c == np.round(c)) and np.all(r == np.round(r))
+    step = np.zeros((20, 20), np.float32)
+    if dx:
+        step[:, 10:] = 1
+    else:
+        step[10:, :] = 1
+    from convkit.plan.rules import options
+
+    with options(method="separable"):
+        got = convkit.process(step, f"{name}(dx={dx}, dy={dy}, negative=clip)")
+    assert np.array_equal(got, np.round(got)) and got.max() == abs(sum(col) if dx else sum(row))

@@ -117,11 +117,27 @@ def sharpen(info, amount=1.0, strength=1.0, border=None, value=0.0) -> list[Leaf
     return [_spec_kernel(info.spec, strength=amount * strength, border=border, value=value)]
 
 
+def sobel_kernel(ksize: int) -> np.ndarray:
+    """The x-derivative kernel of ``cv2.Sobel(dx=1, ksize=ksize)``: binomial smoothing down
+    (``ksize`` taps; none for 1) times the central difference across, widened by binomial
+    smoothing to ``ksize`` taps (cv2.getDerivKernels): 1x3 for 1, 3x3 ... 7x7."""
+    if ksize not in (1, 3, 5, 7):
+        raise ValueError(f"ksize should be 1, 3, 5 or 7 (cv2.Sobel's apertures). Got {ksize}")
+    smooth = np.array([1.0])
+    for _ in range(ksize - 1):
+        smooth = np.convolve(smooth, [1.0, 1.0])
+    across = np.array([-1.0, 0.0, 1.0])
+    for _ in range(max(ksize - 3, 0)):
+        across = np.convolve(across, [1.0, 1.0])
+    return np.outer(smooth, across)
+
+
 def gradient(info, dx=0, dy=0, negative="abs", strength=1.0, border=None,
-             value=0.0) -> list[Leaf]:
+             value=0.0, ksize=None) -> list[Leaf]:
     spec = info.spec
     border = border or spec.border
-    k = np.array(spec.weights, dtype=np.float64) / spec.scale
+    k = sobel_kernel(ksize) if ksize not in (None, 3) else \
+        np.array(spec.weights, dtype=np.float64) / spec.scale
     if dx + dy == 0:
         if strength != 1.0:
             raise ValueError(f"{info.name}: strength applies to one derivative (dx=1 or dy=1); "
@@ -142,14 +158,38 @@ def _gaussian(sigma, ksize, *, strength: float = 1.0, border: str = "reflect",
               value: float = 0.0) -> KernelLeaf:
     """``sigma`` and ``ksize``: one value, or [x, y] (width first), as cv2.GaussianBlur's
     sigmaX, sigmaY and Size(width, height)."""
-    (sx, sy), (kx, ky) = _xy(sigma), _xy(ksize)
+    (kx, ky) = _xy(ksize)
+    if sigma is None:  # as cv2.GaussianBlur with sigma 0: from the side, or 1 without one
+        if ksize is None:
+            sigma = 1.0
+        else:
+            col, row = opencv_gaussian_taps(ky), opencv_gaussian_taps(kx)
+            return _linear(lambda: np.outer(col, row), scale=1.0, offset=0.0,
+                           strength=strength, border=border, value=value, factors=(col, row))
+    (sx, sy) = _xy(sigma)
     row = gaussian_taps(kx or gaussian_ksize(sx), sx)
     col = gaussian_taps(ky or gaussian_ksize(sy), sy)
     return _linear(lambda: np.outer(col, row), scale=1.0, offset=0.0, strength=strength,
                    border=border, value=value, factors=(col, row))
 
 
-def gaussian(info, sigma=1.0, ksize=None, strength=1.0, border="reflect",
+# cv2.getGaussianKernel's fixed taps for small odd sides when no sigma is given (OpenCV 5: 1 to
+# 9, in 256ths from 5 up; OpenCV 4 stops at 7)
+_SMALL_GAUSSIANS = {1: [1.0], 3: [0.25, 0.5, 0.25], 5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
+                    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+                    9: [t / 256 for t in (4, 13, 30, 51, 60, 51, 30, 13, 4)]}
+
+
+def opencv_gaussian_taps(ksize: int) -> np.ndarray:
+    """The taps ``cv2.getGaussianKernel(ksize, 0)`` gives for an odd side (GaussianBlur takes
+    no other): its fixed table for 1 to 9, else the Gaussian of sigma
+    ``0.3 * ((ksize - 1) * 0.5 - 1) + 0.8``. An even side gets that Gaussian too."""
+    if ksize in _SMALL_GAUSSIANS:
+        return np.array(_SMALL_GAUSSIANS[ksize])
+    return gaussian_taps(ksize, 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8)
+
+
+def gaussian(info, sigma=None, ksize=None, strength=1.0, border="reflect",
              value=0.0) -> list[Leaf]:
     return [_gaussian(sigma, ksize, strength=strength, border=border, value=value)]
 

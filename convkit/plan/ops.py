@@ -21,11 +21,40 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LinearOp", "MedianOp", "MorphOp", "GradientOp", "ModuleOp", "Plan", "Op",
-           "RANK_TOL"]
+           "RANK_TOL", "exact_factors"]
 
 # Singular values below this fraction of the largest are float32 noise: dropping them changes a
 # result by less than float32 rounding of the kernel itself.
 RANK_TOL = 1e-7
+
+
+def exact_factors(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer ``(col, row)`` (up to a power-of-two scale) whose outer product is exactly ``k``:
+    Sobel's ``[1, 2, 1]`` and ``[-1, 0, 1]``, Scharr's ``[3, 10, 3]``, a binomial over 16. An
+    SVD gives such kernels irrational factors whose float32 products miss the integers by an
+    ulp (a Sobel response of 0.99999994 for 1); integer factors keep integer images exact.
+    None for a kernel that is not a power-of-two multiple of an integer rank-1 kernel."""
+    if k.size < 2 or k.size > 1 << 20 or not np.isfinite(k).all() or not k.any():
+        return None
+    for m in range(0, 25, 4):  # k * 2**m integer for some small m (a /16 binomial: m = 4)
+        ints = np.ldexp(k, m)
+        if np.array_equal(ints, np.round(ints)):
+            break
+    else:
+        return None
+    if np.abs(ints).max() >= 2**31:
+        return None
+    i = int(np.flatnonzero(ints.any(axis=1))[0])  # the first row that is not zero
+    row = ints[i].astype(np.int64)
+    g = int(np.gcd.reduce(np.abs(row[row != 0])))
+    r = row // g
+    j = int(np.flatnonzero(r)[np.argmin(np.abs(r[r != 0]))])
+    if np.any(ints[:, j] % r[j]):
+        return None
+    col = ints[:, j] // r[j]
+    if not np.array_equal(np.outer(col, r), ints):
+        return None
+    return np.ldexp(col.astype(np.float64), -m), r.astype(np.float64)
 
 
 @dataclass(eq=False)
@@ -97,6 +126,9 @@ class LinearOp:
         """Separable terms ``[(col, row), ...]`` whose outer products sum to the kernel."""
         if self.factors is not None:
             return [self.factors]
+        exact = exact_factors(self.kernel)
+        if exact is not None:
+            return [exact]
         u, s, vt = np.linalg.svd(self.kernel)
         if s[0] == 0:
             return [(np.zeros(self.shape[0]), np.zeros(self.shape[1]))]

@@ -28,6 +28,8 @@ _LAZY = {
     "load_model": ("learn.files", "load_model"),
     "apply_tiled": ("tiling", "apply_tiled"),
     "filter_file": ("tiling", "filter_file"),
+    "to_torch": ("exporters", "to_torch"),
+    "export": ("exporters", "export"),
     "functional": ("functional", None),
     "engine": ("engine", None),
 }

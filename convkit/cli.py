@@ -511,6 +511,45 @@ def show_cmd(name: str, params: tuple[str, ...]) -> None:
     click.echo(describe(module))
 
 
+@cli.command("export", context_settings=CONTEXT_SETTINGS, no_args_is_help=True,
+             short_help="Write a chain as an ONNX, torch.export or TorchScript file.")
+@click.argument("spec")
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="The file to write: .onnx, .pt2 (torch.export) or .ts (TorchScript).")
+@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Channels of the images the file will take.")
+@click.option("--opset", type=click.IntRange(min=11), default=17, show_default=True,
+              help="ONNX opset version.")
+def export_cmd(spec: str, output: str, channels: int, opset: int) -> None:
+    """Write the chain SPEC (a chain string, a kernel .toml file or a model file) as a file
+    other runtimes load: its conv layers with height, width and batch left free; input and
+    output float (B, C, H, W) on the [0, 1] scale, as convkit.process on a float tensor.
+
+    \b
+    Examples:
+      convkit export "gaussian(sigma=2) | sharpen" -o chain.onnx
+      convkit export model.pt -o model.pt2
+    """
+    from .pipeline import file_spec
+
+    try:
+        checked = _checked(file_spec(spec))
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(" ".join(str(e).split()), param_hint="SPEC") from None
+    from .exporters import EXPORT_FORMATS, export
+
+    if Path(output).suffix.lower() not in EXPORT_FORMATS:
+        raise click.BadParameter(f"{output}: expected a file ending in "
+                                 f"{', '.join(EXPORT_FORMATS)}", param_hint="-o")
+    try:
+        path = export(checked, output, channels=channels, opset=opset)
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(" ".join(str(e).split())) from None
+    except OSError as e:
+        raise click.ClickException(f"{output}: cannot write ({e.strerror or e})") from None
+    click.echo(f"{spec} -> {path}", err=True)
+
+
 def describe(module, title: str | None = None) -> str:
     """Text for ``convkit show``: the matrix of a linear filter, or what a non-linear one does
     (``title``: how to name it; default its spec)."""

@@ -134,6 +134,13 @@ def rows(img: np.ndarray, device: str):
                 _to_f(x), (k, k), (float(s), float(s)), border_type="reflect"))),
             "torchvision": lambda x, s=sigma, k=k: _tv_gaussian(x, k, s),
         }))
+    # an anisotropic gaussian: sigma 3 across, 1 down (19 wide, 7 high), as cv2's Size (w, h)
+    out.append(("gaussian sigma [3, 1] (19x7)", "gaussian(sigma=[3, 1])", {
+        "OpenCV": lambda: cv2.GaussianBlur(img, (19, 7), 3, sigmaY=1),
+        "kornia": kor(lambda x: _to_u8(kornia.filters.gaussian_blur2d(
+            _to_f(x), (7, 19), (1.0, 3.0), border_type="reflect"))),  # (h, w), (sy, sx)
+        "torchvision": lambda x: _tv_gaussian(x, [19, 7], [3.0, 1.0]),
+    }))
     out.append(("box 31x31", "box(size=31)", {
         "OpenCV": lambda: cv2.blur(img, (31, 31)),
         "Pillow": lambda: pil.filter(ImageFilter.BoxBlur(15)),
@@ -173,10 +180,13 @@ def _kornia_chain(kornia, x):
     return kornia.filters.filter2d(x, torch.from_numpy(EMBOSS)[None].to(x.device)) + 128 / 255
 
 
-def _tv_gaussian(x: torch.Tensor, k: int, s: float) -> torch.Tensor:
+def _tv_gaussian(x: torch.Tensor, k, s) -> torch.Tensor:
+    """torchvision's gaussian; ``k`` and ``s`` one value or [x, y] (width first)."""
     from torchvision.transforms.v2 import functional as TF
 
-    return TF.gaussian_blur(x, [k, k], [float(s), float(s)])  # takes and returns uint8
+    ks = list(k) if isinstance(k, list) else [k, k]
+    ss = [float(v) for v in s] if isinstance(s, list) else [float(s), float(s)]
+    return TF.gaussian_blur(x, ks, ss)  # takes and returns uint8
 
 
 def _sync(device: str) -> None:

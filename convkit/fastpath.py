@@ -415,6 +415,10 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
             (op.border != "constant" or float(fill).is_integer())
             and not (signed and (dst.dtype != src.dtype or s != 1.0 or negative != "clip")))
         a = src if as_is else src.astype(np.float32)
+        if (a.dtype == dst.dtype and a.shape == dst.shape and dst.flags.c_contiguous
+                and s == 1.0 and delta == 0.0 and not signed):
+            morphology_cv(a[None], op.op, op.fp, op.iterations, op.border, fill, dst[None])
+            return
         res = morphology_cv(a[None], op.op, op.fp, op.iterations, op.border, fill)[0]
         if res.dtype == dst.dtype and s == 1.0 and delta == 0.0 and not signed:
             np.copyto(dst, res.reshape(dst.shape))

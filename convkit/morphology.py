@@ -70,11 +70,14 @@ def rect_iterations(fp: np.ndarray, iterations: int
 
 
 def morphology_cv(planes: np.ndarray, op: str, fp: np.ndarray, iterations: int, border: str,
-                  value: float) -> np.ndarray:
+                  value: float, out: np.ndarray | None = None) -> np.ndarray:
     """``op`` on a (N, H, W) array of planes, or of (H, W, C) images, with OpenCV (uint8,
     uint16 or float32); ``value`` on the array's scale. Circular extends the image by the
-    operation's reach first (OpenCV's morphology has no wrapping border) and crops it."""
-    out = np.empty_like(planes)
+    operation's reach first (OpenCV's morphology has no wrapping border) and crops it.
+    ``out``: a C-contiguous array like ``planes`` to write into (OpenCV writes there
+    directly: a fresh 1080p image and its copy cost more than the erosion itself)."""
+    if out is None:
+        out = np.empty_like(planes)
     if border == "circular":
         t, b, left, r = reach(fp, op, iterations)
         h, w = planes.shape[1:3]
@@ -91,6 +94,9 @@ def morphology_cv(planes: np.ndarray, op: str, fp: np.ndarray, iterations: int, 
     else:
         kw = {"borderType": _CV_BORDERS[border], "borderValue": (value,) * 4}
     for i in range(planes.shape[0]):
-        out[i] = cv2.morphologyEx(np.ascontiguousarray(planes[i]), _CV_OPS[op], fp,
-                                  iterations=iterations, **kw).reshape(out[i].shape)
+        src = np.ascontiguousarray(planes[i])
+        if out.flags.c_contiguous:
+            cv2.morphologyEx(src, _CV_OPS[op], fp, dst=out[i], iterations=iterations, **kw)
+        else:
+            out[i] = cv2.morphologyEx(src, _CV_OPS[op], fp, iterations=iterations, **kw)
     return out

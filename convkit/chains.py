@@ -48,6 +48,13 @@ class Chain(nn.Sequential):
             parts.append(m.spec())
         return " | ".join(parts)
 
+    def to_torch(self, channels: int = 3) -> nn.Sequential:
+        """The chain as plain torch layers (pads, depthwise ``nn.Conv2d``, pooling, window
+        layers), frozen: see :func:`convkit.exporters.to_torch`."""
+        from .exporters import to_torch
+
+        return to_torch(self, channels)
+
     def __str__(self) -> str:
         try:
             return self.spec()

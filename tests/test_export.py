@@ -89,7 +89,8 @@ def test_learned_filters_export(tmp_path, cfg):
 
 
 def test_to_torch_shows_the_conv_layers_and_can_be_fine_tuned(tmp_path):
-    seq = to_torch("gaussian(sigma=1) | sharpen", channels=4)
+    seq = convkit.chain("gaussian(sigma=1) | sharpen").to_torch(channels=4)
+    assert str(seq) == str(to_torch("gaussian(sigma=1) | sharpen", channels=4))
     pad, conv = seq[0]
     assert isinstance(pad, BorderPad) and pad.pads == (3, 3, 3, 3)
     assert isinstance(conv, torch.nn.Conv2d) and conv.groups == 4 and conv.in_channels == 4

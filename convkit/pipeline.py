@@ -885,19 +885,27 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
 
     flight = _Flight(max_memory or default_budget())
 
+    def finish(job: Job, error: BaseException | None = None) -> None:
+        """One input done: written, or failed with ``error``; its bytes leave the flight."""
+        if error is None:
+            summary.written += 1
+            record(job, "written")
+        else:
+            fail_line(_one_line(job, error))
+            record(job, "failed", _one_line(job, error))
+        flight.release(job)
+        if bar is not None:
+            bar.update(1)
+
     def settle(limit: int) -> None:
         while len(writes) > limit:
             job, fut = writes.popleft()
             try:
                 fut.result()
-                summary.written += 1
-                record(job, "written")
             except Exception as e:
-                fail_line(_one_line(job, e))
-                record(job, "failed", _one_line(job, e))
-            flight.release(job)
-            if bar is not None:
-                bar.update(1)
+                finish(job, e)
+            else:
+                finish(job)
 
     explained: list[bool] = []
 
@@ -954,11 +962,7 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
                 else:
                     emit([(job, image, info)], alpha)
                     return
-            fail_line(_one_line(job, error))
-            record(job, "failed", _one_line(job, error))
-            flight.release(job)
-            if bar is not None:
-                bar.update(1)
+            finish(job, error)
             return
         for (job, _, info), out in zip(batch, outs, strict=True):
             writes.append((job, encoders.submit(encode, job, out, info)))
@@ -987,18 +991,10 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
         except _Abandoned:
             raise
         except Exception as e:
-            fail_line(_one_line(job, e))
-            record(job, "failed", _one_line(job, e))
-            flight.release(job)
-            if bar is not None:
-                bar.update(1)
+            finish(job, e)
             return
         if image is _STREAMED:
-            summary.written += 1
-            record(job, "written")
-            flight.release(job)
-            if bar is not None:
-                bar.update(1)
+            finish(job)
             return
         c, h, w = image.shape
         if h * w > HUGE_PIXELS:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import KernelSpec, blend, check_weights, gaussian_ksize, gaussian_taps, load_spec
+from .ops import LazyKernel
 
 __all__ = ["KernelLeaf", "MedianLeaf", "GradientLeaf", "MorphLeaf", "Leaf", "named_kernel",
            "sharpen",
@@ -24,7 +25,7 @@ __all__ = ["KernelLeaf", "MedianLeaf", "GradientLeaf", "MorphLeaf", "Leaf", "nam
 
 
 @dataclass(frozen=True, eq=False)
-class KernelLeaf:
+class KernelLeaf(LazyKernel):
     """``correlate(pad(x), kernel) + bias``: ``kernel`` float64 (kh, kw), the one applied;
     ``bias`` on the [0, 1] scale; ``value`` the constant border's fill in 8-bit grey levels;
     ``factors`` exact separable (col, row) when known (gaussian, box). With factors the kernel
@@ -36,24 +37,6 @@ class KernelLeaf:
     value: float = 0.0
     negative: str | None = None
     factors: tuple[np.ndarray, np.ndarray] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kernel is None:
-            if self.factors is None:
-                raise TypeError("KernelLeaf: a kernel, or separable factors, is needed")
-            del self.__dict__["kernel"]  # __getattr__ makes it when read
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "kernel" and self.__dict__.get("factors") is not None:
-            k = self.__dict__["kernel"] = np.outer(*self.factors)
-            return k
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        if "kernel" not in self.__dict__:
-            return len(self.factors[0]), len(self.factors[1])  # type: ignore[index]
-        return self.kernel.shape
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LinearOp", "MedianOp", "MorphOp", "GradientOp", "ModuleOp", "Plan", "Op",
+__all__ = ["LazyKernel", "LinearOp", "MedianOp", "MorphOp", "GradientOp", "ModuleOp", "Plan", "Op",
            "RANK_TOL", "exact_factors"]
 
 # Singular values below this fraction of the largest are float32 noise: dropping them changes a
@@ -57,8 +57,46 @@ def exact_factors(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return np.ldexp(col.astype(np.float64), -m), r.astype(np.float64)
 
 
+class LazyKernel:
+    """A dataclass's ``kernel`` field that may be given as None with separable ``factors``:
+    the dense kernel is then made by ``_make(col, row)`` when first read (a 4095-tap gaussian
+    is planned and run as two vectors, never as a 4095x4095 array)."""
+
+    kernel: Any
+    factors: Any
+
+    def __post_init__(self) -> None:
+        if self.kernel is None:
+            if self.factors is None:
+                raise TypeError(f"{type(self).__name__}: a kernel, or separable factors, is "
+                                "needed")
+            del self.__dict__["kernel"]  # __getattr__ makes it when read
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a kernel not made yet
+        if name == "kernel" and self.__dict__.get("factors") is not None:
+            k = self.__dict__["kernel"] = self._make(*self.factors)
+            return k
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @staticmethod
+    def _make(col: np.ndarray, row: np.ndarray) -> np.ndarray:
+        return np.outer(col, row)
+
+    @property
+    def dense(self) -> bool:
+        """Whether the dense kernel exists (given, or made by a read)."""
+        return "kernel" in self.__dict__
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if not self.dense:
+            return len(self.factors[0]), len(self.factors[1])
+        return self.kernel.shape
+
+
 @dataclass(eq=False)
-class LinearOp:
+class LinearOp(LazyKernel):
     """``y = correlate(pad(x), kernel) + bias``; kernel anchored at (kh // 2, kw // 2).
 
     ``value`` (the constant border's fill) and ``bias`` are on the [0, 1] float scale.
@@ -77,31 +115,9 @@ class LinearOp:
     factors: tuple[np.ndarray, np.ndarray] | None = None  # exact (col, row), rank 1
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.kernel is None:
-            if self.factors is None:
-                raise TypeError("LinearOp: a kernel, or separable factors, is needed")
-            del self.__dict__["kernel"]  # __getattr__ makes it when read
-
-    def __getattr__(self, name: str) -> Any:
-        # only reached for a kernel not made yet
-        if name == "kernel" and self.__dict__.get("factors") is not None:
-            col, row = self.factors  # type: ignore[misc]
-            k = self.__dict__["kernel"] = np.outer(col, row).astype(np.float32).astype(
-                np.float64)
-            return k
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    @property
-    def dense(self) -> bool:
-        """Whether the dense kernel exists (given, or made by a read)."""
-        return "kernel" in self.__dict__
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        if not self.dense:
-            return len(self.factors[0]), len(self.factors[1])  # type: ignore[index]
-        return self.kernel.shape  # type: ignore[return-value]
+    @staticmethod
+    def _make(col: np.ndarray, row: np.ndarray) -> np.ndarray:
+        return np.outer(col, row).astype(np.float32).astype(np.float64)
 
     def with_bias(self, bias: float) -> LinearOp:
         """This operation with another bias (its kernel, made or not, shared)."""

@@ -34,7 +34,7 @@ def leaf_ops(leaves: list[Leaf], name: str) -> list:
         if isinstance(leaf, KernelLeaf):
             kh, kw = leaf.shape
             label = name if one and len(name) <= 80 else f"kernel {kh}x{kw}"
-            if leaf.factors is not None and "kernel" not in leaf.__dict__:
+            if leaf.factors is not None and not leaf.dense:
                 # left unmade: the op makes the float32 products when (if ever) read
                 ops.append(LinearOp(None, leaf.bias, leaf.border, leaf.value / 255.0, None,
                                     label, (_f32(leaf.factors[0]), _f32(leaf.factors[1]))))

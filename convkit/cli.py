@@ -106,8 +106,9 @@ def _run_params() -> list[click.Parameter]:
         click.Option(["--max-memory"], metavar="SIZE",
                      help="Memory for the images in flight, e.g. 512M or 2G: a folder of "
                           "large images is decoded no further ahead than this allows (each "
-                          "weighed by its header, x3), and a huge image is filtered in tiles "
-                          "within it (default: a quarter of available memory, at least 1G)."),
+                          "weighed by its header, x3; default a quarter of available memory, "
+                          "at least 1G), and a huge image is filtered in tiles within it "
+                          "(default for tiles: automatic, at most 512M)."),
         click.Option(["-q", "--quiet"], is_flag=True,
                      help="No progress bar and no summary line (errors are still printed)."),
         click.Option(["-v", "--verbose"], is_flag=True,
@@ -547,6 +548,9 @@ def export_cmd(spec: str, output: str, channels: int, opset: int) -> None:
         raise click.UsageError(" ".join(str(e).split())) from None
     except OSError as e:
         raise click.ClickException(f"{output}: cannot write ({e.strerror or e})") from None
+    except Exception as e:  # an exporter's own refusal: its first line, nothing written
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise click.ClickException(f"{output}: cannot export {spec}: {first[:300]}") from None
     click.echo(f"{spec} -> {path}", err=True)
 
 

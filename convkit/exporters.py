@@ -49,8 +49,7 @@ from .morphology import rect_iterations
 __all__ = ["to_torch", "export", "BorderPad", "EXPORT_FORMATS"]
 
 #: File suffixes :func:`export` writes, and what each holds.
-EXPORT_FORMATS = {".onnx": "ONNX", ".pt2": "torch.export program",
-                  ".ts": "TorchScript", ".pt": "TorchScript"}
+EXPORT_FORMATS = {".onnx": "ONNX", ".pt2": "torch.export program", ".ts": "TorchScript"}
 
 
 class BorderPad(nn.Module):
@@ -114,16 +113,15 @@ def _depthwise(weight: Tensor, bias: float, channels: int) -> nn.Conv2d:
 
 
 class Magnitude(nn.Module):
-    """``sqrt(gx**2 + gy**2)`` of two depthwise convolutions of one padded image (0 where
-    both are 0, with a zero gradient there, as :class:`convkit.GradientMagnitude`)."""
+    """``sqrt(gx**2 + gy**2)`` of two padded depthwise convolutions (0 where both are 0, with
+    a zero gradient there, as :class:`convkit.GradientMagnitude`)."""
 
-    def __init__(self, pad: BorderPad, gx: nn.Conv2d, gy: nn.Conv2d):
+    def __init__(self, gx: nn.Module, gy: nn.Module):
         super().__init__()
-        self.pad, self.gx, self.gy = pad, gx, gy
+        self.gx, self.gy = gx, gy
 
     def forward(self, x: Tensor) -> Tensor:
-        xp = self.pad(x)
-        gx, gy = self.gx(xp), self.gy(xp)
+        gx, gy = self.gx(x), self.gy(x)
         sq = gx * gx + gy * gy
         nonzero = sq > 0
         return torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero.to(sq.dtype)
@@ -225,14 +223,20 @@ def _leaves_of_sequence(m: Sequence2) -> list[nn.Module]:
     return out
 
 
+def _padded(weight: Tensor, bias: float, border: str, value: float,
+            channels: int) -> nn.Sequential:
+    """A kernel's border pad and depthwise convolution (``value`` in 8-bit grey levels)."""
+    kh, kw = weight.shape
+    return nn.Sequential(BorderPad(KF.kernel_pads(kh, kw), border, value / 255.0),
+                         _depthwise(weight, bias, channels))
+
+
 def _layer(m: nn.Module, channels: int) -> nn.Module:
     if isinstance(m, Kernel2d):
-        kh, kw = m.weight.shape
-        return nn.Sequential(BorderPad(KF.kernel_pads(kh, kw), m.border, m.value / 255.0),
-                             _depthwise(m.weight, float(m.bias), channels))
-    if isinstance(m, GradientMagnitude):
-        pad = BorderPad(KF.kernel_pads(*m.kx.shape), m.border, m.value / 255.0)
-        return Magnitude(pad, _depthwise(m.kx, 0.0, channels), _depthwise(m.ky, 0.0, channels))
+        return _padded(m.weight, float(m.bias), m.border, m.value, channels)
+    if isinstance(m, GradientMagnitude):  # (each kernel its own pads: 1x3 and 3x1 for ksize 1)
+        return Magnitude(_padded(m.kx, 0.0, m.border, m.value, channels),
+                         _padded(m.ky, 0.0, m.border, m.value, channels))
     if isinstance(m, Unsharp):
         return Thresholded(_layer(m.blur, channels), m.amount, m.threshold / 255.0)
     if isinstance(m, Pool2d):
@@ -307,7 +311,8 @@ def export(module: nn.Module | str, path: str | os.PathLike, *, channels: int = 
            opset: int = 17) -> Path:
     """Write the chain (a module or a spec) as a file another runtime loads, chosen by the
     suffix of ``path``: ``.onnx`` (ONNX, opset ``opset``), ``.pt2`` (``torch.export``, load
-    with ``torch.export.load``), ``.ts`` or ``.pt`` (TorchScript, ``torch.jit.load``).
+    with ``torch.export.load``), ``.ts`` (TorchScript, ``torch.jit.load``; not ``.pt``, the
+    suffix of convkit's model files).
 
     The graph takes a float (B, ``channels``, H, W) image on the [0, 1] scale, with batch,
     height and width free, and gives the float output :func:`convkit.process` gives on such a
@@ -327,8 +332,7 @@ def export(module: nn.Module | str, path: str | os.PathLike, *, channels: int = 
             raise ValueError(f"{path}: writing ONNX needs the onnx package: "
                              "pip install 'convkit[export]' (or pip install onnx)")
     model = to_torch(module, channels)
-    reach = _reach(module)
-    side = max(16, 2 * reach + 2)  # an example larger than every pad
+    side = max(16, _reach(module))  # an example larger than every pad
     # (a batch of 1 would be baked in; even sides, the usual case for what torch.export must
     # assume of a learned filter's pooling: such a .pt2 takes even sides only)
     example = torch.rand(2, channels, side + 4, side + 6)
@@ -357,12 +361,22 @@ def export(module: nn.Module | str, path: str | os.PathLike, *, channels: int = 
 
 
 def _reach(module: nn.Module | str) -> int:
+    """The side an example image needs so that every pad of the chain is smaller than the
+    image it pads: walked back from the output, through the pooling strides."""
     if isinstance(module, str):
         from .chains import chain
 
         module = chain(module)
-    total = 0
-    for m in _leaves(module):
-        r = getattr(m, "reach", None) or getattr(m, "pads", (0, 0, 0, 0))  # (a BorderPad)
-        total += max(r) + (getattr(m, "size", 1) if isinstance(m, Pool2d) else 0)
-    return total
+    side = 4
+    for m in reversed(_leaves(module)):
+        if isinstance(m, Pool2d | nn.AvgPool2d | nn.MaxPool2d):  # in = (out - 1) * stride + size
+            size = _pair(m.kernel_size if hasattr(m, "kernel_size") else m.size)
+            side = (side - 1) * max(_pair(m.stride)) + max(size)
+        else:  # the same size in and out; its pads must be smaller than that
+            r = getattr(m, "reach", None) or getattr(m, "pads", None) or (0, 0, 0, 0)
+            side = max(side, max(r) + 2)
+    return side
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))

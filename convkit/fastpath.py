@@ -226,25 +226,27 @@ def _units(x: Any, out_dtype: Any) -> tuple[list, Any, list, tuple | None]:
 
 
 # --- linear kernels ---------------------------------------------------------------------------
-def _kernels(op: LinearOp, s: float):
-    """float32 kernels scaled by s, built once per scale."""
+def _kernels(op: LinearOp, s: float, dense: bool):
+    """float32 kernels scaled by s, built once per scale: the dense kernel (``dense``; a
+    separable op's is made only for filter2D) or the separable terms."""
 
     def make():
-        k = (op.kernel * s).astype(np.float32)
-        terms = [((c * s).astype(np.float32).reshape(-1, 1), r.astype(np.float32).reshape(1, -1))
-                 for c, r in op.svd]
-        return k, terms
+        if dense:
+            return (op.kernel * s).astype(np.float32)
+        return [((c * s).astype(np.float32).reshape(-1, 1), r.astype(np.float32).reshape(1, -1))
+                for c, r in op.svd]
 
-    return op.cached(("cv", s), make)
+    return op.cached(("cv", s, dense), make)
 
 
 def _filter(src, op: LinearOp, method: str, ddepth: int, s: float, delta: float, bt: int,
             dst=None):
     """One plane through ``method``; returns the result (ddepth), written to ``dst`` if given
     (direct and separable only)."""
-    k, terms = _kernels(op, s)
     if method == "direct":
+        k = _kernels(op, s, dense=True)
         return cv2.filter2D(src, ddepth, k, dst=dst, delta=delta, borderType=bt)
+    terms = _kernels(op, s, dense=False)
     if method == "separable":
         col, row = terms[0]
         return cv2.sepFilter2D(src, ddepth, row, col, dst=dst, delta=delta, borderType=bt)

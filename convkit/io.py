@@ -480,7 +480,9 @@ def declared_bytes(path: StrPath) -> int | None:
                 w, h = struct.unpack(">II", head[16:24])
                 return w * h * _PNG_CHANNELS.get(head[25], 4) * (2 if head[24] == 16 else 1)
             if head.startswith(b"\xff\xd8"):
-                return _jpeg_declared(head)
+                size = _jpeg_declared(head)
+                if size is not None:
+                    return size  # (else over 64 KiB of metadata first: Pillow reads on)
             f.seek(0)
             with PILLOW_GLOBALS, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -516,7 +518,7 @@ def _jpeg_declared(head: bytes) -> int | None:
             h, w = struct.unpack(">HH", head[i + 5:i + 9])
             return w * h * min(head[i + 9], 3)  # (CMYK is read as RGB)
         i += 2 + length
-    return None  # (a frame header past 64 KiB of metadata: unknown)
+    return None  # (a frame header past 64 KiB of metadata: not here)
 
 
 def not_a_regular_file(mode: int) -> str:

@@ -93,11 +93,6 @@ class Filter(nn.Module):
         return params
 
 
-def _version(t: Tensor) -> int | None:
-    """``t``'s in-place write counter; None for an inference tensor (it keeps none)."""
-    return None if t.is_inference() else t._version
-
-
 class Kernel2d(Filter):
     """A fixed 2-D kernel applied to each channel by cross-correlation (depthwise conv).
 
@@ -192,8 +187,8 @@ class Kernel2d(Filter):
         else:
             weight = torch.from_numpy(leaf.kernel).float()
         m.register_buffer("weight", weight, persistent=True)
-        # (a separable kernel's copy is made only if ever compared: a 4095-tap gaussian is
-        # built in milliseconds, not the 0.2 s of two 64 MB arrays)
+        # (a separable kernel's copy is made only when first compared: a 4095-tap gaussian
+        # is built without a second 64 MB array)
         m._mark_built(None if m.separable else m.weight.clone())
         return m
 
@@ -202,7 +197,6 @@ class Kernel2d(Filter):
         of the factors as built, made when first compared."""
         self._built = built
         self._built_factors = None if built is not None else (self.col, self.row)
-        self._built_of, self._built_version = self.weight, _version(self.weight)
 
     def _built_weights(self) -> Tensor | None:
         if self._built is None and getattr(self, "_built_factors", None) is not None:
@@ -221,9 +215,6 @@ class Kernel2d(Filter):
         """Whether the weights differ from those its parameters give (load_state_dict, an
         in-place edit); dtype changes (.double(), .half()) do not count."""
         w = self.weight
-        if (w is getattr(self, "_built_of", None) and self._built_version is not None
-                and _version(w) == self._built_version):
-            return False  # the same tensor, never written to since it was built
         built = self._built_weights() if hasattr(self, "_built") else None
         if built is None:  # (unpickled from an older convkit)
             return False
@@ -284,7 +275,9 @@ class GradientMagnitude(Filter):
 
     @property
     def reach(self) -> tuple[int, int, int, int]:
-        return KF.kernel_pads(*self.kx.shape)
+        # both kernels' (a 1x3 d/dx reads no rows, its 3x1 transpose does)
+        a, b = KF.kernel_pads(*self.kx.shape), KF.kernel_pads(*self.ky.shape)
+        return tuple(max(p, q) for p, q in zip(a, b, strict=True))  # type: ignore[return-value]
 
     def _reference(self, x: Tensor) -> Tensor:
         v = self.value / 255.0

@@ -1150,6 +1150,8 @@ def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,
             yield ahead.popleft()
             if stop.is_set():
                 break
+        if stop.is_set():
+            break
         if flight is not None:
             if flight.used + cost > flight.budget and make_room is not None:
                 make_room()

@@ -450,12 +450,11 @@ def _flight_spy(monkeypatch) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("budget, most", [("300K", 1), ("100M", 8)])
+@pytest.mark.parametrize("budget, most", [("300K", 1), ("100M", None)])
 def test_images_in_flight_stay_within_max_memory(tmp_path, monkeypatch, budget, most):
     """Each image is weighed by its header (200x300 RGB: 180 kB of pixels, x3) before its
     decode: within 300 KB one image is in flight at a time (it exceeds the budget alone and
-    runs alone); within 100 MB the windows bound them (4 decodes ahead, 4 writes behind, with
-    2 workers)."""
+    runs alone); within 100 MB the windows run ahead (several at a time)."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(8):
@@ -464,8 +463,9 @@ def test_images_in_flight_stay_within_max_memory(tmp_path, monkeypatch, budget, 
     s = convkit.run("sharpen", src, tmp_path / "out", max_memory=budget, workers=2,
                     progress=False)
     assert s.written == 8 and len(seen) == 8
-    assert max(seen) <= most, seen
-    if most > 1:
+    if most is not None:
+        assert max(seen) <= most, seen
+    else:
         assert max(seen) > 1, seen  # (the window did run ahead)
     for i in range(8):  # and every output is right
         got = cv2.imread(str(tmp_path / "out" / f"{i}.png"))
@@ -511,6 +511,17 @@ def test_declared_bytes_are_the_decoded_bytes(tmp_path, name, make):
         assert decoded <= got == 30 * 50 * 4
     else:
         assert got == decoded, (got, decoded)
+
+
+def test_declared_bytes_of_a_jpeg_with_much_metadata(tmp_path):
+    """A 200 kB ICC profile puts the frame header past the first 64 KiB: Pillow reads on."""
+    from PIL import Image
+
+    from convkit import io as cio
+
+    p = tmp_path / "icc.jpg"
+    Image.new("RGB", (400, 300)).save(p, icc_profile=b"\0" * 200_000)
+    assert cio.declared_bytes(p) == 400 * 300 * 3
 
 
 def test_declared_bytes_of_what_is_not_an_image(tmp_path):

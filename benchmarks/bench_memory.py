@@ -38,14 +38,16 @@ assert cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
 """
 
 _RUN = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from convkit import tiling
 src, dst, chain, mem = sys.argv[1:5]
 info = tiling.filter_file(chain, src, dst, max_memory=None if mem == "auto" else mem,
                           max_pixels=10**10)
 info["seconds"] = time.perf_counter() - t0
-info["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, this process's own peak (ru_maxrss would keep a larger parent's from before exec)
+info["peak_rss"] = [int(ln.split()[1]) * 1024 for ln in open("/proc/self/status")
+                    if ln.startswith("VmHWM")][0]
 print(json.dumps(info))
 """
 

@@ -258,9 +258,10 @@ _BUILTINS: tuple[FilterInfo, ...] = (
         "OpenCV chooses them).",
         (
             Param("sigma", "pair", None, "standard deviation in pixels, or [x, y] for "
-                  "different ones across and down; default 1, or from ksize as OpenCV derives "
-                  "it (0.3*((ksize-1)*0.5-1)+0.8; its fixed taps for 3 to 9)", low=0,
-                  low_open=True, high=MAX_SIGMA),
+                  "different ones across and down; 0 (or left out, with ksize) derives it from "
+                  "ksize as OpenCV does (0.3*((ksize-1)*0.5-1)+0.8; its fixed taps for 3 to "
+                  "9), a y of 0 is x's (cv2.GaussianBlur's rules); default 1", low=0,
+                  high=MAX_SIGMA),
             Param("ksize", "ipair", None, "kernel side, or [width, height]; default "
                   "round(6*sigma+1) made odd", low=1, high=MAX_SIDE),
             *LINEAR,

@@ -39,8 +39,8 @@ def test_unknown_filter_names_choices():
 @pytest.mark.parametrize(
     "name,params,message",
     [
-        ("gaussian", {"sigma": 0}, r"gaussian: sigma should be > 0\. Got 0"),
-        ("gaussian", {"sigma": -1.5}, r"sigma should be > 0\. Got -1\.5"),
+        ("gaussian", {"sigma": 0}, r"gaussian: sigma 0 takes its value from ksize"),
+        ("gaussian", {"sigma": -1.5}, r"sigma should be >= 0\. Got -1\.5"),
         ("box", {"size": 0}, r"box: size should be >= 1\. Got 0"),
         ("avgpool", {"size": 2, "stride": 0}, r"stride should be >= 1\. Got 0"),
         ("box", {"size": 2.5}, r"size should be an integer\. Got 2\.5"),

@@ -166,7 +166,7 @@ def test_show_errors_are_usage_errors():
     res = invoke("show", "gaussian", "sigma")
     assert res.exit_code == 2 and "expected KEY=VALUE" in res.output
     res = invoke("show", "gaussian", "sigma=-2")
-    assert res.exit_code == 2 and "sigma should be > 0" in res.output
+    assert res.exit_code == 2 and "sigma should be >= 0" in res.output
 
 
 # --- usage errors: exit 2 with click's usage message ------------------------------------------
@@ -177,7 +177,7 @@ def test_show_errors_are_usage_errors():
     [
         (["nosuch", "a.png"], "No such command or filter 'nosuch'"),
         (["gaussian", "--sigma", "-1", "IMG"], "Invalid value for '--sigma': gaussian: sigma "
-                                               "should be > 0. Got -1.0"),
+                                               "should be >= 0. Got -1.0"),
         (["box", "--size", "0", "IMG"], "size should be >= 1"),
         (["sharpen", "--border", "mirror", "IMG"], "'mirror' is not one of"),
         (["kernel", "--weights", "[[0,-1,0],[-1,5,-1]", "IMG"],

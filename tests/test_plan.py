@@ -77,7 +77,7 @@ def test_chains_that_need_torch_have_no_spec_plan(spec):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("gaussian(sigma=-1)", "gaussian: sigma should be > 0. Got -1"),
+    ("gaussian(sigma=-1)", "gaussian: sigma should be >= 0. Got -1"),
     ("sharpn", "Unknown filter 'sharpn'"),
     ("kernel(weights=[[1, 2], [3]])", "all rows should have the same length"),
     ("photo.png", "photo.png: expected a filter name, a kernel file (.toml) or a model file"),

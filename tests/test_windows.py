@@ -48,8 +48,8 @@ def test_pair_parameters_print_and_check():
     assert str(convkit.chain("box(size=[7, 3])")) == "box(size=[7, 3])"
     with pytest.raises(ValueError, match=r"box: size should be a number or \[x, y\]"):
         convkit.chain("box(size=[1, 2, 3])")
-    with pytest.raises(ValueError, match="gaussian: sigma should be > 0"):
-        convkit.chain("gaussian(sigma=[1, 0])")
+    with pytest.raises(ValueError, match="gaussian: sigma should be >= 0"):
+        convkit.chain("gaussian(sigma=[1, -1])")
 
 
 @pytest.mark.parametrize("border", list(BORDERS))
@@ -77,6 +77,23 @@ def test_gaussian_sigma_from_ksize_as_opencv(border, ksize):
 def test_gaussian_without_sigma_or_ksize_is_sigma_1():
     a = image(3)
     assert np.array_equal(convkit.process(a, "gaussian"), convkit.process(a, "gaussian(sigma=1)"))
+
+
+@pytest.mark.parametrize("sigma, ksize, cv_sigmas", [
+    (0, 5, (0, 0)), ([0, 0], [7, 3], (0, 0)), ([2, 0], [9, 5], (2, 2)),
+    ([0, 1.5], [5, 9], (0, 1.5)), ([2.5, 0], None, (2.5, 2.5))])
+def test_gaussian_sigma_0_as_opencv(sigma, ksize, cv_sigmas):
+    """cv2.GaussianBlur's zeros: a sigmaX of 0 comes from the width, a sigmaY of 0 is sigmaX
+    (itself from the height when 0)."""
+    a = image(7)
+    spec = f"gaussian(sigma={sigma}" + (f", ksize={ksize})" if ksize else ")")
+    got = convkit.process(a, spec).astype(np.float64)
+    sx, sy = cv_sigmas
+    w, h = ksize if isinstance(ksize, list) else (ksize, ksize) if ksize else (
+        round(6 * sx + 1) | 1, round(6 * sy + 1) | 1)
+    exact = cv2.GaussianBlur(a.astype(np.float64), (w, h), sx, sigmaY=sy,
+                             borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(got - exact).max() <= 0.5 + 1e-6
 
 
 @pytest.mark.parametrize("border", list(BORDERS))

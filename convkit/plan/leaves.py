@@ -142,16 +142,21 @@ def _gaussian(sigma, ksize, *, strength: float = 1.0, border: str = "reflect",
     """``sigma`` and ``ksize``: one value, or [x, y] (width first), as cv2.GaussianBlur's
     sigmaX, sigmaY and Size(width, height)."""
     (kx, ky) = _xy(ksize)
-    if sigma is None:  # as cv2.GaussianBlur with sigma 0: from the side, or 1 without one
-        if ksize is None:
-            sigma = 1.0
-        else:
-            col, row = opencv_gaussian_taps(ky), opencv_gaussian_taps(kx)
-            return _linear(lambda: np.outer(col, row), scale=1.0, offset=0.0,
-                           strength=strength, border=border, value=value, factors=(col, row))
+    if sigma is None:  # 1, or with a side, as cv2.GaussianBlur with sigma 0
+        sigma = 1.0 if ksize is None else 0.0
     (sx, sy) = _xy(sigma)
-    row = gaussian_taps(kx or gaussian_ksize(sx), sx)
-    col = gaussian_taps(ky or gaussian_ksize(sy), sy)
+    if sy == 0:  # cv2.GaussianBlur: a sigmaY of 0 is sigmaX
+        sy = sx
+
+    def taps(k, s):
+        if s == 0:  # from the side, as cv2.getGaussianKernel(k, 0)
+            if not k:
+                raise ValueError("gaussian: sigma 0 takes its value from ksize, as in "
+                                 "cv2.GaussianBlur; give ksize, or a sigma > 0")
+            return opencv_gaussian_taps(k)
+        return gaussian_taps(k or gaussian_ksize(s), s)
+
+    row, col = taps(kx, sx), taps(ky, sy)
     return _linear(lambda: np.outer(col, row), scale=1.0, offset=0.0, strength=strength,
                    border=border, value=value, factors=(col, row))
 

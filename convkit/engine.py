@@ -315,7 +315,7 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         xf = x if x.is_floating_point() else x.to(torch.float32)
         g = [_torch_method(lin, xf, method_for(lin, "torch", own, x.device.type), s,
                            lin.value * in_max, cl) for lin in (op.gx, op.gy)]
-        y = _magnitude(g[0], g[1])
+        y = KF.magnitude(g[0], g[1])
         return y if negative is None else _finalize(y, out_dtype, out_max, negative)
 
     # ModuleOp: the module's own definition on the [0, 1] scale
@@ -326,16 +326,6 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
     if negative is None:
         return y
     return KF.to_integer(y, out_dtype, negative)
-
-
-def _magnitude(gx: Tensor, gy: Tensor) -> Tensor:
-    """``sqrt(gx**2 + gy**2)``; where it is 0 its gradient is 0, not NaN (sqrt's slope is
-    infinite there)."""
-    sq = gx * gx + gy * gy
-    if not sq.requires_grad:
-        return sq.sqrt_()
-    nonzero = sq > 0
-    return torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
 
 
 def _scales(plan: Plan, x: Tensor):

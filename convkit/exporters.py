@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as KF
+from .fusion import flatten
 from .modules import (
     Filter,
     GradientMagnitude,
@@ -41,10 +42,9 @@ from .modules import (
     Morphology,
     Pool2d,
     Rank,
-    Sequence2,
     Unsharp,
 )
-from .morphology import rect_iterations
+from .morphology import compose, rect_iterations
 
 __all__ = ["to_torch", "export", "BorderPad", "EXPORT_FORMATS"]
 
@@ -121,10 +121,7 @@ class Magnitude(nn.Module):
         self.gx, self.gy = gx, gy
 
     def forward(self, x: Tensor) -> Tensor:
-        gx, gy = self.gx(x), self.gy(x)
-        sq = gx * gx + gy * gy
-        nonzero = sq > 0
-        return torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero.to(sq.dtype)
+        return KF.magnitude(self.gx(x), self.gy(x))
 
 
 class Thresholded(nn.Module):
@@ -135,9 +132,7 @@ class Thresholded(nn.Module):
         self.blur, self.amount, self.threshold = blur, float(amount), float(threshold)
 
     def forward(self, x: Tensor) -> Tensor:
-        d = x - self.blur(x)
-        keep = (d.abs() >= self.threshold).to(d.dtype)
-        return x + self.amount * d * keep
+        return KF.unsharp_mask(x, self.blur(x), self.amount, self.threshold)
 
 
 class RankWindow(nn.Module):
@@ -193,34 +188,7 @@ class Morph(nn.Module):
                                       for _ in range(iterations)])
 
     def forward(self, x: Tensor) -> Tensor:
-        op = self.op
-        if op == "erode":
-            return self.erode(x)
-        if op == "dilate":
-            return self.dilate(x)
-        if op in ("open", "tophat"):
-            opened = self.dilate(self.erode(x))
-            return opened if op == "open" else x - opened
-        if op in ("close", "blackhat"):
-            closed = self.erode(self.dilate(x))
-            return closed if op == "close" else closed - x
-        return self.dilate(x) - self.erode(x)  # gradient
-
-
-def _leaves(module: nn.Module) -> list[nn.Module]:
-    from .fusion import flatten
-
-    out = []
-    for m in flatten(module):
-        out.extend(_leaves_of_sequence(m) if isinstance(m, Sequence2) else [m])
-    return out
-
-
-def _leaves_of_sequence(m: Sequence2) -> list[nn.Module]:
-    out = []
-    for part in m.parts:
-        out.extend(_leaves_of_sequence(part) if isinstance(part, Sequence2) else [part])
-    return out
+        return compose(self.op, x, self.erode, self.dilate)
 
 
 def _padded(weight: Tensor, bias: float, border: str, value: float,
@@ -304,7 +272,7 @@ def to_torch(module: nn.Module | str, channels: int = 3) -> nn.Sequential:
         module = chain(module)
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels should be a positive integer. Got {channels!r}")
-    return nn.Sequential(*[_layer(m, channels) for m in _leaves(module)]).eval()
+    return nn.Sequential(*[_layer(m, channels) for m in flatten(module)]).eval()
 
 
 def export(module: nn.Module | str, path: str | os.PathLike, *, channels: int = 3,
@@ -331,8 +299,12 @@ def export(module: nn.Module | str, path: str | os.PathLike, *, channels: int = 
         if importlib.util.find_spec("onnx") is None:
             raise ValueError(f"{path}: writing ONNX needs the onnx package: "
                              "pip install 'convkit[export]' (or pip install onnx)")
+    if isinstance(module, str):
+        from .chains import chain
+
+        module = chain(module)
     model = to_torch(module, channels)
-    side = max(16, _reach(module))  # an example larger than every pad
+    side = max(16, _example_side(model))  # an example larger than every pad
     # (a batch of 1 would be baked in; even sides, the usual case for what torch.export must
     # assume of a learned filter's pooling: such a .pt2 takes even sides only)
     example = torch.rand(2, channels, side + 4, side + 6)
@@ -360,18 +332,14 @@ def export(module: nn.Module | str, path: str | os.PathLike, *, channels: int = 
     return path
 
 
-def _reach(module: nn.Module | str) -> int:
-    """The side an example image needs so that every pad of the chain is smaller than the
-    image it pads: walked back from the output, through the pooling strides."""
-    if isinstance(module, str):
-        from .chains import chain
-
-        module = chain(module)
+def _example_side(model: nn.Module) -> int:
+    """The side an example image needs so that every pad of ``model`` (as :func:`to_torch`
+    makes it) is smaller than the image it pads: walked back from the output, through the
+    pooling strides."""
     side = 4
-    for m in reversed(_leaves(module)):
-        if isinstance(m, Pool2d | nn.AvgPool2d | nn.MaxPool2d):  # in = (out - 1) * stride + size
-            size = _pair(m.kernel_size if hasattr(m, "kernel_size") else m.size)
-            side = (side - 1) * max(_pair(m.stride)) + max(size)
+    for m in reversed(list(model.modules())):
+        if isinstance(m, nn.AvgPool2d | nn.MaxPool2d):  # in = (out - 1) * stride + size
+            side = (side - 1) * max(_pair(m.stride)) + max(_pair(m.kernel_size))
         else:  # the same size in and out; its pads must be smaller than that
             r = getattr(m, "reach", None) or getattr(m, "pads", None) or (0, 0, 0, 0)
             side = max(side, max(r) + 2)

@@ -25,10 +25,11 @@ from torch import Tensor
 
 from .kernels import INT_MAX, check_border, dtype_name, gaussian_ksize, gaussian_taps
 from .kernels import border_index as _border_index
-from .morphology import OPS as MORPH_OPS
-from .morphology import rect_iterations
+from .morphology import compose, rect_iterations
 
 __all__ = [
+    "magnitude",
+    "unsharp_mask",
     "pad",
     "filter2d",
     "sep_filter2d",
@@ -379,19 +380,23 @@ def morphology(x: Tensor, op: str, fp: np.ndarray, iterations: int = 1, border: 
     ``fp`` (an (h, w) 0/1 array anchored at its centre), as ``cv2.morphologyEx``. ``value`` is
     the constant border's fill on the image's scale. Differentiable."""
     x4, added = check_image(x)
-    if op in ("erode", "dilate"):
-        out = _morph_passes(x4, fp, "min" if op == "erode" else "max", iterations, border, value)
-    elif op in ("open", "tophat"):
-        opened = _morph_passes(_morph_passes(x4, fp, "min", iterations, border, value), fp, "max",
-                         iterations, border, value)
-        out = opened if op == "open" else x4 - opened
-    elif op in ("close", "blackhat"):
-        closed = _morph_passes(_morph_passes(x4, fp, "max", iterations, border, value), fp, "min",
-                         iterations, border, value)
-        out = closed if op == "close" else closed - x4
-    elif op == "gradient":
-        out = (_morph_passes(x4, fp, "max", iterations, border, value)
-               - _morph_passes(x4, fp, "min", iterations, border, value))
-    else:
-        raise ValueError(f"Invalid morphology {op!r}. Expected one of {', '.join(MORPH_OPS)}")
+    out = compose(op, x4, lambda t: _morph_passes(t, fp, "min", iterations, border, value),
+                  lambda t: _morph_passes(t, fp, "max", iterations, border, value))
     return out.squeeze(0) if added else out
+
+
+def magnitude(gx: Tensor, gy: Tensor) -> Tensor:
+    """``sqrt(gx**2 + gy**2)``; where it is 0 its gradient is 0, not NaN (sqrt's slope is
+    infinite there)."""
+    sq = gx * gx + gy * gy
+    if not sq.requires_grad:
+        return sq.sqrt_()
+    nonzero = sq > 0
+    return torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero.to(sq.dtype)
+
+
+def unsharp_mask(x: Tensor, blurred: Tensor, amount: float, threshold: float) -> Tensor:
+    """``x + amount * d`` where ``|d| >= threshold``, else ``x``; ``d = x - blurred``
+    (``threshold`` on the image's scale)."""
+    d = x - blurred
+    return x + amount * d * (d.abs() >= threshold).to(d.dtype)

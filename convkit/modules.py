@@ -283,10 +283,7 @@ class GradientMagnitude(Filter):
         v = self.value / 255.0
         gx = KF.filter2d(x, self.kx, self.border, v)
         gy = KF.filter2d(x, self.ky, self.border, v)
-        sq = gx * gx + gy * gy
-        # sqrt has an infinite slope at 0; flat regions get a zero gradient instead of NaN.
-        nonzero = sq > 0
-        return torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
+        return KF.magnitude(gx, gy)
 
 
 class Unsharp(Filter):
@@ -305,9 +302,7 @@ class Unsharp(Filter):
         return self.blur.reach
 
     def _reference(self, x: Tensor) -> Tensor:
-        d = x - self.blur._reference(x)
-        keep = d.abs() >= self.threshold / 255.0
-        return x + self.amount * d * keep
+        return KF.unsharp_mask(x, self.blur._reference(x), self.amount, self.threshold / 255.0)
 
 
 class Pool2d(Filter):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["OPS", "SHAPES", "footprint", "reach", "rect_iterations", "morphology_cv"]
+__all__ = ["OPS", "SHAPES", "footprint", "reach", "rect_iterations", "compose",
+           "morphology_cv"]
 
 OPS = ("erode", "dilate", "open", "close", "gradient", "tophat", "blackhat")
 SHAPES = {"rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS, "ellipse": cv2.MORPH_ELLIPSE}
@@ -67,6 +68,25 @@ def rect_iterations(fp: np.ndarray, iterations: int
                       np.uint8)
         return big, 1, ((kh // 2) * iterations, (kw // 2) * iterations)
     return fp, iterations, (kh // 2, kw // 2)
+
+
+def compose(op: str, x, erode, dilate):
+    """``op`` of ``x`` made of its erosions and dilations (``erode(x)``, ``dilate(x)``: any
+    array type): opening is erode then dilate, closing the reverse, the gradient their
+    difference, the top hats the image against its opening or closing."""
+    if op == "erode":
+        return erode(x)
+    if op == "dilate":
+        return dilate(x)
+    if op in ("open", "tophat"):
+        opened = dilate(erode(x))
+        return opened if op == "open" else x - opened
+    if op in ("close", "blackhat"):
+        closed = erode(dilate(x))
+        return closed if op == "close" else closed - x
+    if op == "gradient":
+        return dilate(x) - erode(x)
+    raise ValueError(f"Invalid morphology {op!r}. Expected one of {', '.join(OPS)}")
 
 
 def morphology_cv(planes: np.ndarray, op: str, fp: np.ndarray, iterations: int, border: str,

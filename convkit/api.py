@@ -138,12 +138,8 @@ def _run_plan(plan, hwc: np.ndarray, alpha: bool) -> np.ndarray:
     from . import fastpath
     from .plan.rules import current
 
-    colour = hwc[:, :, :-1] if alpha else hwc
-    out = fastpath.run_plan(plan, colour.transpose(2, 0, 1)[None], current())
-    res = out[0].transpose(1, 2, 0)
-    if alpha:
-        res = np.concatenate([res, hwc[:, :, -1:]], axis=2)
-    return np.ascontiguousarray(res)
+    out = fastpath.run_plan_image(plan, hwc.transpose(2, 0, 1), alpha, current())
+    return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
 def _process_tensor(x: torch.Tensor, module, dev, alpha) -> torch.Tensor:

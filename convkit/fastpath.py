@@ -42,7 +42,8 @@ from .kernels import INT_MAX, border_index, dtype_name
 from .plan.ops import GradientOp, LinearOp, MedianOp, MorphOp, Plan
 from .plan.rules import Options, cpu_fft, method_for
 
-__all__ = ["supports", "linear", "median", "gradient", "run_plan", "runs_plan", "CV_DTYPES"]
+__all__ = ["supports", "linear", "median", "gradient", "run_plan", "run_plan_image", "runs_plan",
+           "CV_DTYPES"]
 
 CV_DTYPES = ("uint8", "uint16", "float32")
 # The integer dtypes' maxima: integer images are in pixel units, float ones on [0, 1].
@@ -647,6 +648,19 @@ def run_plan(plan: Plan, x: Any, opts: Options, trace: list | None = None) -> An
         if trace is not None:
             trace.append((op.name, "opencv", method))
     return cur
+
+
+def run_plan_image(plan: Plan, chw: np.ndarray, alpha: bool, opts: Options,
+                   trace: list | None = None) -> np.ndarray:
+    """:func:`run_plan` on one (C, H, W) image; an alpha channel (the last) passes through
+    (these plans do not pool). With alpha the result is a view of an interleaved (H, W, C)
+    array, as the encoders and (H, W, C) callers take it."""
+    colour = chw[:-1] if alpha else chw
+    out = run_plan(plan, colour[None], opts, trace)[0]
+    if not alpha:
+        return out
+    return np.concatenate([out.transpose(1, 2, 0), chw[-1:].transpose(1, 2, 0)],
+                          axis=2).transpose(2, 0, 1)
 
 
 # --- gradients: the adjoint of a linear kernel, on NumPy planes ----------------------------

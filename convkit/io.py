@@ -423,14 +423,17 @@ def write_image(
 # --- reading -------------------------------------------------------------------------------
 
 
+# How inputs are opened: non-blocking, since opening a FIFO must not wait for a writer
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) \
+    | getattr(os, "O_CLOEXEC", 0)
+
+
 def _read_bytes(path: StrPath, name: str) -> bytes:
     """The whole file, read once, so the decoders never see a file that changes or vanishes
     mid-read. Only regular files (or links to them) are read, and no more than the size they
     declare: a FIFO would block for ever and /dev/zero never ends."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) \
-        | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(os.fsdecode(path), flags)  # non-blocking: opening a FIFO must not wait
+        fd = os.open(os.fsdecode(path), _READ_FLAGS)
     except FileNotFoundError:
         raise ImageFileError(f"{name}: no such file") from None
     except PermissionError:
@@ -469,10 +472,8 @@ def declared_bytes(path: StrPath) -> int | None:
     does not tell or the file is not a regular one (reading it then says why).
 
     The pipeline weighs its images in flight by this before decoding them."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) \
-        | getattr(os, "O_CLOEXEC", 0)  # (non-blocking: opening a FIFO must not wait)
     try:
-        with open(os.open(os.fsdecode(path), flags), "rb", buffering=0) as f:
+        with open(os.open(os.fsdecode(path), _READ_FLAGS), "rb", buffering=0) as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None
             head = f.read(1 << 16)

@@ -765,9 +765,7 @@ class _Runner:
         the engine. ``trace`` collects (name, backend, method) per operation."""
         from . import fastpath
 
-        colour = image[:-1] if alpha else image
-        out = fastpath.run_plan(self.plan, colour[None], self.opts, trace)[0]
-        return np.concatenate([out, image[-1:]]) if alpha else out
+        return fastpath.run_plan_image(self.plan, image, alpha, self.opts, trace)
 
     def threads(self):
         return _torch_threads(self._dev) if self._module is not None else nullcontext()

@@ -42,14 +42,17 @@ def unsharp(info, sigma=1.0, amount=1.0, threshold=0.0, ksize=None, border="refl
     return Unsharp(blur, amount, threshold)
 
 
+def _hw(v):
+    """A spec's int or [width, height] as (rows, cols)."""
+    return v if v is None or isinstance(v, int) else (v[1], v[0])
+
+
 def avgpool(info, size=2, stride=None, border="reflect", value=0.0) -> Filter:
-    return Pool2d("avg", size, stride, border=border, value=value)
+    return Pool2d("avg", _hw(size), _hw(stride), border=border, value=value)
 
 
 def maxpool(info, size=2, stride=None, border="reflect", value=0.0) -> Filter:
-    return Pool2d("max", size, stride, border=border, value=value)
-
-
+    return Pool2d("max", _hw(size), _hw(stride), border=border, value=value)
 
 
 def _rank(info, size: int, rank: int, border: str, value: float) -> Filter:

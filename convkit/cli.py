@@ -628,8 +628,10 @@ def describe(module, title: str | None = None) -> str:
         lines += _matrix(torch.from_numpy(module.fp.astype("float64")))
         return "\n".join(lines)
     if isinstance(module, Pool2d):
-        return (f"{title}: {module.mode} pooling over {module.size}x{module.size} windows, "
-                f"stride {module.stride}; the image shrinks by {module.stride}")
+        (kh, kw), (sh, sw) = module.kernel_size, module.step
+        shrink = f"{sh}" if sh == sw else f"{sw} across and {sh} down"
+        return (f"{title}: {module.mode} pooling over {kw}x{kh} (width x height) windows, "
+                f"stride {shrink}; the image shrinks by {shrink}")
     members = list(module.parts) if isinstance(module, Sequence2) else \
         list(module.children()) if isinstance(module, torch.nn.Sequential) else []
     if len(members) > 1:  # a filter made of several steps (edges: a blur, then a gradient)

@@ -15,7 +15,7 @@ two conditions the engine does not need:
 
 * every pad is smaller than the image's side (reflect and symmetric borders mirror the image
   once; convkit's engine mirrors again for kernels wider than the image);
-* pooling reads whole windows: ``(side - size)`` a multiple of ``stride`` on both axes (the
+* pooling reads whole windows: ``(side - size)`` a multiple of the stride on each axis (the
   engine reads the border mode's pixels for windows running off the edge; torch's pooling
   layers drop them).
 
@@ -209,7 +209,7 @@ def _layer(m: nn.Module, channels: int) -> nn.Module:
         return Thresholded(_layer(m.blur, channels), m.amount, m.threshold / 255.0)
     if isinstance(m, Pool2d):
         cls = nn.AvgPool2d if m.mode == "avg" else nn.MaxPool2d
-        return cls(m.size, m.stride)
+        return cls(m.kernel_size, m.step)
     if isinstance(m, Rank):
         pad = BorderPad(KF.kernel_pads(m.size, m.size), m.border, m.value / 255.0)
         return RankWindow(pad, m.size, m.rank)

@@ -35,6 +35,7 @@ __all__ = [
     "sep_filter2d",
     "avg_pool",
     "max_pool",
+    "pool_size",
     "median_blur",
     "gaussian_kernel1d",
     "gaussian_ksize",
@@ -165,30 +166,45 @@ def _check_kernel(kernel: Tensor) -> Tensor:
     return kernel
 
 
-def pool_pads(h: int, w: int, size: int, stride: int) -> tuple[int, int]:
-    """Bottom and right padding so that windows cover every pixel (ceil mode)."""
-
-    def need(n: int) -> int:
-        if n <= size:
-            return size - n
-        return (math.ceil((n - size) / stride) * stride + size) - n
-
-    return need(h), need(w)
+def pool_size(v: int | tuple[int, int], what: str = "size") -> tuple[int, int]:
+    """An int for both axes, or (rows, cols) as torch's pooling takes them."""
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(n, int) and n >= 1 for n in pair):
+        raise ValueError(f"{what} should be a positive int or (height, width). Got {v!r}")
+    return pair  # type: ignore[return-value]
 
 
-def _pool(x: Tensor, size: int, stride: int | None, border: str, value: float, op) -> Tensor:
+def pool_pads(h: int, w: int, size: int | tuple[int, int],
+              stride: int | tuple[int, int]) -> tuple[int, int]:
+    """Bottom and right padding so that windows cover every pixel (ceil mode); ``size`` and
+    ``stride`` an int or (rows, cols)."""
+    (kh, kw), (sh, sw) = pool_size(size, "size"), pool_size(stride, "stride")
+
+    def need(n: int, k: int, s: int) -> int:
+        if n <= k:
+            return k - n
+        return (math.ceil((n - k) / s) * s + k) - n
+
+    return need(h, kh, sh), need(w, kw, sw)
+
+
+def _pool(x: Tensor, size: int | tuple[int, int], stride: int | tuple[int, int] | None,
+          border: str, value: float, op) -> Tensor:
     x4, added = check_image(x)
-    stride = stride or size
-    ph, pw = pool_pads(x4.shape[-2], x4.shape[-1], size, stride)
-    if stride > size:
-        # Windows with gaps between them read only some rows and columns: gather those (the
+    k = pool_size(size, "size")
+    s = pool_size(stride, "stride") if stride else k
+    ph, pw = pool_pads(x4.shape[-2], x4.shape[-1], k, s)
+    if s[0] > k[0] or s[1] > k[1]:
+        # Windows with gaps between them read only some rows or columns: gather those (the
         # border rule gives the ones past the edge) and pool them side by side. Padding the
         # whole image made maxpool(size=2, stride=18000) of a 52x36 image use 4.2 GB.
-        x4 = _window_lines(x4, 2, size, stride, ph, border, value)
-        x4 = _window_lines(x4, 3, size, stride, pw, border, value)
-        out = op(x4, size, size)
+        x4 = _window_lines(x4, 2, k[0], s[0], ph, border, value) if s[0] > k[0] else \
+            pad(x4, 0, ph, 0, 0, border, value)
+        x4 = _window_lines(x4, 3, k[1], s[1], pw, border, value) if s[1] > k[1] else \
+            pad(x4, 0, 0, 0, pw, border, value)
+        out = op(x4, k, (min(s[0], k[0]), min(s[1], k[1])))
     else:
-        out = op(pad(x4, 0, ph, 0, pw, border, value), size, stride)
+        out = op(pad(x4, 0, ph, 0, pw, border, value), k, s)
     return out.squeeze(0) if added else out
 
 
@@ -213,19 +229,22 @@ def _window_lines(x: Tensor, dim: int, size: int, stride: int, extra: int, borde
 
 
 def avg_pool(
-    x: Tensor, size: int, stride: int | None = None, border: str = "reflect", value: float = 0.0
+    x: Tensor, size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+    border: str = "reflect", value: float = 0.0,
 ) -> Tensor:
-    """Mean of each ``size`` x ``size`` window, stepping by ``stride`` (default ``size``).
+    """Mean of each window of ``size`` (an int, or (rows, cols) as ``F.avg_pool2d`` takes it),
+    stepping by ``stride`` (the same forms; default ``size``).
 
-    Output side: ``ceil((n - size) / stride) + 1`` (1 when n <= size). Windows that run past the
-    bottom/right edge read the border mode's pixels; when the image is a multiple of the stride
-    this equals ``nn.AvgPool2d(size, stride)`` exactly.
+    Output side along each axis: ``ceil((n - k) / s) + 1`` (1 when n <= k). Windows that run
+    past the bottom/right edge read the border mode's pixels; when ``n - k`` is a multiple of
+    the stride this equals ``nn.AvgPool2d(size, stride)`` exactly.
     """
     return _pool(x, size, stride, border, value, lambda t, k, s: F.avg_pool2d(t, k, s))
 
 
 def max_pool(
-    x: Tensor, size: int, stride: int | None = None, border: str = "reflect", value: float = 0.0
+    x: Tensor, size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+    border: str = "reflect", value: float = 0.0,
 ) -> Tensor:
     """Max of each window; sizes as :func:`avg_pool`."""
     return _pool(x, size, stride, border, value, lambda t, k, s: F.max_pool2d(t, k, s))

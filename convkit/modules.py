@@ -306,38 +306,46 @@ class Unsharp(Filter):
 
 
 class Pool2d(Filter):
-    """Average or max pooling over ``size`` x ``size`` windows stepping by ``stride``.
+    """Average or max pooling over ``size`` windows stepping by ``stride``.
 
-    Output side ``ceil((n - size) / stride) + 1`` (1 when the image is smaller than the
-    window); windows running off the bottom/right edge read the border mode's pixels. On an
-    image whose sides are multiples of the stride it equals ``nn.AvgPool2d`` / ``nn.MaxPool2d``.
+    ``size`` and ``stride`` are an int (both axes) or (rows, cols), as ``nn.AvgPool2d`` takes
+    them (spec strings give ``[width, height]``, OpenCV's order, as box and gaussian do); the
+    stride defaults to the size. Output side along each axis ``ceil((n - k) / s) + 1`` (1 when
+    the image is smaller than the window); windows running off the bottom/right edge read the
+    border mode's pixels. Where ``n - k`` is a multiple of the stride it equals
+    ``nn.AvgPool2d`` / ``nn.MaxPool2d``.
     """
 
     def __init__(
-        self, mode: str, size: int, stride: int | None = None, border: str = "reflect",
-        value: float = 0.0,
+        self, mode: str, size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None, border: str = "reflect", value: float = 0.0,
     ) -> None:
         super().__init__()
         if mode not in ("avg", "max"):
             raise ValueError(f"Invalid pooling mode {mode!r}. Expected avg or max.")
         self.mode = mode
-        self.size = int(size)
-        self.stride = int(stride or size)
+        self.kernel_size = KF.pool_size(size, "size")
+        self.step = KF.pool_size(stride, "stride") if stride else self.kernel_size
+        # Filter.stride (the shrink factor) is an int where both axes agree
+        self.stride = self.step[0] if self.step[0] == self.step[1] else self.step
         self.border = check_border(border)
         self.value = float(value)
 
     @property
     def reach(self) -> tuple[int, int, int, int]:
-        return (0, self.size - 1, 0, self.size - 1)
+        return (0, self.kernel_size[0] - 1, 0, self.kernel_size[1] - 1)
 
     def _reference(self, x: Tensor) -> Tensor:
         op = KF.avg_pool if self.mode == "avg" else KF.max_pool
-        return op(x, self.size, self.stride, self.border, self.value / 255.0)
+        return op(x, self.kernel_size, self.step, self.border, self.value / 255.0)
 
     def _own_spec(self) -> tuple[str, dict]:
-        params = {"size": self.size}
-        if self.stride != self.size:
-            params["stride"] = self.stride
+        def wh(hw: tuple[int, int]) -> int | list[int]:
+            return hw[0] if hw[0] == hw[1] else [hw[1], hw[0]]
+
+        params = {"size": wh(self.kernel_size)}
+        if self.step != self.kernel_size:
+            params["stride"] = wh(self.step)
         return f"{self.mode}pool", self._common(params)
 
 

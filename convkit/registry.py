@@ -175,7 +175,7 @@ class FilterInfo:
         elif out is None:  # a torch-free builder that hands this case to its torch twin
             out = self._call(_B + self.builder.split(":")[1], checked)
         out.spec_name = self.name
-        out.spec_params = checked
+        out.spec_params = {k: v for k, v in checked.items() if v is not None}  # (not given)
         return out
 
     def _call(self, builder: str, checked: dict) -> Any:
@@ -211,8 +211,9 @@ LINEAR = (STRENGTH, BORDER, VALUE)
 MAX_SIDE = 4095
 MAX_SIGMA = 682.0
 POOL = (
-    Param("size", "int", 2, "window side", low=1, high=MAX_SIDE),
-    Param("stride", "int", None, "step between windows (default: size)", low=1),
+    Param("size", "ipair", 2, "window side, or [width, height]", low=1, high=MAX_SIDE),
+    Param("stride", "ipair", None, "step between windows, or [across, down] (default: size)",
+          low=1),
     BORDER, VALUE,
 )
 

@@ -66,9 +66,9 @@ class Unit:
     kind: str
     modules: list[nn.Module]
     reach: tuple[int, int, int, int] = (0, 0, 0, 0)
-    size: int = 1
-    stride: int = 1
-    align: int = 1
+    size: tuple[int, int] = (1, 1)  # window (rows, cols) of a pooling step
+    stride: tuple[int, int] = (1, 1)
+    align: tuple[int, int] = (1, 1)  # tiles start at multiples of these (rows, cols)
 
     def module(self) -> nn.Module:
         return self.modules[0] if len(self.modules) == 1 else nn.Sequential(*self.modules)
@@ -103,7 +103,7 @@ def units_of(module: nn.Module) -> tuple[list[Unit], bool]:
     for m in flatten(module):
         borders |= _borders(m)
         if isinstance(m, Pool2d):
-            units.append(Unit("pool", [m], size=m.size, stride=m.stride, align=m.stride))
+            units.append(Unit("pool", [m], size=m.kernel_size, stride=m.step, align=m.step))
             continue
         r = _reach(m)
         stride = getattr(m, "stride", 1)
@@ -115,9 +115,9 @@ def units_of(module: nn.Module) -> tuple[list[Unit], bool]:
             u = units[-1]
             u.modules.append(m)
             u.reach = tuple(a + b for a, b in zip(u.reach, r, strict=True))  # type: ignore
-            u.align = math.lcm(u.align, align)
+            u.align = (math.lcm(u.align[0], align), math.lcm(u.align[1], align))
         else:
-            units.append(Unit("same", [m], reach=r, align=align))
+            units.append(Unit("same", [m], reach=r, align=(align, align)))
     circular = "circular" in borders
     if circular and borders != {"circular"}:
         raise ValueError(
@@ -139,25 +139,26 @@ def halo(module: nn.Module) -> tuple[int, int, int, int]:
     input pixels, composed through pooling strides (the receptive field minus one pixel)."""
     units, _ = units_of(module)
     t = b = l = r = 0
-    scale = 1
+    sr = sc = 1  # input pixels per pixel of this unit's input (rows, cols)
     for u in units:
         if u.kind == "same":
-            t += u.reach[0] * scale
-            b += u.reach[1] * scale
-            l += u.reach[2] * scale
-            r += u.reach[3] * scale
+            t += u.reach[0] * sr
+            b += u.reach[1] * sr
+            l += u.reach[2] * sc
+            r += u.reach[3] * sc
         else:
-            b += (u.size - 1) * scale
-            r += (u.size - 1) * scale
-            scale *= u.stride
+            b += (u.size[0] - 1) * sr
+            r += (u.size[1] - 1) * sc
+            sr, sc = sr * u.stride[0], sc * u.stride[1]
     return t, b, l, r
 
 
 # --- geometry along one axis --------------------------------------------------------------------
-def _out_len(u: Unit, n: int) -> int:
+def _out_len(u: Unit, n: int, axis: int) -> int:
     if u.kind == "same":
         return n
-    return 1 if n <= u.size else math.ceil((n - u.size) / u.stride) + 1
+    k, s = u.size[axis], u.stride[axis]
+    return 1 if n <= k else math.ceil((n - k) / s) + 1
 
 
 def _need(u: Unit, lo: int, hi: int, n_in: int, axis: int, wrap: bool) -> tuple[int, int]:
@@ -167,8 +168,9 @@ def _need(u: Unit, lo: int, hi: int, n_in: int, axis: int, wrap: bool) -> tuple[
         lo_in, hi_in = lo - before, hi + after
         edge = before + after + 1  # depth at an image edge so the unit's padding is the image's
     else:
-        lo_in, hi_in = lo * u.stride, (hi - 1) * u.stride + u.size
-        edge = u.size + u.stride
+        k, s = u.size[axis], u.stride[axis]
+        lo_in, hi_in = lo * s, (hi - 1) * s + k
+        edge = k + s
     if wrap:  # read around the image (circular), never clamp
         return lo_in, hi_in
     lo_in, hi_in = max(lo_in, 0), min(hi_in, n_in)
@@ -176,7 +178,7 @@ def _need(u: Unit, lo: int, hi: int, n_in: int, axis: int, wrap: bool) -> tuple[
         lo_in = min(lo_in, max(0, n_in - edge))
     if lo_in == 0:
         hi_in = max(hi_in, min(n_in, edge))
-    lo_in = (lo_in // u.align) * u.align
+    lo_in = (lo_in // u.align[axis]) * u.align[axis]
     return lo_in, hi_in
 
 
@@ -232,13 +234,13 @@ def plan_tiles(module: nn.Module, shape: tuple[int, ...], *, max_memory: int | s
     units, wrap = units_of(module)
     sizes_h, sizes_w = [h], [w]
     for u in units:
-        sizes_h.append(_out_len(u, sizes_h[-1]))
-        sizes_w.append(_out_len(u, sizes_w[-1]))
+        sizes_h.append(_out_len(u, sizes_h[-1], 0))
+        sizes_w.append(_out_len(u, sizes_w[-1], 1))
     oh, ow = sizes_h[-1], sizes_w[-1]
     t, bo, le, ri = halo(module)
-    scale = 1
+    sr = sc = 1  # input pixels per output pixel (rows, cols)
     for u in units:
-        scale *= u.stride
+        sr, sc = sr * u.stride[0], sc * u.stride[1]
     if tile is not None:
         th, tw = (tile, tile) if isinstance(tile, int) else tile
         if full_width:
@@ -249,16 +251,16 @@ def plan_tiles(module: nn.Module, shape: tuple[int, ...], *, max_memory: int | s
         pixels = max(1, budget // per_px)  # input pixels per tile, halo included
         in_rows = pixels // max(1, w + le + ri)
         if full_width or in_rows >= 4 * (t + bo + 1):
-            th, tw = max(1, (in_rows - t - bo) // scale), ow
+            th, tw = max(1, (in_rows - t - bo) // sr), ow
         else:
             side = int(math.sqrt(pixels))
-            th = max(1, (side - t - bo) // scale)
-            tw = max(1, (side - le - ri) // scale)
+            th = max(1, (side - t - bo) // sr)
+            tw = max(1, (side - le - ri) // sc)
         # tiles no thinner than their halo: otherwise the halo costs more than the tile
-        th = max(th, (t + bo) // scale + 1, 8)
-        tw = max(tw, (le + ri) // scale + 1, 8)
-    min_h = max(1, (t + bo) // scale + 1)
-    min_w = max(1, (le + ri) // scale + 1)
+        th = max(th, (t + bo) // sr + 1, 8)
+        tw = max(tw, (le + ri) // sc + 1, 8)
+    min_h = max(1, (t + bo) // sr + 1)
+    min_w = max(1, (le + ri) // sc + 1)
     return TilePlan(units, wrap, (h, w), (oh, ow), _split(oh, th, min_h), _split(ow, tw, min_w),
                     sizes_h, sizes_w)
 
@@ -283,8 +285,8 @@ def _run_tile(tp: TilePlan, module: nn.Module, x: Tensor, rr: list, cc: list, al
     units = tp.units
     if len(units) == 1:  # one engine call: integer in and out, fused conversions
         y = engine.apply(module, x, alpha=alpha)
-        lo_r = rr[0][0] if units[0].kind == "same" else rr[0][0] // units[0].stride
-        lo_c = cc[0][0] if units[0].kind == "same" else cc[0][0] // units[0].stride
+        lo_r = rr[0][0] if units[0].kind == "same" else rr[0][0] // units[0].stride[0]
+        lo_c = cc[0][0] if units[0].kind == "same" else cc[0][0] // units[0].stride[1]
         return y[..., rr[1][0] - lo_r:rr[1][1] - lo_r, cc[1][0] - lo_c:cc[1][1] - lo_c]
     integer = not x.is_floating_point()
     colour, a = (x[:, :-1], x[:, -1:]) if alpha else (x, None)
@@ -295,8 +297,8 @@ def _run_tile(tp: TilePlan, module: nn.Module, x: Tensor, rr: list, cc: list, al
         cur = engine.apply(m, cur)
         if af is not None and u.kind == "pool":
             af = m(af)
-        s = u.stride if u.kind == "pool" else 1
-        lo_r, lo_c = rr[i][0] // s, cc[i][0] // s
+        sr, sc = u.stride  # (1, 1) for a same-size unit
+        lo_r, lo_c = rr[i][0] // sr, cc[i][0] // sc
         sl = (Ellipsis, slice(rr[i + 1][0] - lo_r, rr[i + 1][1] - lo_r),
               slice(cc[i + 1][0] - lo_c, cc[i + 1][1] - lo_c))
         cur = cur[sl]

@@ -25,6 +25,7 @@ SPECS = [NEEDS.get(n, n) for n in convkit.list_filters() if n != "learned"] + [
     "opening(size=4, shape=cross, iterations=2) | laplacian(border=circular)",
     "emboss(border=constant, value=20) | percentile(size=3, q=25)",
     "sobel(ksize=1)", "avgpool(size=4) | gaussian(sigma=5)",
+    "maxpool(size=[3, 2], stride=[1, 2]) | sharpen",
 ]
 SIZES = [(36, 52), (64, 48)]  # ((side - size) a multiple of stride for the pooling above;
 # the gaussian's pad of 15 after pooling by 4 needs sides of 64 or more for the reflection)

@@ -228,6 +228,25 @@ def test_pooling_matches_torch_and_cv2(photo):
     assert max_diff(convkit.process(photo, "avgpool(size=2)"), ref) <= 1
 
 
+@pytest.mark.parametrize("size,stride", [([3, 2], None), ([2, 3], [1, 3]), (2, [2, 1]),
+                                         ([4, 1], [2, 1])])
+def test_rectangular_pooling_matches_torch(photo, size, stride):
+    """Spec sizes are [width, height] (OpenCV's order); torch's are (height, width)."""
+    x = torch.from_numpy(photo).permute(2, 0, 1)[None].float()
+    hw = lambda v: (v, v) if isinstance(v, int) else (v[1], v[0])  # noqa: E731
+    (kh, kw), (sh, sw) = hw(size), hw(stride or size)
+    crop = x[..., :(x.shape[2] - kh) // sh * sh + kh, :(x.shape[3] - kw) // sw * sw + kw]
+    for mode, ref in (("avg", torch.nn.functional.avg_pool2d),
+                      ("max", torch.nn.functional.max_pool2d)):
+        f = convkit.get_filter(f"{mode}pool", size=size, stride=stride)
+        torch.testing.assert_close(f(crop), ref(crop, (kh, kw), (sh, sw)))
+        assert convkit.chain(f.spec())(crop).shape == f(crop).shape  # the spec round-trips
+    # a block mean of 3 across by 2 down = OpenCV's INTER_AREA for those factors
+    h, w = photo.shape[0] // 2 * 2, photo.shape[1] // 3 * 3
+    ref = cv2.resize(photo[:h, :w], (w // 3, h // 2), interpolation=cv2.INTER_AREA)
+    assert max_diff(convkit.process(photo[:h, :w], "avgpool(size=[3, 2])"), ref) <= 1
+
+
 def test_pooling_ragged_edge_reads_the_border():
     x = torch.arange(5.0).reshape(1, 1, 1, 5)
     # windows [0,1], [2,3], [4, reflect->3]

@@ -454,7 +454,8 @@ def test_sigterm_during_one_long_filter_ends_the_run_at_once(tmp_path):
     ("reflect", cv2.BORDER_REFLECT_101), ("replicate", cv2.BORDER_REPLICATE),
     ("symmetric", cv2.BORDER_REFLECT), ("circular", cv2.BORDER_WRAP),
     ("constant", cv2.BORDER_CONSTANT)])
-@pytest.mark.parametrize("size,stride", [(2, 100), (3, 7), (5, 9)])
+@pytest.mark.parametrize("size,stride", [(2, 100), (3, 7), (5, 9), ((2, 3), (9, 2)),
+                                         ((4, 1), (3, 5))])
 def test_pooling_with_gaps_between_windows(border, cv_border, size, stride):
     """Windows further apart than their size read only their own lines: the same values as
     padding the whole image with OpenCV's copyMakeBorder and taking each window."""
@@ -466,11 +467,12 @@ def test_pooling_with_gaps_between_windows(border, cv_border, size, stride):
     x = torch.from_numpy(a)[None, None]
     ph, pw = KF.pool_pads(52, 36, size, stride)
     padded = cv2.copyMakeBorder(a, 0, ph, 0, pw, cv_border, value=0.25)
-    rows = range(0, 52 + ph - size + 1, stride)
-    cols = range(0, 36 + pw - size + 1, stride)
+    (kh, kw), (sh, sw) = KF.pool_size(size), KF.pool_size(stride)  # (rows, cols)
+    rows = range(0, 52 + ph - kh + 1, sh)
+    cols = range(0, 36 + pw - kw + 1, sw)
     for fn, reduce in ((KF.max_pool, np.max), (KF.avg_pool, np.mean)):
         got = fn(x, size, stride, border, 0.25)[0, 0].numpy()
-        ref = np.array([[reduce(padded[i:i + size, j:j + size]) for j in cols] for i in rows])
+        ref = np.array([[reduce(padded[i:i + kh, j:j + kw]) for j in cols] for i in rows])
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=1e-6)
 

@@ -47,9 +47,12 @@ LINEAR = ("gaussian(sigma=1.5, border=B) | sharpen(border=B) "
 NONLIN = "median(size=5, border=B) | emboss(border=B) | sobel(border=B)"
 POOLED = ("sharpen(border=B) | avgpool(size=2, border=B) | gaussian(sigma=1, border=B) "
           "| maxpool(size=3, stride=2, border=B) | box(size=4, border=B)")
+RECT = ("avgpool(size=[3, 1], border=B) | gaussian(sigma=[1, 2], border=B) "
+        "| maxpool(size=[2, 3], stride=[1, 2], border=B) | sharpen(border=B)")
 
 
-@pytest.mark.parametrize("template", [LINEAR, NONLIN, POOLED], ids=["linear", "median", "pool"])
+@pytest.mark.parametrize("template", [LINEAR, NONLIN, POOLED, RECT],
+                         ids=["linear", "median", "pool", "rectangular-pool"])
 @pytest.mark.parametrize("border", LOCAL_BORDERS)
 def test_tiles_equal_whole(template, border):
     spec = _spec(template, border)
@@ -149,6 +152,8 @@ def test_learned_like_module(pool):
 def test_halo_and_refusals():
     assert tiling.halo(convkit.chain("gaussian(sigma=1) | avgpool(size=2) | sharpen")) == (
         5, 6, 5, 6)
+    # 3 across by 1 down, stride (3, 1): the sharpen after it reaches 3 columns per pixel
+    assert tiling.halo(convkit.chain("avgpool(size=[3, 1]) | sharpen")) == (1, 1, 3, 5)
     with pytest.raises(ValueError, match="mixes the circular border with others"):
         tiling.apply_tiled(convkit.chain("sharpen(border=circular) | box(size=3)"), _img((8, 8)))
     with pytest.raises(ValueError, match="pools with the circular border"):

@@ -30,7 +30,7 @@ def _module(leaf: L.Leaf) -> nn.Module:
 
         return Morphology(leaf.op, leaf.fp, leaf.iterations, leaf.border, leaf.value)
     if isinstance(leaf, L.GradientLeaf):
-        return GradientMagnitude(leaf.kx, border=leaf.border, value=leaf.value)
+        return GradientMagnitude(leaf.kx, leaf.ky, border=leaf.border, value=leaf.value)
     raise TypeError(f"not a leaf: {type(leaf).__name__}")
 
 

@@ -598,12 +598,15 @@ def describe(module, title: str | None = None) -> str:
             lines.append(f"negative values written to integer images as: {module.negative}")
         return "\n".join(lines)
     if isinstance(module, GradientMagnitude):
-        kx = module.kx.double()
+        kx, ky = module.kx.double(), module.ky.double()
+        transposed = torch.equal(ky, kx.t())
         lines = [f"{title}: non-linear, sqrt(gx^2 + gy^2) where gx correlates with the kernel "
-                 "below and gy with its transpose"]
+                 "below and gy with " + ("its transpose" if transposed else "the second one")]
         lines += _matrix(kx)
+        if not transposed:
+            lines += ["and gy's:", *_matrix(ky)]
         lines.append(f"sum: {_num(float(kx.sum()))}")
-        rank = _rank(torch.linalg.svdvals(kx))
+        rank = max(_rank(torch.linalg.svdvals(kx)), _rank(torch.linalg.svdvals(ky)))
         lines.append("each derivative kernel is separable (rank 1)" if rank == 1 else
                      f"derivative kernel rank {rank}")
         return "\n".join(lines)

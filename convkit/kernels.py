@@ -17,6 +17,11 @@ TOML schema (one file per named kernel)::
                                      # integer image as its absolute value by default)
     type = "kernel"                  # optional: "kernel" or "gradient" (weights are d/dx;
                                      # d/dy is their transpose)
+    weights_y = [[...]]              # gradient only, optional: the d/dy kernel when it is not
+                                     # the transpose (Roberts' cross); scaled by ``scale`` too
+    magnitude = "l2"                 # gradient only, optional: "l2" = sqrt(gx^2 + gy^2)
+                                     # (cv2.magnitude) or "rms" = sqrt((gx^2 + gy^2) / 2)
+                                     # (scikit-image's edge magnitudes)
 """
 
 from __future__ import annotations
@@ -52,8 +57,10 @@ def dtype_name(dtype: Any) -> str:
 #: taps, whose filter2D on a 1080p photo takes seconds (it goes through a DFT).
 MAX_DENSE_SIDE = 1023
 KERNEL_TYPES = ("kernel", "gradient")
+MAGNITUDES = ("l2", "rms")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_KEYS = {"name", "description", "weights", "scale", "offset", "border", "signed", "type"}
+_KEYS = {"name", "description", "weights", "scale", "offset", "border", "signed", "type",
+         "weights_y", "magnitude"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class KernelSpec:
     signed: bool = False
     type: str = "kernel"
     source: str | None = field(default=None, compare=False)  # where it was read: provenance
+    weights_y: tuple[tuple[float, ...], ...] | None = None  # a gradient's d/dy (None: weights.T)
+    magnitude: str = "l2"  # a gradient's magnitude: "l2" or "rms" (see the module docstring)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -220,6 +229,17 @@ def parse_spec(data: dict[str, Any], source: str, default_name: str | None = Non
     if ktype == "gradient" and len(weights) != len(weights[0]):
         raise ValueError(f"{source}: a gradient kernel should be square. Got {len(weights)}x"
                          f"{len(weights[0])}")
+    weights_y, magnitude = data.get("weights_y"), data.get("magnitude", "l2")
+    if ktype != "gradient" and ("weights_y" in data or "magnitude" in data):
+        raise ValueError(f"{source}: weights_y and magnitude are for type = \"gradient\"")
+    if weights_y is not None:
+        try:
+            weights_y = check_weights(weights_y, what=f"{source}: weights_y")
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+    if magnitude not in MAGNITUDES:
+        raise ValueError(f"{source}: magnitude should be one of {', '.join(MAGNITUDES)}. "
+                         f"Got {magnitude!r}")
     return KernelSpec(
         name=name,
         description=description,
@@ -230,6 +250,8 @@ def parse_spec(data: dict[str, Any], source: str, default_name: str | None = Non
         signed=signed,
         type=ktype,
         source=source,
+        weights_y=weights_y,
+        magnitude=magnitude,
     )
 
 

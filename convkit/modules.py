@@ -259,17 +259,18 @@ class Kernel2d(Filter):
 
 
 class GradientMagnitude(Filter):
-    """``sqrt(gx**2 + gy**2)`` of a derivative kernel ``kx`` (d/dx) and its transpose (d/dy).
+    """``sqrt(gx**2 + gy**2)`` of a derivative kernel ``kx`` (d/dx) and ``ky`` (d/dy; by
+    default the transpose of ``kx``).
 
     The per-pixel magnitude is never negative. Shape as :class:`Kernel2d`.
     """
 
-    def __init__(self, kx, *, border: str = "reflect", value: float = 0.0) -> None:
+    def __init__(self, kx, ky=None, *, border: str = "reflect", value: float = 0.0) -> None:
         super().__init__()
-        rows = check_weights(kx, what="GradientMagnitude")
-        k = torch.tensor(rows, dtype=torch.float32)
+        k = torch.tensor(check_weights(kx, what="GradientMagnitude kx"), dtype=torch.float32)
         self.register_buffer("kx", k)
-        self.register_buffer("ky", k.t().contiguous())
+        self.register_buffer("ky", k.t().contiguous() if ky is None else torch.tensor(
+            check_weights(ky, what="GradientMagnitude ky"), dtype=torch.float32))
         self.border = check_border(border)
         self.value = float(value)
 

@@ -283,6 +283,10 @@ def test_user_toml_loads_like_builtin(tmp_path, rng):
         ("weights = [[1]]\ncolour = 1", "unknown key 'colour'"),
         ("name = 'x'", "missing 'weights'"),
         ("weights = [[1]", "not valid TOML"),
+        ("type = 'gradient'\nweights = [[1]]\nmagnitude = 'max'",
+         "magnitude should be one of l2, rms"),
+        ("weights = [[1, 0]]\nweights_y = [[0], [1]]", "weights_y and magnitude are for type"),
+        ("type = 'gradient'\nweights = [[1]]\nweights_y = [[1, 'a']]", "only numbers"),
     ],
 )
 def test_bad_toml_files(tmp_path, body, message):

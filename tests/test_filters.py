@@ -179,6 +179,43 @@ def test_sobel_magnitude_and_prewitt(photo):
                                cv2.filter2D(f, -1, kx), atol=1e-5)
 
 
+# scikit-image's scipy.ndimage modes by their convkit names
+NDIMAGE_MODES = {"symmetric": "reflect", "reflect": "mirror", "replicate": "nearest",
+                 "circular": "wrap", "constant": "constant"}
+
+
+@pytest.mark.parametrize("border", sorted(NDIMAGE_MODES))
+def test_farid_matches_skimage(photo, border):
+    filters = pytest.importorskip("skimage.filters")
+    mode = NDIMAGE_MODES[border]
+    f = photo[..., 1].astype(np.float32) / 255
+    for spec, ref in ((f"farid(border={border})", filters.farid(f, mode=mode)),
+                      (f"farid(dx=1, border={border})", filters.farid(f, axis=1, mode=mode)),
+                      (f"farid(dy=1, border={border})", filters.farid(f, axis=0, mode=mode))):
+        np.testing.assert_allclose(convkit.process(f, spec), ref, atol=2e-6, err_msg=spec)
+    if border == "symmetric":  # scikit-image's own default, and convkit's for farid
+        np.testing.assert_allclose(convkit.process(f, "farid"), filters.farid(f), atol=2e-6)
+
+
+def test_roberts_matches_skimage(photo):
+    filters = pytest.importorskip("skimage.filters")
+    f = photo[..., 0].astype(np.float32) / 255
+    np.testing.assert_allclose(convkit.process(f, "roberts"), filters.roberts(f), atol=2e-6)
+    np.testing.assert_allclose(convkit.process(f, "roberts(dx=1)"),
+                               filters.roberts_pos_diag(f), atol=1e-6)
+    np.testing.assert_allclose(convkit.process(f, "roberts(dy=1)"),
+                               filters.roberts_neg_diag(f), atol=1e-6)
+    # 8-bit: skimage's [0, 1] result in grey levels, rounded (the magnitude is never negative)
+    ref8 = np.round(filters.roberts(photo[..., 0]) * 255)
+    assert max_diff(convkit.process(photo[..., 0], "roberts"), ref8) <= 1
+    # a hand-computed case: a step of 1 down-right of the pixel, symmetric border
+    x = np.zeros((3, 3), np.float32)
+    x[2, 2] = 1.0
+    got = convkit.process(x, "roberts")
+    assert got[1, 1] == pytest.approx(np.sqrt(0.5))  # dx = 1 - 0, dy = 0 - 0
+    assert got[0, 0] == 0.0
+
+
 def test_laplacian_matches_cv2(photo):
     f = photo.astype(np.float32) / 255
     np.testing.assert_allclose(convkit.process(f, "laplacian"),

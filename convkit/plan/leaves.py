@@ -11,6 +11,8 @@ torch builders only (:mod:`convkit.builders`).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +50,13 @@ class MedianLeaf:
 
 @dataclass(frozen=True, eq=False)
 class GradientLeaf:
-    """``sqrt(gx**2 + gy**2)``, ``gx`` by ``kx`` (float64, d/dx) and ``gy`` by its transpose."""
+    """``sqrt(gx**2 + gy**2)``, ``gx`` by ``kx`` (float64, d/dx) and ``gy`` by ``ky`` (its
+    transpose when None)."""
 
     kx: np.ndarray
     border: str = "reflect"
     value: float = 0.0
+    ky: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,14 +125,18 @@ def gradient(info, dx=0, dy=0, negative="abs", strength=1.0, border=None,
     border = border or spec.border
     k = sobel_kernel(ksize) if ksize not in (None, 3) else \
         np.array(spec.weights, dtype=np.float64) / spec.scale
+    ky = k.T if spec.weights_y is None else np.array(spec.weights_y, dtype=np.float64) / spec.scale
     if dx + dy == 0:
         if strength != 1.0:
             raise ValueError(f"{info.name}: strength applies to one derivative (dx=1 or dy=1); "
                              "the magnitude is not a linear filter")
-        return [GradientLeaf(k, border, float(value))]
+        if spec.magnitude == "rms":  # sqrt((gx^2 + gy^2) / 2): both kernels over sqrt(2)
+            k, ky = k / math.sqrt(2.0), ky / math.sqrt(2.0)
+        return [GradientLeaf(k, border, float(value),
+                             None if spec.weights_y is None and spec.magnitude == "l2" else ky)]
     if dx and dy:
         raise ValueError(f"{info.name}: give dx=1 or dy=1, not both (0 and 0 = magnitude)")
-    return [_linear(k.T if dy else k, scale=1.0, offset=0.0, strength=strength, border=border,
+    return [_linear(ky if dy else k, scale=1.0, offset=0.0, strength=strength, border=border,
                     value=value, negative=negative)]
 
 

@@ -51,7 +51,8 @@ def leaf_ops(leaves: list[Leaf], name: str) -> list:
                                leaf.value / 255.0, name if one else "Morphology"))
         elif isinstance(leaf, GradientLeaf):
             kx = _f32(leaf.kx)
-            ops.append(gradient_op(kx, kx.T.copy(), leaf.border, leaf.value,
+            ky = kx.T.copy() if leaf.ky is None else _f32(leaf.ky)
+            ops.append(gradient_op(kx, ky, leaf.border, leaf.value,
                                    name if one else "GradientMagnitude"))
         else:
             raise TypeError(f"not a leaf: {type(leaf).__name__}")

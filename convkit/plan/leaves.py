@@ -12,7 +12,6 @@ torch builders only (:mod:`convkit.builders`).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any
 

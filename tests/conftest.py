@@ -82,3 +82,13 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 12
 
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest absolute difference of two arrays of the same shape; two integer arrays
+    must have the same dtype too (an image read back at another depth is a failure)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())

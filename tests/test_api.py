@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import run_python
+from conftest import max_diff, run_python
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -296,6 +296,19 @@ def test_bad_toml_files(tmp_path, body, message):
         kernels.load_spec(p)
     assert str(p) in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_a_kernel_file_is_read_again_on_every_call(tmp_path):
+    """Plans of spec strings are cached, but not those that read a file: an edited kernel
+    file is what the next call runs."""
+    img = (np.random.default_rng(1).random((9, 8)) * 255).astype(np.uint8)
+    p = tmp_path / "k.toml"
+    for weights, scale in (([[0, 1, 0]], 1), ([[1, 1, 1]], 3)):
+        p.write_text(f"weights = {weights}\nscale = {scale}\n")
+        ref = cv2.filter2D(img, -1, np.array(weights, np.float32) / scale,
+                           borderType=cv2.BORDER_REFLECT_101)
+        assert max_diff(convkit.process(img, f"kernel(path={p})"), ref) <= 1
+        assert max_diff(convkit.process(img, str(p)), ref) <= 1
 
 
 def test_missing_toml_file(tmp_path):

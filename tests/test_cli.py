@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run_python
+from conftest import max_diff, run_python
 
 from convkit.cli import cli
 from convkit.registry import get_info, list_filters
@@ -48,11 +48,6 @@ def read(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert img is not None, f"{path} is not a readable image"
     return img
-
-
-def max_diff(a: np.ndarray, b: np.ndarray) -> int:
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
-    return int(np.abs(a.astype(np.int64) - b.astype(np.int64)).max())
 
 
 def invoke(*args: str):

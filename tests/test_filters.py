@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CV_BORDERS, cv_filter2d
+from conftest import CV_BORDERS, cv_filter2d, max_diff
 from PIL import Image, ImageFilter
 
 import convkit
@@ -14,10 +14,6 @@ from convkit import functional as KF
 
 BORDERS = list(CV_BORDERS)
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
-
-
-def max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
 # --- kernel: uint8, uint16 and float against cv2.filter2D, every border --------------------
@@ -195,6 +191,10 @@ def test_farid_matches_skimage(photo, border):
         np.testing.assert_allclose(convkit.process(f, spec), ref, atol=2e-6, err_msg=spec)
     if border == "symmetric":  # scikit-image's own default, and convkit's for farid
         np.testing.assert_allclose(convkit.process(f, "farid"), filters.farid(f), atol=2e-6)
+        # 16-bit: skimage's [0, 1] result on the 16-bit scale, rounded
+        img16 = photo[..., 1].astype(np.uint16) * 257 + 3
+        ref16 = np.round(filters.farid(img16.astype(np.float64) / 65535) * 65535)
+        assert max_diff(convkit.process(img16, "farid"), ref16) <= 1
 
 
 def test_roberts_matches_skimage(photo):

@@ -429,7 +429,17 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
             tmp = res.astype(np.float32) if res.dtype != np.float32 else res
             _store(tmp.reshape(dst.shape), dst, negative, alpha=s, delta=delta)
 
-    parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+    n = workers()
+    if small(srcs) or op.border == "circular" or len(srcs) % n == 0 or len(srcs) >= 4 * n:
+        parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+        return out
+    # 3 planes on 2 workers left one worker a whole plane alone (1.1 ms against cv2.erode's
+    # 0.65 ms for erode 5 on 1080p RGB): one band per worker, each with the rows the
+    # operation reaches above and below it (a wrapping border needs the whole plane)
+    from .morphology import reach
+
+    top, bottom, _, _ = reach(op.fp, op.op, op.iterations)
+    _bands(srcs, dsts, top, bottom, n, run)
     return out
 
 

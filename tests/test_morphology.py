@@ -68,6 +68,29 @@ def test_every_operation_equals_opencv(name, dtype):
                         assert np.array_equal(got, ref), spec
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_images_filtered_in_bands_equal_opencv(dtype):
+    """Images large enough to be cut into one band of rows per worker thread: the rows each
+    band reaches above and below give the same result as OpenCV on the whole image, for an
+    interleaved (H, W, C) image and a planar (1, C, H, W) tensor."""
+    a = image(dtype, h=261, w=203)
+    planar = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+    for name in ("erode", "opening", "blackhat"):
+        for shape, size, iterations in (("rect", 5, 1), ("ellipse", 4, 3), ("cross", 7, 2)):
+            for border in ("none", "reflect", "constant", "circular"):
+                value = 51.0 if border == "constant" else 0.0
+                spec = (f"{name}(size={size}, shape={shape}, iterations={iterations}, "
+                        f"border={border}, value={value})")
+                fp = cv2.getStructuringElement(SHAPES[shape], (size, size))
+                ref = reference(a, name, fp, iterations, border, value)
+                for got in (convkit.process(a, spec),
+                            convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()):
+                    if dtype == np.float32:
+                        np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=spec)
+                    else:
+                        assert np.array_equal(got, ref), spec
+
+
 def test_any_footprint():
     a = image(np.uint8)
     fp = np.array([[0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], np.uint8)  # 4x3, asymmetric

@@ -214,7 +214,7 @@ def time_pipeline_cv2(data: Path, out: Path) -> float:
     import torch
 
     import convkit
-    from convkit import pipeline
+    from convkit.pipeline import batches as pipeline
 
     def cv2_batch(module, batch, *, alpha, device):
         outs = []

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import convkit
-from convkit import engine
+from convkit.backends import engine
 from convkit.plan.ops import LinearOp
 
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import convkit
-from convkit import engine
+from convkit.backends import engine
 
 
 def _sync(dev: torch.device) -> None:
@@ -152,7 +152,7 @@ BLOCKS = [(8, 128, 4), (16, 128, 4), (32, 128, 8), (16, 256, 8), (8, 256, 4), (4
 def stencil_blocks(x: torch.Tensor, reference: torch.Tensor, copy_bw: float,
                    peak: float | None) -> None:
     """The Triton stencil's sharpen at each tile shape, called directly (no engine)."""
-    from convkit import stencil
+    from convkit.backends import stencil
 
     if not stencil.available(x.device):
         print("\nTriton stencil: not available on this device (CUDA and Triton needed)")
@@ -187,7 +187,7 @@ FILTER_ROWS = [("sharpen", "sharpen"), ("emboss", "emboss"), ("laplacian", "lapl
 
 def triton_rows(dev: torch.device, batch: int) -> None:
     """Eager torch against options(triton=True) on the filters the stencil takes."""
-    from convkit import stencil
+    from convkit.backends import stencil
 
     if not stencil.available(dev):
         return
@@ -251,7 +251,7 @@ def gpu_decode_pipeline(folder: Path, out: Path, dev: torch.device, batch: int) 
 
 def decoder_agreement(folder: Path, dev: torch.device) -> dict:
     """nvJPEG (decode_jpegs on the device) against libjpeg-turbo (read_image) on the folder."""
-    from convkit import io
+    from convkit.io import images as io
 
     items = [io.read_image_with_info(f, defer_jpeg=True)[0] for f in sorted(folder.glob("*.jpg"))]
     gpu = io.decode_jpegs(items, dev)

@@ -22,7 +22,7 @@ import time
 import torch
 
 import convkit
-from convkit.modules import reference
+from convkit.nn.modules import reference
 
 SHARPEN = [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]
 

@@ -25,7 +25,8 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 import convkit
-from convkit import io, pipeline
+from convkit.io import images as io
+from convkit.pipeline import batches as pipeline
 
 
 def small_jpegs(n: int) -> list[bytes]:

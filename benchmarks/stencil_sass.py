@@ -2,8 +2,8 @@
 
     python benchmarks/stencil_sass.py [--arch 90]
 
-Compiles ``convkit.stencil`` for sm_<arch> ahead of time (``stencil.compile_for``), takes the
-SASS apart with the ``nvdisasm``/``cuobjdump`` that Triton's wheel ships, and counts the
+Compiles ``convkit.backends.stencil`` for sm_<arch> ahead of time (``stencil.compile_for``), takes
+the SASS apart with the ``nvdisasm``/``cuobjdump`` that Triton's wheel ships, and counts the
 instructions of the inner-tile path (the branch every tile of a large image takes, between the
 first branch and the first EXIT), divided by the pixels each thread computes. A proxy for speed
 where no GPU is at hand: on an H100 one SM issues 4 warp-instructions per clock, so at 1.98 GHz
@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 import torch
 
-from convkit import stencil
+from convkit.backends import stencil
 
 SHARPEN = (stencil.tap_mask(np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])),)  # zero corners
 _DX = np.array([[1, 0, 1]] * 3)  # where sobel's x kernel is non-zero; its y kernel: the transpose

@@ -10,28 +10,29 @@ from importlib import import_module
 from typing import Any
 
 from ._version import __version__
-from .registry import list_filters
+from .kernels.registry import list_filters
 
 _LAZY = {
-    "get_filter": ("registry", "get_filter"),
-    "register_toml": ("registry", "register_toml"),
-    "Kernel2d": ("modules", "Kernel2d"),
-    "GradientMagnitude": ("modules", "GradientMagnitude"),
-    "Median": ("modules", "Median"),
-    "Pool2d": ("modules", "Pool2d"),
-    "Unsharp": ("modules", "Unsharp"),
-    "Chain": ("chains", "Chain"),
-    "chain": ("chains", "chain"),
+    "get_filter": ("kernels.registry", "get_filter"),
+    "register_toml": ("kernels.registry", "register_toml"),
+    "Filter": ("nn.modules", "Filter"),
+    "Kernel2d": ("nn.modules", "Kernel2d"),
+    "GradientMagnitude": ("nn.modules", "GradientMagnitude"),
+    "Median": ("nn.modules", "Median"),
+    "Pool2d": ("nn.modules", "Pool2d"),
+    "Unsharp": ("nn.modules", "Unsharp"),
+    "Chain": ("nn.chains", "Chain"),
+    "chain": ("nn.chains", "chain"),
     "process": ("api", "process"),
-    "run": ("pipeline", "run"),
-    "Summary": ("pipeline", "Summary"),
+    "run": ("pipeline.batches", "run"),
+    "Summary": ("pipeline.batches", "Summary"),
     "load_model": ("learn.files", "load_model"),
-    "apply_tiled": ("tiling", "apply_tiled"),
-    "filter_file": ("tiling", "filter_file"),
-    "to_torch": ("exporters", "to_torch"),
-    "export": ("exporters", "export"),
-    "functional": ("functional", None),
-    "engine": ("engine", None),
+    "apply_tiled": ("pipeline.tiling", "apply_tiled"),
+    "filter_file": ("pipeline.tiling", "filter_file"),
+    "to_torch": ("nn.export", "to_torch"),
+    "export": ("nn.export", "export"),
+    "functional": ("nn.functional", None),
+    "engine": ("backends.engine", None),
 }
 
 __all__ = ["__version__", "list_filters", *_LAZY]

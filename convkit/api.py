@@ -2,7 +2,7 @@
 
 A NumPy array or PIL image filtered on the CPU by a spec of fixed filters runs without torch:
 the spec is planned (:func:`convkit.plan.specs.plan_spec`) and run on OpenCV
-(:func:`convkit.fastpath.run_plan`), the same plan and backend the engine picks for modules.
+(:func:`convkit.backends.opencv.run_plan`), the same plan and backend the engine picks for modules.
 Tensors, modules, pooling, learned filters, float64 images and CUDA devices go through torch.
 """
 
@@ -74,7 +74,7 @@ def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,
     import torch
     from torch import nn
 
-    from .chains import chain
+    from .nn.chains import chain
 
     module = spec_or_module if isinstance(spec_or_module, nn.Module) else chain(spec_or_module)
     dev = resolve_device(device)
@@ -92,21 +92,21 @@ def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,
 
 
 def _plan(image: Any, spec: Any, device: Any):
-    """The torch-free plan for this call (:func:`convkit.pipeline.cpu_plan`, for an image
+    """The torch-free plan for this call (:func:`convkit.pipeline.batches.cpu_plan`, for an image
     whose dtype it runs as the engine would), or None when it goes through torch."""
     if isinstance(image, np.ndarray):
         if image.dtype.name not in ("uint8", "uint16", "float32"):
             return None
     elif not _is_pil(image) or image.mode == "F":  # (float PIL images: as before)
         return None
-    from . import fastpath
-    from .pipeline import cpu_plan
+    from .backends import opencv
+    from .pipeline.batches import cpu_plan
     from .plan.rules import current
 
     plan = cpu_plan(spec, device)
     dtype = image.dtype if isinstance(image, np.ndarray) else \
         ("uint16" if image.mode.startswith("I;16") else "uint8")
-    if plan is None or not fastpath.runs_plan(plan, dtype, current()):
+    if plan is None or not opencv.runs_plan(plan, dtype, current()):
         return None
     return plan
 
@@ -126,7 +126,7 @@ def _default_alpha(channels: int, alpha: bool | None) -> bool:
 def _run(module: nn.Module, x: torch.Tensor, dev: torch.device, alpha: bool) -> torch.Tensor:
     import torch
 
-    from . import engine
+    from .backends import engine
 
     with torch.inference_mode():
         return engine.apply(module, x.to(dev), alpha=alpha).cpu()
@@ -135,10 +135,10 @@ def _run(module: nn.Module, x: torch.Tensor, dev: torch.device, alpha: bool) -> 
 def _run_plan(plan, hwc: np.ndarray, alpha: bool) -> np.ndarray:
     """``plan`` on an (H, W, C) array on OpenCV; an alpha channel passes through (these plans
     do not pool)."""
-    from . import fastpath
+    from .backends import opencv
     from .plan.rules import current
 
-    out = fastpath.run_plan_image(plan, hwc.transpose(2, 0, 1), alpha, current())
+    out = opencv.run_plan_image(plan, hwc.transpose(2, 0, 1), alpha, current())
     return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 

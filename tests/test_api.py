@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import convkit
-from convkit import kernels, spec
-from convkit.registry import get_info
+from convkit.kernels import chainspec as spec
+from convkit.kernels import specs as kernels
+from convkit.kernels.registry import get_info
 
 # --- registry -------------------------------------------------------------------------------
 

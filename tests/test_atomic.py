@@ -1,4 +1,4 @@
-"""convkit.atomic: whole-or-nothing writes that keep the replaced file's mode, owner and links,
+"""convkit.io.atomic: whole-or-nothing writes that keep the replaced file's mode, owner and links,
 and the clean-up of a dead run's temporary files."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from convkit.atomic import is_temp_name, remove_stale, replacing, write_file
+from convkit.io.atomic import is_temp_name, remove_stale, replacing, write_file
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o444, 0o640])  # private, read-only, group-readable
@@ -98,7 +98,7 @@ def test_read_only_file_of_an_ordinary_user(tmp_path):
     Python (the checkout and its environment may be out of nobody's reach)."""
     import shutil
 
-    import convkit.atomic
+    import convkit.io.atomic
 
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None:
@@ -109,7 +109,7 @@ def test_read_only_file_of_an_ordinary_user(tmp_path):
     # (pytest's tmp_path lies in folders only root may enter)
     folder = Path(tempfile.mkdtemp(prefix="convkit-nobody-"))
     request_cleanup = lambda: shutil.rmtree(folder, ignore_errors=True)  # noqa: E731
-    shutil.copy(convkit.atomic.__file__, folder / "atomic_copy.py")
+    shutil.copy(convkit.io.atomic.__file__, folder / "atomic_copy.py")
     path = folder / "ro.png"
     path.write_bytes(b"old")
     for p in (folder, path, folder / "atomic_copy.py"):

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import max_diff, run_python
 
-from convkit.cli import cli
-from convkit.registry import get_info, list_filters
+from convkit.cli.main import cli
+from convkit.kernels.registry import get_info, list_filters
 
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
 LAPLACE = SHARPEN - np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
@@ -94,7 +94,7 @@ def test_python_dash_m_convkit_runs(tmp_path):
 def test_help_and_list_do_not_import_torch(argv):
     code = (
         "import sys\n"
-        "from convkit.cli import main\n"
+        "from convkit.cli.main import main\n"
         "try:\n"
         f"    main({argv!r})\n"
         "except SystemExit as e:\n"
@@ -475,7 +475,7 @@ def test_cpu_command_line_never_imports_torch(tmp_path, args):
     src = tmp_path / "in.png"
     Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(src)
     argv = [a.format(src=src, out=tmp_path) for a in args]
-    code = ("import sys\nfrom convkit.cli import main\n"
+    code = ("import sys\nfrom convkit.cli.main import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
             "print(code, 'torch' in sys.modules, 'torchvision' in sys.modules)\n")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # "auto" must find no GPU, even here

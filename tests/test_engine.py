@@ -14,10 +14,12 @@ import pytest
 import torch
 
 import convkit
-from convkit import engine, fusion, stencil
-from convkit import functional as KF
-from convkit.modules import GradientMagnitude, Kernel2d, Median
-from convkit.modules import reference as plain
+from convkit.backends import engine, stencil
+from convkit.backends import module_plans as fusion
+from convkit.backends import opencv as opencv_backend
+from convkit.nn import functional as KF
+from convkit.nn.modules import GradientMagnitude, Kernel2d, Median
+from convkit.nn.modules import reference as plain
 from convkit.plan import fuse as fuse_mod
 from convkit.plan.ops import LinearOp, MedianOp
 
@@ -108,7 +110,7 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, scale: float = 1.0, what:
 def worker_threads(monkeypatch):
     """Small images share out among the worker threads as large ones do (stacked planes, bands
     per worker), instead of running in the calling thread: the tests' images are small."""
-    monkeypatch.setattr(engine.fastpath, "SERIAL_MAX_SAMPLES", 0)
+    monkeypatch.setattr(opencv_backend, "SERIAL_MAX_SAMPLES", 0)
 
 
 @pytest.mark.parametrize("kname,method,backend", CASES)
@@ -239,7 +241,7 @@ def test_median_every_path(size):
                 exp = KF.median_blur(xf, size, border, m.value / 255.0)
                 exp = exp if x.is_floating_point() else KF.to_integer(exp, dtype)
                 assert torch.equal(ref, exp)
-                if engine.fastpath.supports(MedianOp(size, border, 0.0), dtype):
+                if opencv_backend.supports(MedianOp(size, border, 0.0), dtype):
                     out = engine.apply(m, x, backend="opencv")
                     assert torch.equal(out, ref), f"{size} {border} {dtype} {shape}"
 
@@ -537,10 +539,10 @@ def test_banded_chain_equals_the_chain(spec, border, monkeypatch, worker_threads
                                   else f"{p}(border={border})" for p in parts))
     ch.append(Kernel2d(R.normal(size=(2, 3)), scale=1.0, border=border))  # an even kernel
     calls = []
-    real = engine.fastpath._band
-    monkeypatch.setattr(engine.fastpath, "_band",
+    real = opencv_backend._band
+    monkeypatch.setattr(opencv_backend, "_band",
                         lambda *a: (calls.append(a[2:4]), real(*a))[1])
-    monkeypatch.setattr(engine.fastpath, "BAND_FLOATS", 64)
+    monkeypatch.setattr(opencv_backend, "BAND_FLOATS", 64)
     for shape in [(83, 21), (200, 7), (17, 9), (2, 3)]:
         for dtype in (torch.uint8, torch.uint16, torch.float32):
             x = _image(shape, dtype)
@@ -567,12 +569,12 @@ def test_circular_and_filled_borders_are_not_banded():
                  "sharpen(border=constant, value=9) | emboss(border=constant, value=9)"):
         ch = convkit.chain(spec)
         plan = fusion.get_plan(ch, False)
-        assert not all(engine.fastpath.bandable(op) for op in plan.ops), spec
+        assert not all(opencv_backend.bandable(op) for op in plan.ops), spec
 
 
 def test_parallel_runs_every_job_and_raises_the_first_error():
     done = []
-    engine.fastpath.parallel(lambda i: done.append(i), [(i,) for i in range(7)])
+    opencv_backend.parallel(lambda i: done.append(i), [(i,) for i in range(7)])
     assert sorted(done) == list(range(7))
 
     def boom(i):
@@ -582,7 +584,7 @@ def test_parallel_runs_every_job_and_raises_the_first_error():
 
     done.clear()
     with pytest.raises(RuntimeError, match="job 3"):
-        engine.fastpath.parallel(boom, [(i,) for i in range(6)])
+        opencv_backend.parallel(boom, [(i,) for i in range(6)])
     assert sorted(done) == [0, 1, 2, 4, 5]  # the others still ran to the end
 
 
@@ -603,9 +605,9 @@ def test_small_images_run_in_the_calling_thread(spec, monkeypatch):
         return call
 
     for name in ("filter2D", "sepFilter2D", "boxFilter", "medianBlur", "magnitude"):
-        monkeypatch.setattr(engine.fastpath.cv2, name, spy(getattr(cv2, name)))
+        monkeypatch.setattr(opencv_backend.cv2, name, spy(getattr(cv2, name)))
     m = convkit.chain(spec)
-    limit = engine.fastpath.SERIAL_MAX_SAMPLES
+    limit = opencv_backend.SERIAL_MAX_SAMPLES
     for shape, calling in (((60, 70), True), ((limit // 3 // 120 + 1, 120), False)):
         x = _image(shape, torch.uint8, b=1)
         threads.clear()
@@ -619,11 +621,11 @@ def test_opencv_thread_setting_is_respected():
     n = cv2.getNumThreads()
     try:
         cv2.setNumThreads(1)
-        assert engine.fastpath.workers() == 1
+        assert opencv_backend.workers() == 1
         names = set()
         import threading
 
-        engine.fastpath.parallel(lambda: names.add(threading.current_thread().name),
+        opencv_backend.parallel(lambda: names.add(threading.current_thread().name),
                                  [()] * 4)
         assert names == {threading.current_thread().name}
     finally:
@@ -643,7 +645,7 @@ def test_empty_batch(spec):
 def test_gradient_magnitude_in_bands(border, monkeypatch, worker_threads):
     """The gradient magnitude runs band by band on OpenCV (pre-padded borders plane by plane);
     either way it equals the module's own float64 forward."""
-    monkeypatch.setattr(engine.fastpath, "BAND_FLOATS", 64)
+    monkeypatch.setattr(opencv_backend, "BAND_FLOATS", 64)
     for spec in ("sobel", "scharr", "prewitt"):
         m = convkit.chain(f"{spec}(border={border})")
         for shape in [(83, 21), (5, 4), (1, 1)]:
@@ -705,13 +707,13 @@ def test_forked_child_gets_its_own_worker_pool():
     x = _image((300, 200), torch.uint8)
     m = convkit.chain("gaussian(sigma=1) | sharpen")
     want = engine.apply(m, x)
-    engine.fastpath._POOL_LOCK.acquire()
+    opencv_backend._POOL_LOCK.acquire()
     try:
         pid = os.fork()
         if pid == 0:  # the child
             os._exit(0 if torch.equal(engine.apply(m, x), want) else 1)
     finally:
-        engine.fastpath._POOL_LOCK.release()
+        opencv_backend._POOL_LOCK.release()
     deadline = time.monotonic() + 60
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
         if time.monotonic() > deadline:
@@ -729,7 +731,7 @@ SMALL_BLOCK = (16, 16, 1)  # a 40x50 image has inner tiles for kernels of up to 
 @pytest.fixture(params=["interpreter", pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])])
 def stencil_device(request, monkeypatch) -> str:
-    """Where convkit.stencil's Triton kernel runs: compiled on CUDA, or on the CPU through
+    """Where convkit.backends.stencil's Triton kernel runs: compiled on CUDA, or on the CPU through
     Triton's interpreter (NumPy), which is how machines without a GPU test it.
 
     For the interpreter the kernel module is loaded afresh under another name while

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 import convkit
-from convkit.cli import cli
-from convkit.exporters import BorderPad, to_torch
+from convkit.cli.main import cli
+from convkit.nn.export import BorderPad, to_torch
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -114,7 +114,7 @@ def test_to_torch_shows_the_conv_layers_and_can_be_fine_tuned(tmp_path):
 
 
 def test_border_pad_equals_convkit_borders():
-    from convkit.functional import pad
+    from convkit.nn.functional import pad
 
     x = _x(9, 11)
     for border in ("reflect", "replicate", "constant", "circular", "symmetric"):

@@ -10,7 +10,7 @@ from conftest import CV_BORDERS, cv_filter2d, max_diff
 from PIL import Image, ImageFilter
 
 import convkit
-from convkit import functional as KF
+from convkit.nn import functional as KF
 
 BORDERS = list(CV_BORDERS)
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)

@@ -26,7 +26,7 @@ from conftest import run_python
 from PIL import Image
 
 import convkit
-from convkit.cli import cli
+from convkit.cli.main import cli
 
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
 
@@ -136,7 +136,7 @@ def test_intact_jpeg_decodes_as_pillow_does(tmp_path):
     for sub in (0, 2):  # 4:4:4 and 4:2:0
         p = tmp_path / f"ok{sub}.jpg"
         p.write_bytes(jpeg_bytes(photo(33, 47), subsampling=sub))
-        image = convkit.io.read_image(p)
+        image = convkit.io.images.read_image(p)
         assert np.array_equal(image.permute(1, 2, 0).numpy(), np.asarray(Image.open(p)))
 
 
@@ -155,7 +155,7 @@ def test_huge_icc_profile_is_left_out_of_a_png_with_a_warning(tmp_path):
     with Image.open(out) as im:  # readable, by Pillow and by convkit
         im.load()
         assert "icc_profile" not in im.info
-    convkit.io.read_image(out)
+    convkit.io.images.read_image(out)
 
 
 def test_16bit_grey_colour_key_becomes_alpha(tmp_path):
@@ -163,7 +163,7 @@ def test_16bit_grey_colour_key_becomes_alpha(tmp_path):
     key = int(grey[5, 7])
     src = tmp_path / "key16.png"
     Image.fromarray(grey).save(src, transparency=key)
-    image = convkit.io.read_image(src).numpy()
+    image = convkit.io.images.read_image(src).numpy()
     assert image.shape == (2, 24, 30) and image.dtype == np.uint16
     assert np.array_equal(image[0], grey)
     assert np.array_equal(image[1], np.where(grey == key, 0, 65535))
@@ -320,7 +320,7 @@ def test_kernel_file_nested_too_deep(tmp_path):
 
 
 def test_kernel_file_over_the_size_limit(tmp_path):
-    from convkit.kernels import MAX_KERNEL_FILE
+    from convkit.kernels.specs import MAX_KERNEL_FILE
 
     k = tmp_path / "big.toml"
     with open(k, "wb") as f:
@@ -402,7 +402,7 @@ def test_huge_separable_kernels_are_planned_as_two_vectors(tmp_path):
     src = tmp_path / "a.png"
     Image.fromarray(photo()).save(src)
     # (VmHWM, not getrusage: a child's ru_maxrss keeps its parent's peak from before exec)
-    code = (f"import sys; from convkit.cli import main; sys.argv = ['convkit', 'apply', "
+    code = (f"import sys; from convkit.cli.main import main; sys.argv = ['convkit', 'apply', "
             f"{spec!r}, {str(src)!r}, '-o', {str(tmp_path / 'o.png')!r}, '--dry-run']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
             "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')]"
@@ -461,7 +461,7 @@ def test_pooling_with_gaps_between_windows(border, cv_border, size, stride):
     padding the whole image with OpenCV's copyMakeBorder and taking each window."""
     import torch
 
-    from convkit import functional as KF
+    from convkit.nn import functional as KF
 
     a = np.random.default_rng(0).random((52, 36)).astype(np.float32)
     x = torch.from_numpy(a)[None, None]
@@ -481,7 +481,7 @@ def test_pooling_with_gaps_between_windows(border, cv_border, size, stride):
 def test_pooling_far_apart_windows_uses_little_memory(tmp_path):
     Image.fromarray(photo(52, 36)).save(tmp_path / "small.png")
     # (VmHWM: a child's ru_maxrss keeps the peak of the test process it was forked from)
-    code = ("import sys\nfrom convkit.cli import main\n"
+    code = ("import sys\nfrom convkit.cli.main import main\n"
             "try:\n    main(['maxpool', '--size', '2', '--stride', '18000', '-q', sys.argv[1], "
             "'-o', sys.argv[2]])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')]"

@@ -1,4 +1,5 @@
-"""Tests for convkit.io: files written and read back, checked against Pillow, OpenCV and NumPy."""
+"""Tests for convkit.io.images: files written and read back, checked against Pillow, OpenCV and
+NumPy."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-import convkit.io as cio
-from convkit.atomic import is_temp_name
-from convkit.io import (
+import convkit.io.images as cio
+from convkit.io.atomic import is_temp_name
+from convkit.io.images import (
     SUPPORTED_EXTENSIONS,
     ImageFileError,
     ImageInfo,
@@ -718,7 +719,7 @@ def test_pixel_limit_holds_while_another_thread_parses_a_header(tmp_path):
 
     from PIL import Image
 
-    from convkit import io as cio
+    from convkit.io import images as cio
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + body))
@@ -750,7 +751,7 @@ def test_pixel_limit_holds_while_another_thread_parses_a_header(tmp_path):
 
 def test_16bit_to_8bit_rounds_every_level():
     """round(x / 257) for all 65536 levels, against float64 arithmetic (write_image's rule)."""
-    from convkit.io import _to_8bit
+    from convkit.io.images import _to_8bit
 
     x = np.arange(65536, dtype=np.uint16).reshape(1, 256, 256)
     ref = np.round(x.astype(np.float64) / 257).astype(np.uint8)

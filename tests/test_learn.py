@@ -26,20 +26,14 @@ from conftest import DEVICES, SAMPLES
 from PIL import Image
 
 import convkit
-from convkit.atomic import is_temp_name
-from convkit.cli import cli as cli_main
+from convkit.cli.learn import info_command, train_command
+from convkit.cli.main import cli as cli_main
+from convkit.io.atomic import is_temp_name
 from convkit.learn import files as LF
-from convkit.learn.cli import info_command, train_command
 from convkit.learn.data import build_data, read_image
 from convkit.learn.metrics import clip_aware_error, psnr, quantize, ssim
 from convkit.learn.model import LearnedFilter, ModelConfig
-from convkit.learn.train import (
-    Trainer,
-    TrainingError,
-    TrainingInterrupted,
-    sidecar,
-    train,
-)
+from convkit.learn.train import Trainer, TrainingError, TrainingInterrupted, sidecar, train
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -146,9 +140,10 @@ def test_tiles_with_the_reach_as_halo_equal_the_whole_image(cfg):
 
 @pytest.mark.parametrize("cfg", [CONFIGS[3], CONFIGS[4]], ids=lambda c: c.describe())
 def test_convkit_tiling_of_a_learned_filter_equals_the_whole_image(cfg):
-    """The contract with convkit.tiling: reach and tile_align are enough to tile exactly."""
-    from convkit.engine import apply
-    from convkit.tiling import apply_tiled
+    """The contract with convkit.pipeline.tiling: reach and tile_align are enough to tile
+    exactly."""
+    from convkit.backends.engine import apply
+    from convkit.pipeline.tiling import apply_tiled
 
     torch.manual_seed(4)
     m = LearnedFilter(cfg).eval()
@@ -373,7 +368,7 @@ def test_the_samples_folder_holds_only_the_photos(tmp_path):
     photos = ["astronaut.png", "chelsea.png", "coffee.png"]
     data = build_data(SAMPLES, "denoise", sigma=5, val=0)
     assert sorted(it.name for it in data.train) == photos and not data.notes
-    from convkit.pipeline import plan
+    from convkit.pipeline.batches import plan
 
     jobs, errors = plan(SAMPLES, tmp_path / "out")
     assert sorted(Path(j.src).name for j in jobs) == photos and not errors
@@ -383,7 +378,7 @@ def test_training_scan_skips_hidden_files_and_folders_as_the_pipeline_does(tmp_p
     # macOS leaves ._NAME resource forks (not images) and .DS_Store beside the photos; a hidden
     # folder or file may hold real images: neither the training scan nor `convkit apply` reads them
     from convkit.learn.data import list_images
-    from convkit.pipeline import plan
+    from convkit.pipeline.batches import plan
 
     d = _folder(tmp_path, n=2, size=(16, 16))
     (d / "._img0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 import convkit
-from convkit.cli import cli
+from convkit.cli.main import cli
 from convkit.learn import files as LF
 from convkit.learn.model import LearnedFilter, ModelConfig
 

@@ -11,9 +11,10 @@ import torch
 from conftest import cv_filter2d
 
 import convkit
-from convkit import engine, fastpath
-from convkit import functional as KF
-from convkit.modules import Kernel2d, reference
+from convkit.backends import engine
+from convkit.backends import opencv as fastpath
+from convkit.nn import functional as KF
+from convkit.nn.modules import Kernel2d, reference
 
 SPECS = ["sharpen", "gaussian(sigma=2)", "box(size=15)", "median(size=3)", "median(size=5)",
          "edges", "emboss", "gaussian(sigma=1) | sharpen(amount=1.5) | box(size=3)",

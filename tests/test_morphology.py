@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import convkit
-from convkit.cli import cli
+from convkit.cli.main import cli
 
 NAMES = {"erode": cv2.MORPH_ERODE, "dilate": cv2.MORPH_DILATE, "opening": cv2.MORPH_OPEN,
          "closing": cv2.MORPH_CLOSE, "morph_gradient": cv2.MORPH_GRADIENT,
@@ -100,7 +100,7 @@ def test_any_footprint():
 
 
 def test_module_on_the_cpu_equals_its_torch_definition():
-    from convkit.modules import reference as plain
+    from convkit.nn.modules import reference as plain
 
     x = torch.rand(2, 3, 19, 27)
     for name in NAMES:
@@ -133,7 +133,7 @@ def test_command_line_and_chains(tmp_path):
 
 
 def test_tiles_equal_the_whole_image():
-    from convkit.tiling import apply_tiled
+    from convkit.pipeline.tiling import apply_tiled
 
     x = torch.rand(1, 3, 300, 200)
     m = convkit.chain("closing(size=7, shape=ellipse, iterations=2, border=reflect)")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import convkit
-from convkit import pipeline
-from convkit.pipeline import UsageError, plan
+from convkit.pipeline import batches as pipeline
+from convkit.pipeline.batches import UsageError, plan
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
@@ -231,7 +231,7 @@ def _jpeg_folder(folder: Path) -> dict[str, np.ndarray]:
     Image.fromarray(photo(40, 56, seed=6)).convert("CMYK").save(folder / "cmyk.jpg")
     whole = (folder / "rgb0.jpg").read_bytes()
     (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
-    return {p.name: convkit.io.read_image(p).permute(1, 2, 0).numpy()
+    return {p.name: convkit.io.images.read_image(p).permute(1, 2, 0).numpy()
             for p in sorted(folder.iterdir()) if p.name != "cut.jpg"}
 
 
@@ -245,7 +245,7 @@ def test_jpegs_decoded_on_the_device_in_batches(tmp_path, monkeypatch, device):
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from convkit import io
+    from convkit.io import images as io
 
     want = _jpeg_folder(tmp_path / "in")
     if device == "cpu":
@@ -366,7 +366,7 @@ def test_torchrun_two_processes(tmp_path):
 
 
 def test_huge_images_are_filtered_in_tiles_with_the_same_result(tmp_path, monkeypatch):
-    from convkit import tiling
+    from convkit.pipeline import tiling
 
     calls = []
     real = tiling.apply_tiled
@@ -400,7 +400,7 @@ def test_huge_png_streams_to_png_with_the_whole_image_result(tmp_path, monkeypat
     import numpy as np
 
     import convkit
-    from convkit import pipeline
+    from convkit.pipeline import batches as pipeline
 
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
@@ -408,7 +408,7 @@ def test_huge_png_streams_to_png_with_the_whole_image_result(tmp_path, monkeypat
     cv2.imwrite(str(src), img[..., ::-1])
     monkeypatch.setattr(pipeline, "HUGE_PIXELS", 10_000)
     called = []
-    from convkit import tiling
+    from convkit.pipeline import tiling
 
     real = tiling.filter_file
     monkeypatch.setattr(tiling, "filter_file", lambda *a, **k: called.append(1) or real(*a, **k))
@@ -427,7 +427,7 @@ def _flight_spy(monkeypatch) -> list[int]:
     the list of counts seen at each decode's start."""
     import threading
 
-    from convkit import io as cio
+    from convkit.io import images as cio
 
     lock, now, seen = threading.Lock(), [0], []
     read, write = cio.read_array_with_info, cio.write_image
@@ -501,7 +501,7 @@ def test_batches_waiting_are_filtered_to_make_room(tmp_path, monkeypatch):
 def test_declared_bytes_are_the_decoded_bytes(tmp_path, name, make):
     """The header's word for the decoded size, against the decoder's array: equal, or (a
     palette, read as RGB or RGBA by its transparency) at most RGBA's."""
-    from convkit import io as cio
+    from convkit.io import images as cio
 
     p = str(tmp_path / name)
     make(p)
@@ -517,7 +517,7 @@ def test_declared_bytes_of_a_jpeg_with_much_metadata(tmp_path):
     """A 200 kB ICC profile puts the frame header past the first 64 KiB: Pillow reads on."""
     from PIL import Image
 
-    from convkit import io as cio
+    from convkit.io import images as cio
 
     p = tmp_path / "icc.jpg"
     Image.new("RGB", (400, 300)).save(p, icc_profile=b"\0" * 200_000)
@@ -525,7 +525,7 @@ def test_declared_bytes_of_a_jpeg_with_much_metadata(tmp_path):
 
 
 def test_declared_bytes_of_what_is_not_an_image(tmp_path):
-    from convkit import io as cio
+    from convkit.io import images as cio
 
     (tmp_path / "t.png").write_text("not an image")
     os.mkfifo(tmp_path / "f.png")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import convkit
-from convkit import fusion
+from convkit.backends import module_plans as fusion
 from convkit.plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, MorphOp
 from convkit.plan.specs import plan_spec
 

@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from convkit.cli import cli
+from convkit.cli.main import cli
 
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
 

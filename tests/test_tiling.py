@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import convkit
-from convkit import engine, tiling
+from convkit.backends import engine
+from convkit.pipeline import tiling
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -227,7 +228,7 @@ def test_filter_file_many_bands(tmp_path, ext, streamed):
 def test_png_stream_reads_every_filter_and_kind(tmp_path):
     """The band reader against OpenCV's whole-image decode, for PNGs written with each PNG
     filter type (Paeth and Average refer to the row above: the band seams test them)."""
-    from convkit import pngstream
+    from convkit.io import pngstream
 
     cases = {"rgb": R.integers(0, 256, (37, 23, 3), dtype=np.uint8),
              "rgba16": R.integers(0, 65536, (37, 23, 4), dtype=np.uint16),
@@ -280,7 +281,7 @@ def test_filter_file_guards(tmp_path):
         Image.MAX_IMAGE_PIXELS = old
 
 
-# --- metadata of huge PNGs: the same as the normal path (convkit.io) writes -------------------
+# --- metadata of huge PNGs: the same as the normal path (convkit.io.images) writes ----------------
 
 KERNEL = np.array([[0, 0, 0], [0, 2, 1], [0, -1, 0]], np.float32) / 2  # not rotation-invariant
 KERNEL_SPEC = "kernel(weights=[[0,0,0],[0,2,1],[0,-1,0]], scale=2)"
@@ -334,7 +335,7 @@ def _move_after_idat(path, ctype: bytes) -> None:
 def _run_both(tmp_path, monkeypatch, src, spec: str, *, max_memory=None):
     """Filter ``src`` through the normal path, then through the huge-PNG path (HUGE_PIXELS
     lowered); returns (normal output, huge output, filter_file's summary)."""
-    from convkit import pipeline
+    from convkit.pipeline import batches as pipeline
 
     normal, huge = tmp_path / "normal.png", tmp_path / "huge.png"
     s = convkit.run(spec, [str(src)], str(normal), device="cpu", progress=False)
@@ -373,11 +374,11 @@ SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
                                   "raw-profile-exif"])
 def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, monkeypatch, case):
     """A huge PNG written as PNG streams band by band (tiling.filter_file) and keeps what
-    convkit.io keeps: the ICC profile when it fits the channels, the EXIF block; no more (no
+    convkit.io.images keeps: the ICC profile when it fits the channels, the EXIF block; no more (no
     gAMA, pHYs or text). Checked against Pillow's reading of the input and the normal path."""
     from PIL import Image, PngImagePlugin
 
-    from convkit import pngstream
+    from convkit.io import pngstream
 
     rng = np.random.default_rng(21)
     h, w = 90, 70
@@ -389,7 +390,7 @@ def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, mon
     icc = _icc(b"GRAY" if case in ("grey16", "rgb-grey-icc") else b"RGB ")
     exif = _exif()
     text = PngImagePlugin.PngInfo()
-    text.add_text("Comment", "not carried by convkit.io")
+    text.add_text("Comment", "not carried by convkit.io.images")
     options = {"icc_profile": icc, "exif": exif, "dpi": (300, 300), "pnginfo": text}
     if case == "raw-profile-exif":  # ImageMagick's way: hex EXIF in a text chunk
         raw = exif.tobytes()
@@ -429,8 +430,8 @@ def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, mon
 def test_huge_png_with_exif_orientation_is_turned_like_the_normal_path(tmp_path, monkeypatch,
                                                                        orientation):
     """A band-by-band stream cannot turn the image, so a PNG whose EXIF orientation is not 1
-    goes through convkit.io whole: turned before it is filtered (the kernel is not symmetric),
-    its Orientation tag then 1, the rest of the EXIF and the ICC profile kept. It is not
+    goes through convkit.io.images whole: turned before it is filtered (the kernel is not
+    symmetric), its Orientation tag then 1, the rest of the EXIF and the ICC profile kept. It is not
     written unturned with its orientation dropped."""
     from PIL import Image, ImageOps
 

@@ -151,7 +151,7 @@ def test_sobel_magnitude_of_aperture_1_reaches_both_ways():
     tiles filtered with that halo equal the whole image."""
     import torch
 
-    from convkit.tiling import apply_tiled
+    from convkit.pipeline.tiling import apply_tiled
 
     m = convkit.chain("sobel(ksize=1)")
     assert m[0].reach == (1, 1, 1, 1)

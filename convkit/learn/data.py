@@ -1,6 +1,6 @@
 """Training data from a folder: image pairs, a chain to mimic, or clean images to denoise.
 
-Images are read once (by :func:`convkit.io.read_image`) into memory as integer tensors
+Images are read once (by :func:`convkit.io.images.read_image`) into memory as integer tensors
 (C, H, W) (uint8, or uint16 for 16-bit files); an alpha channel is dropped (at inference alpha
 passes through the model untouched). Keeping every image in memory bounds a folder to what fits
 in RAM (about 36 MB per 12-megapixel RGB photo). Training batches are random crops with random
@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import functional as KF
-from ..io import SUPPORTED_EXTENSIONS as IMAGE_EXTS
+from ..io.images import SUPPORTED_EXTENSIONS as IMAGE_EXTS
+from ..nn import functional as KF
 
 __all__ = ["IMAGE_EXTS", "TrainData", "Item", "list_images", "read_image", "build_data"]
 
@@ -56,26 +56,26 @@ class Item:
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (by extension), sorted by path.
 
-    The folder is walked by the batch pipeline's walk (:func:`convkit.pipeline.walk_images`), so
-    training reads what ``convkit apply`` would: hidden files and folders (``.x``: macOS
-    ``._x.png`` resource forks, ``.DS_Store``, a writer's temporaries) are skipped, and a
-    symlinked folder is entered once.
+    The folder is walked by the batch pipeline's walk
+    (:func:`convkit.pipeline.batches.walk_images`), so training reads what ``convkit apply`` would:
+    hidden files and folders (``.x``: macOS ``._x.png`` resource forks, ``.DS_Store``, a writer's
+    temporaries) are skipped, and a symlinked folder is entered once.
     """
-    from ..pipeline import walk_images
+    from ..pipeline.batches import walk_images
 
     found, _ = walk_images(str(folder), recursive, None)
     return sorted(p for p in map(Path, found) if p.is_file())
 
 
 def read_image(path: str | Path, grey: bool = False, rgb: bool = False) -> Tensor:
-    """Read an image file (through :func:`convkit.io.read_image`) as an integer tensor
+    """Read an image file (through :func:`convkit.io.images.read_image`) as an integer tensor
     (C, H, W): uint8, or uint16 for 16-bit files; the alpha channel is dropped.
 
     ``grey`` converts colour to one channel (ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B,
     rounded), ``rgb`` grey to three equal channels. Raises ValueError naming the file when it
     cannot be read or holds float pixels.
     """
-    from ..io import read_image as read_file
+    from ..io.images import read_image as read_file
 
     t = read_file(path)  # its errors are ValueErrors that name the file
     if t.is_floating_point():
@@ -207,7 +207,7 @@ class TrainData:
         return KF.to_float(self._apply_chain(region)[:, oy : oy + p, ox : ox + p])
 
     def _apply_chain(self, region: Tensor) -> Tensor:
-        from ..engine import apply
+        from ..backends.engine import apply
 
         with torch.inference_mode():
             return apply(self.target_fn, region.unsqueeze(0))[0]
@@ -384,7 +384,7 @@ def build_data(
 
 
 def _make_chain(spec: str | None) -> tuple[nn.Module, int]:
-    from ..chains import chain as build_chain
+    from ..nn.chains import chain as build_chain
 
     if not spec or not isinstance(spec, str):
         raise ValueError(f"--mimic needs a chain spec such as 'gaussian(sigma=1) | sharpen'. "
@@ -392,7 +392,7 @@ def _make_chain(spec: str | None) -> tuple[nn.Module, int]:
     module = build_chain(spec).eval()
     reach = _chain_reach(module)
     probe = torch.zeros(1, 1, 9, 11, dtype=torch.uint8)
-    from ..engine import apply
+    from ..backends.engine import apply
 
     with torch.inference_mode():
         out = apply(module, probe)

@@ -55,12 +55,12 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it to ``path``
-    (:func:`convkit.atomic.write_file`: the replaced file's mode and links are kept).
+    (:func:`convkit.io.atomic.write_file`: the replaced file's mode and links are kept).
 
     On any failure (an exception, Ctrl-C) the temporary file is removed and ``path`` keeps its
     old content, if it had one.
     """
-    from ..atomic import write_file
+    from ..io.atomic import write_file
 
     write_file(path, write, fsync=True)
 

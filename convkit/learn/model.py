@@ -13,7 +13,7 @@ Architectures (``ModelConfig.arch``):
   recovers the chain's combined kernel.
 
 The image is extended once, by the net's whole reach, with a convkit border mode (``border``,
-default reflect = OpenCV REFLECT_101) through :func:`convkit.functional.pad`, so any image size
+default reflect = OpenCV REFLECT_101) through :func:`convkit.nn.functional.pad`, so any image size
 works, 1x1 included, the output has the input's size, and border pixels are treated like a fixed
 filter treats them. (For symmetric filters with reflect borders, extending once equals extending
 before every step of a chain.)
@@ -21,8 +21,8 @@ before every step of a chain.)
 Channels: by default (``channels = 1``) the net sees one channel at a time; the channels of an
 image are folded into the batch. It therefore runs on grey, RGB or any other channel count, like
 convkit's fixed filters (depthwise), and a model trained on RGB photos applies to grey images
-unchanged. An alpha channel never reaches it (:func:`convkit.engine.apply` passes alpha through).
-With ``channels = 3`` the net sees RGB jointly (it can learn colour-dependent filters); a
+unchanged. An alpha channel never reaches it (:func:`convkit.backends.engine.apply` passes alpha
+through). With ``channels = 3`` the net sees RGB jointly (it can learn colour-dependent filters); a
 one-channel image is then replicated to three channels and the three outputs are averaged back.
 """
 
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import functional as KF
-from ..modules import Filter
+from ..nn import functional as KF
+from ..nn.modules import Filter
 
 __all__ = ["ModelConfig", "LearnedFilter", "ARCHS", "ACTIVATIONS"]
 

@@ -538,8 +538,8 @@ class Trainer:
 
     def _remove_stale_temporaries(self) -> None:
         """A run killed while writing leaves a temporary file beside its files (the file
-        itself is intact: see :func:`convkit.atomic.replacing`); tidy them up."""
-        from ..atomic import remove_stale
+        itself is intact: see :func:`convkit.io.atomic.replacing`); tidy them up."""
+        from ..io.atomic import remove_stale
 
         remove_stale(self.output.parent)
 
@@ -889,7 +889,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m convkit.learn.train``: the ``convkit train`` command on its own."""
-    from .cli import train_command
+    from ..cli.learn import train_command
 
     train_command.main(args=argv, prog_name="convkit train")
 

@@ -1,12 +1,12 @@
 """The registry's fixed filters as leaves: checked parameters in, kernels as NumPy data out.
 
 One function per fixed filter (the registry names them as its builders): each returns the
-filter's *leaves*, the pieces a plan is made of, without torch. :func:`convkit.builders.build`
+filter's *leaves*, the pieces a plan is made of, without torch. :func:`convkit.nn.builders.build`
 makes the ``nn.Module`` from the same leaves, and :mod:`convkit.plan.specs` the plan, so a
 filter's kernel is computed by one rule whichever way it is used.
 
 Filters that are not fixed kernels (pooling, unsharp with a threshold, learned filters) have
-torch builders only (:mod:`convkit.builders`).
+torch builders only (:mod:`convkit.nn.builders`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels import KernelSpec, blend, check_weights, gaussian_ksize, gaussian_taps, load_spec
+from ..kernels.specs import (
+    KernelSpec,
+    blend,
+    check_weights,
+    gaussian_ksize,
+    gaussian_taps,
+    load_spec,
+)
 from .ops import LazyKernel
 
 __all__ = ["KernelLeaf", "MedianLeaf", "GradientLeaf", "MorphLeaf", "Leaf", "named_kernel",
@@ -60,8 +67,8 @@ class GradientLeaf:
 
 @dataclass(frozen=True, eq=False)
 class MorphLeaf:
-    """Morphology ``op`` (see :mod:`convkit.morphology`) with the uint8 0/1 footprint ``fp``;
-    ``value`` the constant border's fill in 8-bit grey levels."""
+    """Morphology ``op`` (see :mod:`convkit.kernels.morphology`) with the uint8 0/1 footprint
+    ``fp``; ``value`` the constant border's fill in 8-bit grey levels."""
 
     op: str
     fp: np.ndarray
@@ -208,7 +215,7 @@ def unsharp(info, sigma=1.0, amount=1.0, threshold=0.0, ksize=None, border="refl
 
 
 def edges(info, sigma=1.0, border="reflect", value=0.0) -> list[Leaf]:
-    from ..registry import get_info  # the sobel kernel is data (filters/sobel.toml)
+    from ..kernels.registry import get_info
 
     sobel = get_info("sobel").spec
     kx = np.array(sobel.weights, dtype=np.float64) / sobel.scale
@@ -227,7 +234,7 @@ def kernel(info, weights=None, path=None, scale=None, offset=None, negative=None
     if path is not None:
         return [_spec_kernel(load_spec(path), strength=strength, border=border, value=value,
                              negative=negative, offset=offset, scale=scale)]
-    from ..kernels import resolve_scale
+    from ..kernels.specs import resolve_scale
 
     rows = check_weights(weights, what="kernel")
     return [_linear(rows, scale=resolve_scale(rows, scale, what="kernel"), offset=offset or 0.0,
@@ -239,7 +246,7 @@ def _morph(op: str):
     """The leaves function of one morphology filter."""
     def leaves(info, size=3, shape="rect", footprint=None, iterations=1, border="none",
                value=0.0) -> list[Leaf]:
-        from ..morphology import footprint as make_footprint
+        from ..kernels.morphology import footprint as make_footprint
 
         try:
             fp = make_footprint(size, shape, footprint)

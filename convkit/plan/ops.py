@@ -9,7 +9,7 @@ A *plan* is a filter chain flattened into the operations the backends run:
   the module's own definition on the torch backend.
 
 Plans are made from a spec string without torch (:mod:`convkit.plan.specs`) or from a module's
-buffers (:mod:`convkit.fusion`); both give the same operations for the same filter.
+buffers (:mod:`convkit.backends.module_plans`); both give the same operations for the same filter.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class MedianOp:
 
 @dataclass(eq=False)
 class MorphOp:
-    """Morphology (:mod:`convkit.morphology`): ``op`` with the 0/1 footprint ``fp``."""
+    """Morphology (:mod:`convkit.kernels.morphology`): ``op`` with the 0/1 footprint ``fp``."""
 
     op: str
     fp: Any  # uint8 (h, w) array of 0/1

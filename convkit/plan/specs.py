@@ -15,8 +15,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..registry import get_info
-from ..spec import check_path_element, format_call, parse
+from ..kernels.chainspec import check_path_element, format_call, parse
+from ..kernels.registry import get_info
 from .fuse import fuse
 from .leaves import GradientLeaf, KernelLeaf, Leaf, MedianLeaf, MorphLeaf
 from .ops import LinearOp, MedianOp, MorphOp, Plan, gradient_op, linear_op
@@ -30,7 +30,7 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 def leaf_ops(leaves: list[Leaf], name: str) -> list:
     """The operations of one filter's leaves, as the engine reads the modules built from them
-    (:func:`convkit.builders.from_leaves`): float32 weights, the same names."""
+    (:func:`convkit.nn.builders.from_leaves`): float32 weights, the same names."""
     ops = []
     one = len(leaves) == 1
     for leaf in leaves:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .kernels import (
+from .specs import (
     BORDERS,
     KernelSpec,
     ParameterTypeError,
@@ -169,7 +169,7 @@ class FilterInfo:
         checked = self.check_params((), params)
         out = self._call(self.builder, checked)
         if isinstance(out, list):
-            from .builders import from_leaves
+            from ..nn.builders import from_leaves
 
             out = from_leaves(out)
         elif out is None:  # a torch-free builder that hands this case to its torch twin
@@ -217,7 +217,7 @@ POOL = (
     BORDER, VALUE,
 )
 
-# Morphology (convkit.morphology): a structuring element and OpenCV's border rule.
+# Morphology (convkit.kernels.morphology): a structuring element and OpenCV's border rule.
 MORPH = (
     Param("size", "int", 3, "side of the structuring element", low=1, high=255),
     Param("shape", "choice", "rect", "structuring element: rect, cross or ellipse, as "
@@ -245,7 +245,7 @@ _MORPH_TEXT = {
 # plan alike; the others a torch builder. Named by dotted string, so that listing filters and
 # --help import neither.
 _L = "convkit.plan.leaves:"
-_B = "convkit.builders:"
+_B = "convkit.nn.builders:"
 
 _BUILTINS: tuple[FilterInfo, ...] = (
     FilterInfo(
@@ -406,7 +406,7 @@ def unknown_filter(name: object, extra: Sequence[str] = ()) -> str:
     such as 'sharpn'), then every name; a long name quoted as an excerpt."""
     from difflib import get_close_matches
 
-    from .spec import excerpt
+    from .chainspec import excerpt
 
     names = [*list_filters(), *extra]
     text = excerpt(name) if isinstance(name, str) else repr(type(name).__name__)

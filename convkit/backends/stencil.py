@@ -3,7 +3,7 @@
 Eager torch runs a small direct kernel on an integer image as several float32 passes over
 memory (convert, pad, convolve, scale, round, saturate, convert back); ``torch.compile`` fuses
 them but, for a 3x3 on 1080p uint8, still moves several times the bytes of one read and one
-write. The kernel here (:mod:`convkit._stencil_kernel`) reads the image once and writes the
+write. The kernel here (:mod:`convkit.backends._stencil_kernel`) reads the image once and writes the
 result once: each program filters a tile of one plane (border tiles map the source rows and
 columns of each tap through the border rule), accumulates in float32, or exactly in int32 for
 integer weights on an integer image, and stores float32 or the rounded, saturated integer
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .kernels import INT_MAX
+from ..kernels.specs import INT_MAX
 
 __all__ = ["MAX_TAPS", "Weights", "available", "runs", "prepare", "correlate", "tap_mask"]
 

@@ -46,14 +46,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import atomic, engine
-from . import functional as KF
-from .fusion import flatten
+from ..backends import engine
+from ..backends.module_plans import flatten
+from ..io import atomic
+from ..nn import functional as KF
+from ..nn.modules import Filter, Pool2d
 from .memory import available_memory, parse_memory
-from .modules import Filter, Pool2d
 
 if TYPE_CHECKING:
-    from .pngstream import PngInfo
+    from ..io.pngstream import PngInfo
 
 __all__ = ["apply_tiled", "filter_file", "plan_tiles", "halo", "parse_memory",
            "available_memory", "bytes_per_sample"]
@@ -414,7 +415,7 @@ def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        from .io import PILLOW_GLOBALS as lock  # share the reader's lock on Pillow's globals
+        from ..io.images import PILLOW_GLOBALS as lock
     except ImportError:  # pragma: no cover - io is optional for this module
         lock = _PILLOW_LOCK
     with lock:
@@ -444,21 +445,21 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
 
     A PNG to PNG (8/16-bit grey, grey+alpha, RGB, RGBA, not interlaced) streams: bands are
     decoded, filtered with their halo and encoded one after the other
-    (:mod:`convkit.pngstream`), so memory does not grow with the image. Other files are decoded
+    (:mod:`convkit.io.pngstream`), so memory does not grow with the image. Other files are decoded
     whole with OpenCV (no Pillow copy), filtered in place band by band (:func:`apply_tiled`
     with ``out=x``) and encoded by OpenCV from the same buffer: about one decoded image of
     memory. 8- and 16-bit images stay 8/16-bit; a 4-channel image's last channel is alpha. The
     output is written to a temporary name and renamed, so no partial file is left; ``src`` is
     never modified.
 
-    A PNG written as PNG keeps the metadata :func:`convkit.io.write_image` would keep: the ICC
-    profile when it fits the channels written, and the EXIF block (found as
-    :func:`convkit.io.read_image_with_info` finds them; other ancillary chunks are not copied).
-    A PNG whose EXIF orientation is not 1 must be turned before it is filtered, which cannot be
-    done band by band: it is read whole by :func:`convkit.io.read_image_with_info` (turned, its
-    Orientation tag then reads 1), filtered in place and written by
-    :func:`convkit.io.write_image`, the same result as for any other image, with the memory of
-    that path (the file, the decoded image and its turned copy). Other formats keep no metadata.
+    A PNG written as PNG keeps the metadata :func:`convkit.io.images.write_image` would keep: the
+    ICC profile when it fits the channels written, and the EXIF block (found as
+    :func:`convkit.io.images.read_image_with_info` finds them; other ancillary chunks are not
+    copied). A PNG whose EXIF orientation is not 1 must be turned before it is filtered, which
+    cannot be done band by band: it is read whole by :func:`convkit.io.images.read_image_with_info`
+    (turned, its Orientation tag then reads 1), filtered in place and written by
+    :func:`convkit.io.images.write_image`, the same result as for any other image, with the memory
+    of that path (the file, the decoded image and its turned copy). Other formats keep no metadata.
 
     Args:
         module: a filter, chain, or chain spec string; it must keep the image size.
@@ -476,7 +477,7 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     import cv2
 
     if isinstance(module, str):
-        from .chains import chain
+        from ..nn.chains import chain
 
         module = chain(module)
     src, dst = Path(src), Path(dst)
@@ -521,7 +522,7 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     elif suffix == ".webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
-    elif suffix in (".tif", ".tiff"):  # lossless, as convkit.io writes TIFF
+    elif suffix in (".tif", ".tiff"):  # lossless, as convkit.io.images writes TIFF
         params = [cv2.IMWRITE_TIFF_COMPRESSION, cv2.IMWRITE_TIFF_COMPRESSION_ADOBE_DEFLATE]
     with atomic.replacing(dst, keep_suffix=True) as tmp:
         if not cv2.imwrite(str(tmp), img, params):
@@ -564,7 +565,7 @@ def _file_budget(src: Path, w: int, h: int, decoded: int, max_memory) -> int:
 
 @dataclass
 class _PngSource:
-    """A PNG's header chunks and the metadata :mod:`convkit.io` takes from it."""
+    """A PNG's header chunks and the metadata :mod:`convkit.io.images` takes from it."""
 
     info: PngInfo
     icc: object  # Pillow's icc_profile, before it is matched to the channels written
@@ -575,16 +576,16 @@ class _PngSource:
 def _png_source(src: Path) -> _PngSource | None:
     """``src``'s header and metadata, or None when pngstream cannot parse it as a PNG.
 
-    The metadata is what :func:`convkit.io.read_image_with_info` would find: io's own helpers
+    The metadata is what :func:`convkit.io.images.read_image_with_info` would find: io's own helpers
     run on Pillow's parse of the file's metadata chunks (copied into a 1x1 PNG by
-    :func:`convkit.pngstream.metadata_png`, so that no image data is read).
+    :func:`convkit.io.pngstream.metadata_png`, so that no image data is read).
     """
     from io import BytesIO
 
     from PIL import Image
 
-    from . import io as cio
-    from . import pngstream
+    from ..io import images as cio
+    from ..io import pngstream
 
     try:
         info = pngstream.read_info(src)
@@ -605,7 +606,7 @@ def _png_source(src: Path) -> _PngSource | None:
 def _metadata_chunks(png: _PngSource, channels: int, head: bytes) -> bytes:
     """``head`` (signature and IHDR) followed by the iCCP and eXIf chunks io writes for an
     image of ``channels`` channels."""
-    from . import io as cio
+    from ..io import images as cio
 
     return cio.png_with_metadata(head, cio.matching_icc(png.icc, channels), png.exif)
 
@@ -630,9 +631,10 @@ def _insert_png_metadata(path: Path, png: _PngSource, channels: int) -> None:
 
 def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
                     max_pixels: int | None, quality: int, alpha: bool | None) -> dict:
-    """The path of every other image (:mod:`convkit.io` reads, turns, writes), for a PNG whose
-    EXIF orientation is not 1: it must be turned before it is filtered, which needs it whole."""
-    from . import io as cio
+    """The path of every other image (:mod:`convkit.io.images` reads, turns, writes), for a PNG
+    whose EXIF orientation is not 1: it must be turned before it is filtered, which needs it
+    whole."""
+    from ..io import images as cio
 
     if any(u.kind != "same" for u in units_of(module)[0]):
         raise ValueError("filter_file needs a chain that keeps the image size; this one pools")
@@ -654,7 +656,7 @@ def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: _PngSource, ma
 def _stream_png(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
                 alpha) -> dict | None:
     """PNG to PNG band by band; None when the file or the chain do not allow streaming."""
-    from . import pngstream
+    from ..io import pngstream
 
     info = png.info
     if pngstream.streamable(info) is not None:

@@ -14,9 +14,9 @@ modes extend the image by their rule before each erosion or dilation; ``constant
 ``value`` (in 8-bit grey levels) does take part.
 
 Results equal ``cv2.morphologyEx`` at every pixel for uint8, uint16 and float32 images. The
-plan runs them on OpenCV (:func:`convkit.fastpath.morphology`); the torch definition, for
-autograd and other devices, is :func:`convkit.functional.morphology` and the module
-:class:`convkit.modules.Morphology`.
+plan runs them on OpenCV (:func:`convkit.backends.opencv.morphology`); the torch definition, for
+autograd and other devices, is :func:`convkit.nn.functional.morphology` and the module
+:class:`convkit.nn.modules.Morphology`.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from typing import Any
 
 import click
 
-from ._version import __version__
-from .registry import FilterInfo, Param, get_info, list_filters
+from .._version import __version__
+from ..kernels.registry import FilterInfo, Param, get_info, list_filters
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -33,7 +33,7 @@ _LEARN_COMMANDS = {
     "train": "Train a learned filter on a folder of images.",
     "info": "Describe a model file written by convkit train.",
 }
-_LEARN_CLI = Path(__file__).resolve().parent / "learn" / "cli.py"
+_LEARN_CLI = Path(__file__).resolve().parent / "learn.py"
 
 
 def _learn_available() -> bool:
@@ -42,8 +42,8 @@ def _learn_available() -> bool:
 
 
 def _learn_command(name: str) -> click.Command | None:
-    """``train`` / ``info`` from convkit.learn.cli (``commands()``, or an attribute by name)."""
-    from .learn import cli as learn_cli
+    """``train`` / ``info`` from convkit.cli.learn (``commands()``, or an attribute by name)."""
+    from . import learn as learn_cli
 
     found = getattr(learn_cli, "commands", lambda: [])()
     for cmd in found:
@@ -126,11 +126,11 @@ def _checked(spec: str) -> Any:
     """``spec`` checked before any file is touched (a bad parameter is a usage error): planned
     without torch where it is made of fixed filters, and then handed on as the string, so a
     run on the CPU never imports torch; otherwise built, and the module handed on."""
-    from .plan.specs import plan_spec
+    from ..plan.specs import plan_spec
 
     if plan_spec(spec) is not None:
         return spec
-    from .chains import chain
+    from ..nn.chains import chain
 
     return chain(spec)
 
@@ -195,7 +195,7 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
 
     with tempfile.TemporaryDirectory(prefix="convkit-") as tmp:
         if inputs == ["-"]:
-            from .io import sniff_format
+            from ..io.images import sniff_format
 
             data = sys.stdin.buffer.read()
             ext = {"JPEG": ".jpg", "TIFF": ".tif", "WebP": ".webp", "GIF": ".gif",
@@ -206,7 +206,7 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
             names.swaps[src] = "-"
             inputs = [src]
         if output == "-":
-            from .pipeline import FORMATS
+            from ..pipeline.batches import FORMATS
 
             output = os.path.join(tmp, "stdout" + FORMATS[fmt])
             names.swaps[output] = "-"
@@ -216,7 +216,7 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
 
 def _run_pipeline(spec, inputs, output, fmt, name, quiet, dry_run, verbose, on_error,
                   on_warning, kw):
-    from . import pipeline
+    from ..pipeline import batches as pipeline
 
     try:
         return pipeline.run(
@@ -262,8 +262,8 @@ def parse_value(text: str) -> Any:
 
     Raises ValueError saying where ``text`` stops parsing.
     """
-    from .spec import SpecError
-    from .spec import parse_value as parse_spec_value
+    from ..kernels.chainspec import SpecError
+    from ..kernels.chainspec import parse_value as parse_spec_value
 
     try:
         value = parse_spec_value(text)
@@ -312,7 +312,7 @@ def _show(value: Any) -> str:
 
 def _filter_command(info: FilterInfo) -> click.Command:
     def callback(**kw: Any) -> None:
-        from .spec import format_call
+        from ..kernels.chainspec import format_call
 
         params = {p.name: kw.pop(p.name) for p in info.params}
         params = {k: v for k, v in params.items() if v is not None}
@@ -372,7 +372,7 @@ class FilterGroup(click.Group):
             if args and not args[0].startswith("-"):
                 from difflib import get_close_matches
 
-                from .spec import excerpt
+                from ..kernels.chainspec import excerpt
 
                 close = get_close_matches(args[0], self.list_commands(ctx), n=3, cutoff=0.6) \
                     if len(args[0]) <= 40 else []
@@ -426,7 +426,7 @@ def apply_cmd(spec: str, **kw: Any) -> None:
       convkit apply my_kernel.toml photo.png -o photo-mine.png
       convkit apply model.pt photos/ -r -o out/
     """
-    from .pipeline import file_spec, output_name
+    from ..pipeline.batches import file_spec, output_name
 
     name = output_name(spec)
     try:
@@ -531,13 +531,13 @@ def export_cmd(spec: str, output: str, channels: int, opset: int) -> None:
       convkit export "gaussian(sigma=2) | sharpen" -o chain.onnx
       convkit export model.pt -o model.pt2
     """
-    from .pipeline import file_spec
+    from ..pipeline.batches import file_spec
 
     try:
         checked = _checked(file_spec(spec))
     except (TypeError, ValueError) as e:
         raise click.BadParameter(" ".join(str(e).split()), param_hint="SPEC") from None
-    from .exporters import EXPORT_FORMATS, export
+    from ..nn.export import EXPORT_FORMATS, export
 
     if Path(output).suffix.lower() not in EXPORT_FORMATS:
         raise click.BadParameter(f"{output}: expected a file ending in "
@@ -559,7 +559,15 @@ def describe(module, title: str | None = None) -> str:
     (``title``: how to name it; default its spec)."""
     import torch
 
-    from .modules import GradientMagnitude, Kernel2d, Median, Morphology, Pool2d, Rank, Sequence2
+    from ..nn.modules import (
+        GradientMagnitude,
+        Kernel2d,
+        Median,
+        Morphology,
+        Pool2d,
+        Rank,
+        Sequence2,
+    )
 
     if isinstance(module, torch.nn.Sequential) and len(module) == 1:
         return describe(module[0])  # a chain of one filter is that filter

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..plan import leaves as L
 from .modules import Filter, GradientMagnitude, Kernel2d, Median, Pool2d, Sequence2, Unsharp
-from .plan import leaves as L
 
 
 def from_leaves(leaves: list[L.Leaf]) -> Filter:

@@ -3,19 +3,19 @@ array or tensor, without a transpose (every plane of a contiguous CHW batch is a
 array). Torch-free: :func:`run_plan` runs a whole plan on NumPy arrays (the command line's
 route); the engine hands it CPU tensors as NumPy views.
 
-Semantics are the core's (see :mod:`convkit.functional`), not OpenCV's defaults:
+Semantics are the core's (see :mod:`convkit.nn.functional`), not OpenCV's defaults:
 
 * Scale: an integer plane is in pixel units (0..255 or 0..65535), a float plane on the [0, 1]
   scale. The conversion is folded into the kernel (``kernel * out_max / in_max``) and the bias
   into OpenCV's ``delta``, so an integer image goes in and out in one pass.
 * Rounding: OpenCV's ``saturate_cast`` rounds to nearest, ties to even, and saturates, as
-  :func:`convkit.functional.to_integer`. The ``negative`` mapping is applied before rounding:
+  :func:`convkit.nn.functional.to_integer`. The ``negative`` mapping is applied before rounding:
   ``offset`` joins ``delta``; ``abs`` goes through a signed (16S or 32F) result and
   ``convertScaleAbs`` (``|round(y)| == round(|y|)`` for ties-to-even).
 * Borders: reflect = BORDER_REFLECT_101, symmetric = BORDER_REFLECT, replicate, constant with
   fill 0 are passed to OpenCV; ``circular`` (filter2D has no BORDER_WRAP) and ``constant`` with
   another fill pre-pad with ``copyMakeBorder`` (which follows the same rules as
-  :func:`convkit.functional.pad`, also for pads wider than the image) and filter the interior.
+  :func:`convkit.nn.functional.pad`, also for pads wider than the image) and filter the interior.
 * medianBlur always replicates: other borders pre-pad. It takes uint8 at any odd size, uint16
   and float32 at sizes 3 and 5 only.
 
@@ -38,9 +38,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .kernels import INT_MAX, border_index, dtype_name
-from .plan.ops import GradientOp, LinearOp, MedianOp, MorphOp, Plan
-from .plan.rules import Options, cpu_fft, method_for
+from ..kernels.specs import INT_MAX, border_index, dtype_name
+from ..plan.ops import GradientOp, LinearOp, MedianOp, MorphOp, Plan
+from ..plan.rules import Options, cpu_fft, method_for
 
 __all__ = ["supports", "linear", "median", "gradient", "run_plan", "run_plan_image", "runs_plan",
            "CV_DTYPES"]
@@ -405,7 +405,7 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
     two of them are exact, so integer planes are filtered as they are; a top hat whose
     negative values must survive (a float result, or abs/offset) and a constant fill between
     integer levels are filtered in float32, exactly the torch definition's arithmetic."""
-    from .morphology import morphology_cv
+    from ..kernels.morphology import morphology_cv
 
     srcs, out, dsts, _ = _units(x, out_dtype)
     fill = op.value * in_max
@@ -436,7 +436,7 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
     # 3 planes on 2 workers left one worker a whole plane alone (1.1 ms against cv2.erode's
     # 0.65 ms for erode 5 on 1080p RGB): one band per worker, each with the rows the
     # operation reaches above and below it (a wrapping border needs the whole plane)
-    from .morphology import reach
+    from ..kernels.morphology import reach
 
     top, bottom, _, _ = reach(op.fp, op.op, op.iterations)
     _bands(srcs, dsts, top, bottom, n, run)

@@ -320,7 +320,8 @@ def builtin_files() -> list[Traversable]:
     editable install or a checkout on ``PYTHONPATH`` has no such folder: then the repository's
     ``filters/`` beside the package is read.
     """
-    here = Path(__file__).resolve().parent / "filters"  # a wheel installed in a folder
+    package = Path(__file__).resolve().parent.parent  # convkit/
+    here = package / "filters"  # a wheel installed in a folder
     found: list = [f for f in here.glob("*.toml") if f.is_file()] if here.is_dir() else []
     if not found:  # a zip import: only importlib.resources sees inside (imported here: 5 ms)
         from importlib import resources
@@ -331,7 +332,7 @@ def builtin_files() -> list[Traversable]:
         except (FileNotFoundError, NotADirectoryError):
             found = []
     if not found:
-        repo = Path(__file__).resolve().parent.parent / "filters"
+        repo = package.parent / "filters"
         found = [f for f in repo.glob("*.toml") if f.is_file()]
     return sorted(found, key=lambda f: f.name)
 

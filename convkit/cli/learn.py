@@ -39,7 +39,7 @@ Then: convkit apply blur.pt IMAGES -o OUT, or "learned(path=blur.pt)" in a chain
 def _check_chain(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from ..chains import chain
+    from ..nn.chains import chain
 
     try:
         chain(value)
@@ -163,7 +163,7 @@ def train_command(ctx: click.Context, data: Path, output: Path, chain: str | Non
         opts["kernel"] = _linear_side(chain)
     opts["channels"] = 3 if opts.pop("rgb") else 1
     mode = "mimic" if chain else "denoise" if sigma is not None else "pairs"
-    from .train import RESUME_OVERRIDES, TrainingError, TrainingInterrupted, json_safe, train
+    from ..learn.train import RESUME_OVERRIDES, TrainingError, TrainingInterrupted, json_safe, train
 
     def log(msg: str) -> None:
         if not quiet:
@@ -218,9 +218,9 @@ def _linear_side(spec: str) -> int:
     """The side a linear model needs to mimic ``spec``: the chain's reach on both sides of the
     centre (a 9x9 chain needs 9), capped at the largest kernel a model may have. With the
     default 3 such a chain came out at 40 dB with no hint why."""
-    from ..chains import chain as make_chain
-    from ..tiling import halo
-    from .model import LIMITS
+    from ..learn.model import LIMITS
+    from ..nn.chains import chain as make_chain
+    from ..pipeline.tiling import halo
 
     try:
         top, bottom, left, right = halo(make_chain(spec))
@@ -259,8 +259,8 @@ def _summary(result) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info_command(model: Path, as_json: bool) -> None:
     """Show how the learned filter in MODEL is built, how it was trained and how well it does."""
-    from .files import read_model_file
-    from .model import LearnedFilter
+    from ..learn.files import read_model_file
+    from ..learn.model import LearnedFilter
 
     try:
         payload = read_model_file(model)
@@ -269,7 +269,7 @@ def info_command(model: Path, as_json: bool) -> None:
     net = LearnedFilter(payload["config_obj"])
     state = payload.get("train_state") or {}
     if as_json:
-        from .train import json_safe
+        from ..learn.train import json_safe
 
         out = {k: payload.get(k) for k in ("format_version", "convkit_version", "torch_version",
                                            "config", "provenance")}

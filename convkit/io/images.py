@@ -126,7 +126,7 @@ class ImageInfo:
         has_alpha: True when the tensor read has an alpha channel (2 or 4 channels).
         frames: Frames (animated GIF, PNG, WebP) or pages (TIFF) in the file; only the first
             is read. A caller that writes the result over a file of several frames would lose
-            the others (see :func:`convkit.pipeline.run`, which refuses that).
+            the others (see :func:`convkit.pipeline.batches.run`, which refuses that).
     """
 
     format: str | None
@@ -350,7 +350,7 @@ def write_image(
     """Write an image file, atomically: the file appears complete or not at all.
 
     An existing file is replaced keeping its permission bits (and owner, where allowed); a
-    symbolic link stays a link to the replaced file (:mod:`convkit.atomic`).
+    symbolic link stays a link to the replaced file (:mod:`convkit.io.atomic`).
 
     Pixel values: ``uint8`` is written as is. ``uint16`` stays 16-bit in PNG and TIFF and becomes
     ``round(x / 257)`` in the 8-bit formats (JPEG, WebP, BMP). Floats are taken as 0..1 and
@@ -1234,7 +1234,7 @@ def _png_chunk(chunk_type: bytes, body: bytes) -> bytes:
 
 
 def _write_atomically(path: StrPath, name: str, payload: bytes) -> None:
-    """Replace ``path`` with ``payload`` through :func:`convkit.atomic.write_file` (a temporary
+    """Replace ``path`` with ``payload`` through :func:`convkit.io.atomic.write_file` (a temporary
     file beside it, renamed; the replaced file's mode, owner and links kept)."""
     from .atomic import destination, write_file
 

@@ -1,8 +1,8 @@
 """Plans of modules: a filter (chain) module flattened into :mod:`convkit.plan` operations.
 
-The engine (:mod:`convkit.engine`) never runs a :class:`~convkit.chains.Chain` module by module.
-It reads the module's buffers into operations (:func:`build_plan`: the weights a module holds
-are what runs, also after ``load_state_dict`` or an in-place edit), fuses them
+The engine (:mod:`convkit.backends.engine`) never runs a :class:`~convkit.nn.chains.Chain` module by
+module. It reads the module's buffers into operations (:func:`build_plan`: the weights a module
+holds are what runs, also after ``load_state_dict`` or an in-place edit), fuses them
 (:mod:`convkit.plan.fuse`) and caches the plan per module (:func:`get_plan`); the plan is
 rebuilt only when a kernel buffer or border changes. A spec string gives the same plan without
 torch (:mod:`convkit.plan.specs`).
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .modules import GradientMagnitude, Kernel2d, Median, Morphology, Pool2d, Sequence2
-from .plan.fuse import fuse
-from .plan.ops import LinearOp, MedianOp, ModuleOp, MorphOp, Plan, gradient_op, linear_op
+from ..nn.modules import GradientMagnitude, Kernel2d, Median, Morphology, Pool2d, Sequence2
+from ..plan.fuse import fuse
+from ..plan.ops import LinearOp, MedianOp, ModuleOp, MorphOp, Plan, gradient_op, linear_op
 
 __all__ = ["build_plan", "get_plan", "flatten"]
 

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
+from ..kernels.chainspec import Call, check_path_element, parse
+from ..kernels.registry import get_filter, get_info
 from .modules import Filter
-from .registry import get_filter, get_info
-from .spec import Call, check_path_element, parse
 
 __all__ = ["Chain", "chain", "compose", "build_call"]
 
@@ -17,7 +17,7 @@ class Chain(nn.Sequential):
 
     Shape: input (B, C, H, W) or (C, H, W) float; output float, the input's size unless the
     chain pools. ``chain(x)`` runs the whole chain as one engine plan (kernels fused where that
-    is exact), as :func:`convkit.process` does; see :mod:`convkit.modules`.
+    is exact), as :func:`convkit.process` does; see :mod:`convkit.nn.modules`.
 
     >>> c = chain("gaussian(sigma=2) | sharpen(amount=1.5)")
     >>> str(c)
@@ -27,7 +27,7 @@ class Chain(nn.Sequential):
     opens_in_plans = True  # the engine plans its filters, not the container
 
     def forward(self, x: Tensor) -> Tensor:
-        from .engine import module_forward
+        from ..backends.engine import module_forward
 
         return module_forward(self, x)
 
@@ -50,8 +50,8 @@ class Chain(nn.Sequential):
 
     def to_torch(self, channels: int = 3) -> nn.Sequential:
         """The chain as plain torch layers (pads, depthwise ``nn.Conv2d``, pooling, window
-        layers), frozen: see :func:`convkit.exporters.to_torch`."""
-        from .exporters import to_torch
+        layers), frozen: see :func:`convkit.nn.export.to_torch`."""
+        from .export import to_torch
 
         return to_torch(self, channels)
 
@@ -93,7 +93,7 @@ def build_call(call: Call) -> nn.Module:
 def _from_path(path: str) -> nn.Module:
     if check_path_element(path) == "kernel":
         return get_filter("kernel", path=path)
-    from .learn.files import load_model
+    from ..learn.files import load_model
 
     return load_model(path)
 

@@ -4,12 +4,12 @@
 Every module takes a float image (B, C, H, W) or (C, H, W) and returns float, unclamped. Integer
 images go through :func:`convkit.process`, which converts, filters and rounds.
 
-``module(x)`` runs the engine's cached plan (:func:`convkit.engine.module_forward`): the same
-fusion and methods as :func:`convkit.process`, on OpenCV for float32 on the CPU without autograd,
-on torch's differentiable methods otherwise. Each module's ``_reference`` is the plain definition
-(padding and one dense depthwise correlation): the engine runs it where a plan cannot go (while
-tracing, compiling or exporting, under functorch transforms, on the meta device) and the tests
-hold every method to it.
+``module(x)`` runs the engine's cached plan (:func:`convkit.backends.engine.module_forward`): the
+same fusion and methods as :func:`convkit.process`, on OpenCV for float32 on the CPU without
+autograd, on torch's differentiable methods otherwise. Each module's ``_reference`` is the plain
+definition (padding and one dense depthwise correlation): the engine runs it where a plan cannot go
+(while tracing, compiling or exporting, under functorch transforms, on the meta device) and the
+tests hold every method to it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..kernels.morphology import OPS as MORPH_OPS
+from ..kernels.morphology import reach as morph_reach
+from ..kernels.specs import blend, check_border, check_weights, resolve_scale
 from . import functional as KF
-from .kernels import blend, check_border, check_weights, resolve_scale
-from .morphology import OPS as MORPH_OPS
-from .morphology import reach as morph_reach
 
 __all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median", "reference"]
 
@@ -34,7 +34,7 @@ class Filter(nn.Module):
     Attributes read by the rest of convkit:
         spec_name / spec_params: how the module prints in a chain spec (set by the registry).
         negative: how a signed response is written to an integer image, or None to inherit from
-            the filter before it in a chain (see :func:`convkit.functional.to_integer`).
+            the filter before it in a chain (see :func:`convkit.nn.functional.to_integer`).
         reach: (top, bottom, left, right) pixels of context the output needs from the input.
         stride: the factor by which the module shrinks the image (1 = same size).
     """
@@ -49,7 +49,7 @@ class Filter(nn.Module):
         return (0, 0, 0, 0)
 
     def spec(self) -> str:
-        from .spec import format_call
+        from ..kernels.chainspec import format_call
 
         if self.spec_name is None:
             return format_call(*self._own_spec())
@@ -60,7 +60,7 @@ class Filter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Filter ``x`` (B, C, H, W) or (C, H, W), float; see the module docstring."""
-        from .engine import module_forward  # (the engine's plans read these modules)
+        from ..backends.engine import module_forward
 
         return module_forward(self, x)
 
@@ -113,7 +113,8 @@ class Kernel2d(Filter):
             equal to the scaled kernel (before strength); the engine may use them.
 
     Attributes:
-        method: how :func:`convkit.engine.apply` runs this kernel: None (the engine's rule) or
+        method: how :func:`convkit.backends.engine.apply` runs this kernel: None (the engine's rule)
+        or
             "direct", "separable", "lowrank", "fft", "box"; a kernel with a method set is never
             fused with its neighbours.
 
@@ -232,7 +233,7 @@ class Kernel2d(Filter):
         in-place edit), a ``kernel`` spec of the weights it now holds."""
         if not self.weights_changed():
             return super().spec()
-        from .spec import format_call
+        from ..kernels.chainspec import format_call
 
         params: dict = {"weights": self.weight.detach().cpu().double().tolist(), "scale": 1.0}
         if self.bias:
@@ -352,7 +353,7 @@ class Pool2d(Filter):
 
 class Rank(Filter):
     """The ``rank``-th smallest value of each ``size`` x ``size`` neighbourhood (0 = minimum),
-    as Pillow's ``RankFilter``; see :func:`convkit.functional.rank_filter`."""
+    as Pillow's ``RankFilter``; see :func:`convkit.nn.functional.rank_filter`."""
 
     def __init__(self, size: int, rank: int, border: str = "replicate",
                  value: float = 0.0) -> None:
@@ -423,7 +424,7 @@ class Morphology(Filter):
 
     Shape: (B, C, H, W) or (C, H, W) float -> the same; equals ``cv2.morphologyEx`` on
     uint8, uint16 and float32 images. Runs as a plan operation: OpenCV on the CPU without
-    autograd, the torch definition (:func:`convkit.functional.morphology`) otherwise.
+    autograd, the torch definition (:func:`convkit.nn.functional.morphology`) otherwise.
     """
 
     def __init__(self, op: str, fp: np.ndarray, iterations: int = 1, border: str = "none",

@@ -1,5 +1,5 @@
-"""The Triton kernel behind :mod:`convkit.stencil` (imported only when that path runs, so that
-``import convkit`` never imports Triton).
+"""The Triton kernel behind :mod:`convkit.backends.stencil` (imported only when that path runs, so
+that ``import convkit`` never imports Triton).
 
 One program filters a ``BH x BW`` tile of one image plane. Inner tiles read plain shifted
 addresses; border tiles map the source rows and columns of each tap through the border rule

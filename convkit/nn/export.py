@@ -33,18 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backends.module_plans import flatten
+from ..kernels.morphology import compose, rect_iterations
 from . import functional as KF
-from .fusion import flatten
-from .modules import (
-    Filter,
-    GradientMagnitude,
-    Kernel2d,
-    Morphology,
-    Pool2d,
-    Rank,
-    Unsharp,
-)
-from .morphology import compose, rect_iterations
+from .modules import Filter, GradientMagnitude, Kernel2d, Morphology, Pool2d, Rank, Unsharp
 
 __all__ = ["to_torch", "export", "BorderPad", "EXPORT_FORMATS"]
 
@@ -176,7 +168,7 @@ class Extremum(nn.Module):
 
 
 class Morph(nn.Module):
-    """Morphology ``op`` as erosions and dilations (see :mod:`convkit.morphology`)."""
+    """Morphology ``op`` as erosions and dilations (see :mod:`convkit.kernels.morphology`)."""
 
     def __init__(self, op: str, fp: np.ndarray, iterations: int, border: str, value: float):
         super().__init__()
@@ -215,7 +207,7 @@ def _layer(m: nn.Module, channels: int) -> nn.Module:
         return RankWindow(pad, m.size, m.rank)
     if isinstance(m, Morphology):
         return Morph(m.op, m.fp, m.iterations, m.border, m.value / 255.0)
-    from .learn.model import LearnedFilter
+    from ..learn.model import LearnedFilter
 
     if isinstance(m, LearnedFilter):
         return Learned(m, channels)
@@ -310,7 +302,7 @@ def export(module: nn.Module | str, path: str | os.PathLike, *, channels: int = 
     example = torch.rand(2, channels, side + 4, side + 6)
     import warnings
 
-    from .atomic import replacing
+    from ..io.atomic import replacing
 
     with replacing(path, keep_suffix=True) as tmp, warnings.catch_warnings():
         # (the exporters' notes on constant folding and tracing are not the user's concern)

@@ -6,7 +6,7 @@ The way through (one module per step elsewhere; this one wires them together)::
       --decode threads--> uint8/uint16 tensors (C, H, W)  [bounded window of futures]
       --group by (C, H, W, dtype)--> batches of --batch-size (huge images go alone)
       --engine.apply on the device--> filtered batches
-      --encode threads--> atomic writes (convkit.io: temp file, then rename)
+      --encode threads--> atomic writes (convkit.io.images: temp file, then rename)
 
 Every queue is bounded, so memory depends on ``batch_size`` and the number of workers, not on the
 number of files. A file that cannot be read, filtered or written is reported with one line naming
@@ -60,7 +60,7 @@ HUGE_PIXELS = 4096 * 4096
 #: gigapixels. Pillow's own default (89.5 million, where it starts to warn) refuses real photos
 #: (a 102 MP medium-format frame, a 144 MP panorama) that tiling filters in bounded memory;
 #: bombs are caught by this limit and by the check that a PNG's header does not declare more
-#: pixels than its data could hold (convkit.io).
+#: pixels than its data could hold (convkit.io.images).
 DEFAULT_MAX_PIXELS = 1 << 30
 # Cap on the pixels of one batch (B*H*W), so a big --batch-size on big images stays in memory.
 MAX_BATCH_PIXELS = 16 * 1920 * 1080
@@ -133,7 +133,7 @@ class Summary:
 
 
 def _io():
-    from . import io
+    from ..io import images as io
 
     return io
 
@@ -150,16 +150,16 @@ def cpu_plan(spec: Any, device: Any):
     """The torch-free plan of ``spec`` (a spec string, or a list of them) for a run on
     ``device``, or None when the run goes through torch: a module, a chain holding something
     other than fixed filters (pooling, a rank filter, a learned filter), or a device that
-    needs torch to decide or to run (see :func:`convkit.device.wants_torch_device`). The one
-    rule of both :func:`convkit.process` and the command line."""
-    from .device import wants_torch_device
+    needs torch to decide or to run (see :func:`convkit.backends.device.wants_torch_device`). The
+    one rule of both :func:`convkit.process` and the command line."""
+    from ..backends.device import wants_torch_device
 
     if isinstance(spec, list) and spec and all(isinstance(p, str) for p in spec):
         spec = " | ".join(spec)
     if not isinstance(spec, str) or wants_torch_device(device):
         return None
-    from .plan.rules import current
-    from .plan.specs import plan_spec
+    from ..plan.rules import current
+    from ..plan.specs import plan_spec
 
     plan = plan_spec(file_spec(spec), current().fuse)
     return plan if plan is not None and plan.ops else None
@@ -169,7 +169,7 @@ def output_name(spec: Any) -> str:
     """The tag in ``<stem>-<tag><ext>``: the filter names of a chain spec joined by ``-``."""
     if not isinstance(spec, str):
         return "filtered"
-    from .spec import parse
+    from ..kernels.chainspec import parse
 
     spec = file_spec(spec)
 
@@ -441,7 +441,7 @@ def filter_batch(module, batch, *, alpha: bool, device) -> Any:
     """
     import torch
 
-    from . import engine
+    from ..backends import engine
 
     with torch.inference_mode():
         x = batch.to(device, non_blocking=True) if device.type != "cpu" else batch
@@ -453,13 +453,13 @@ def filter_image(module, image, *, alpha: bool, device, max_memory: int | None =
     """Filter one image (C, H, W); returns (C, H', W') on the CPU.
 
     Huge images (over :data:`HUGE_PIXELS`) come here one at a time, never batched. On the CPU
-    they are filtered in tiles with a halo (:func:`convkit.tiling.apply_tiled`: the same result
-    as the whole image, in bounded working memory, ``max_memory`` bytes or automatic), in place
-    when the chain keeps the image size, so no second full-size image is allocated.
+    they are filtered in tiles with a halo (:func:`convkit.pipeline.tiling.apply_tiled`: the same
+    result as the whole image, in bounded working memory, ``max_memory`` bytes or automatic), in
+    place when the chain keeps the image size, so no second full-size image is allocated.
     """
     import torch
 
-    from .modules import Pool2d
+    from ..nn.modules import Pool2d
     from .tiling import apply_tiled as tiled
 
     if device.type == "cpu" and image.shape[-1] * image.shape[-2] > HUGE_PIXELS:
@@ -575,7 +575,7 @@ def run(
         decode: where grey and RGB JPEGs are decoded. "cpu" (default): libjpeg-turbo in the
             decode threads, the same pixels on every machine. "gpu": nvJPEG on the CUDA device,
             a batch at a time (``torchvision.io.decode_jpeg``); its pixels differ from
-            libjpeg-turbo's (see :func:`convkit.io.decode_jpegs`), and a JPEG it refuses is
+            libjpeg-turbo's (see :func:`convkit.io.images.decode_jpegs`), and a JPEG it refuses is
             decoded on the CPU. Other formats are always decoded on the CPU.
         name: the tag in default output names (default: from the spec).
         progress: show a tqdm bar on stderr; default when stderr is a terminal.
@@ -583,7 +583,7 @@ def run(
         on_warning: called with each one-line warning (an input of several frames of which
             only the first was written, metadata left out); default: print to stderr.
         allow_truncated: filter damaged files as far as they decode (see
-            :func:`convkit.io.read_image_with_info`) instead of failing them.
+            :func:`convkit.io.images.read_image_with_info`) instead of failing them.
         compression: TIFF's lossless compression: deflate (default), lzw or none.
         dry_run: plan only: ``summary.files`` lists each input and the output it would get
             (status "planned" or "skipped"); nothing is read or written, the filter is checked.
@@ -663,7 +663,7 @@ def run(
             record(j, "planned")
         todo = []
     if todo:
-        from .atomic import destination, remove_stale
+        from ..io.atomic import destination, remove_stale
 
         # a run killed earlier (SIGKILL, a power cut) may have left temporary files
         folders = {destination(j.out).parent for j in todo}
@@ -693,16 +693,16 @@ class _Runner:
 
     A spec string of fixed filters (kernels, gradients, median: no pooling, no learned
     filter) on the CPU is planned without torch (:func:`convkit.plan.specs.plan_spec`) and run
-    on OpenCV (:func:`convkit.fastpath.run_plan`), on the NumPy arrays the decoders give: the
+    on OpenCV (:func:`convkit.backends.opencv.run_plan`), on the NumPy arrays the decoders give: the
     command line then never imports torch. ``device="auto"`` counts as the CPU where
-    :func:`convkit.device.cuda_may_be_present` finds no trace of a GPU. Anything else, and any
-    image the plan does not run as the engine would (a huge image filtered in tiles, a response
+    :func:`convkit.backends.device.cuda_may_be_present` finds no trace of a GPU. Anything else, and
+    any image the plan does not run as the engine would (a huge image filtered in tiles, a response
     past int32), goes through the torch modules, built on first need; the results are the same
-    (:func:`convkit.fastpath.runs_plan` is the engine's own rule).
+    (:func:`convkit.backends.opencv.runs_plan` is the engine's own rule).
     """
 
     def __init__(self, spec: Any, device: str | None, rank: int, gpu_decode: bool = False):
-        from .plan.rules import current
+        from ..plan.rules import current
 
         self.spec, self.device_arg, self.rank = spec, device, rank
         self.plan = None if gpu_decode else cpu_plan(spec, device)
@@ -717,8 +717,8 @@ class _Runner:
             return
         import torch
 
-        from .api import resolve_device
-        from .chains import chain
+        from ..api import resolve_device
+        from ..nn.chains import chain
 
         dev = resolve_device(self.device_arg if self.plan is None else "cpu")
         if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
@@ -748,24 +748,24 @@ class _Runner:
     def keeps_size(self) -> bool:
         if self.plan is not None:
             return True  # plans hold no pooling
-        from .modules import Pool2d
+        from ..nn.modules import Pool2d
 
         return not any(isinstance(m, Pool2d) for m in self.module.modules())
 
     def runs(self, image: Any) -> bool:
         """Whether ``image`` (a (C, H, W) array) is filtered by the torch-free plan."""
-        from . import fastpath
+        from ..backends import opencv
 
         return (self.plan is not None and isinstance(image, np.ndarray)
                 and image.shape[1] * image.shape[2] <= HUGE_PIXELS
-                and fastpath.runs_plan(self.plan, image.dtype.name, self.opts))
+                and opencv.runs_plan(self.plan, image.dtype.name, self.opts))
 
     def run_plan(self, image: np.ndarray, alpha: bool, trace: list | None = None) -> np.ndarray:
         """The plan on one (C, H, W) image; an alpha channel (the last) passes through, as in
         the engine. ``trace`` collects (name, backend, method) per operation."""
-        from . import fastpath
+        from ..backends import opencv
 
-        return fastpath.run_plan_image(self.plan, image, alpha, self.opts, trace)
+        return opencv.run_plan_image(self.plan, image, alpha, self.opts, trace)
 
     def threads(self):
         return _torch_threads(self._dev) if self._module is not None else nullcontext()
@@ -928,7 +928,7 @@ def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[st
         images = _decoded([torch.from_numpy(np.ascontiguousarray(i))
                            if isinstance(i, np.ndarray) else i for i in images], dev)
         if on_info is not None and not explained:
-            from . import engine
+            from ..backends import engine
 
             x = images[0][None].to(dev)
             explain(engine.explain(runner.module, x.float() if x.dtype == torch.uint16 else x))
@@ -1096,7 +1096,7 @@ def _huge_png_to_png(job: Job, max_pixels: int | None) -> bool:
 
 
 def _animated_png(path: str) -> bool:
-    from .pngstream import read_info
+    from ..io.pngstream import read_info
 
     try:
         return read_info(path).frames > 1
@@ -1107,8 +1107,9 @@ def _animated_png(path: str) -> bool:
 class _Flight:
     """The bytes of the images a run holds between their decode and their write (decoding,
     waiting for a batch, filtered, being encoded), weighed before decoding by what each header
-    declares (:func:`convkit.io.declared_bytes` x :data:`convkit.memory.FLIGHT_FACTOR`), and the
-    budget they must stay within. Kept by the loop's thread alone."""
+    declares (:func:`convkit.io.images.declared_bytes` x
+    :data:`convkit.pipeline.memory.FLIGHT_FACTOR`), and the budget they must stay within. Kept by
+    the loop's thread alone."""
 
     def __init__(self, budget: int) -> None:
         self.budget, self.used = budget, 0

@@ -1,17 +1,17 @@
 """The execution engine: runs a plan on an image batch of any dtype, on the backend that suits.
 
 ``apply(module, x)`` is the single place where integer images become float and back. The result
-is the one the core defines (see :mod:`convkit.functional`): uint8/uint16 -> float on the [0, 1]
+is the one the core defines (see :mod:`convkit.nn.functional`): uint8/uint16 -> float on the [0, 1]
 scale -> module -> the module's ``negative`` mapping -> round to nearest (ties to even) ->
 saturate to the dtype's range (OpenCV's saturate_cast). How it is computed is the engine's
 choice, and results never depend on it beyond float rounding (1 grey level on integer images):
 
-1. The module is flattened into a cached *plan* (:mod:`convkit.fusion`, :mod:`convkit.plan`):
-   consecutive linear kernels fused where exact.
+1. The module is flattened into a cached *plan* (:mod:`convkit.backends.module_plans`,
+   :mod:`convkit.plan`): consecutive linear kernels fused where exact.
 2. Each linear kernel runs by one *method*, picked by the rule in :mod:`convkit.plan.rules`.
 3. Each operation runs on a *backend*: ``opencv`` (CPU; uint8, uint16 and float32 planes, see
-   :mod:`convkit.fastpath`; integer conversion folded into the kernel, so an integer image goes
-   in and out in one pass) or ``torch`` (any device and dtype, differentiable; channels_last on
+   :mod:`convkit.backends.opencv`; integer conversion folded into the kernel, so an integer image
+   goes in and out in one pass) or ``torch`` (any device and dtype, differentiable; channels_last on
    the CPU). A plan of several linear kernels that OpenCV runs goes through the image in bands
    of rows, every kernel on one band before the next (the float32 intermediates stay in the
    cache).
@@ -25,8 +25,8 @@ On CUDA, ``options(compile=True)`` (or CONVKIT_COMPILE=1) runs small direct kern
 ``torch.compile``'d function that reads the integer image and writes the integer result in a
 single pass. ``options(triton=True)`` (or CONVKIT_TRITON=1) runs kernels of up to 49 taps whose
 method is automatic or ``direct``, and gradient magnitudes, through convkit's own one-pass
-Triton stencil (:mod:`convkit.stencil`). It takes precedence over ``compile``; what it does not
-take runs as above.
+Triton stencil (:mod:`convkit.backends.stencil`). It takes precedence over ``compile``; what it does
+not take runs as above.
 """
 
 from __future__ import annotations
@@ -39,13 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import fastpath, stencil
-from . import functional as KF
-from .fusion import get_plan
-from .kernels import INT_MAX
-from .modules import reference
-from .plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, MorphOp, Plan
-from .plan.rules import (
+from ..kernels.specs import INT_MAX
+from ..nn import functional as KF
+from ..nn.modules import reference
+from ..plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, MorphOp, Plan
+from ..plan.rules import (
     BACKENDS,
     METHODS,
     Options,
@@ -55,6 +53,8 @@ from .plan.rules import (
     method_for,
     options,
 )
+from . import opencv, stencil
+from .module_plans import get_plan
 
 __all__ = ["apply", "options", "explain", "module_forward", "choose_method", "METHODS",
            "BACKENDS"]
@@ -144,7 +144,7 @@ def _fft(op: LinearOp, x: Tensor, s: float, fill: float) -> Tensor:
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=out_dt, device=x.device)  # (an FFT of nothing fails)
     if not x.is_floating_point() and (x.dtype != torch.uint8 or (
-            op.border == "constant" and not fastpath.fill_fits(fill, 255))):
+            op.border == "constant" and not opencv.fill_fits(fill, 255))):
         # torch pads uint16 in no mode; a fill that uint8 cannot hold needs float padding
         x = x.to(ft)
     xp = KF.pad(x, t, b, l, r, op.border, fill)
@@ -221,7 +221,7 @@ class _Step:
 def _backend_for(op, x: Tensor, opts: Options) -> str:
     if isinstance(op, ModuleOp):
         return "torch"
-    cv_ok = (x.device.type == "cpu" and not x.requires_grad and fastpath.supports(op, x.dtype))
+    cv_ok = (x.device.type == "cpu" and not x.requires_grad and opencv.supports(op, x.dtype))
     if opts.backend == "opencv":
         if not cv_ok:
             why = ("it runs on the CPU only" if x.device.type != "cpu" else
@@ -238,7 +238,7 @@ def _backend_for(op, x: Tensor, opts: Options) -> str:
 
 def _stencil_takes(op: LinearOp, x: Tensor, out_dtype: torch.dtype, negative: str | None,
                    opts: Options) -> bool:
-    """Whether ``options(triton=True)`` runs this kernel through :mod:`convkit.stencil`: a
+    """Whether ``options(triton=True)`` runs this kernel through :mod:`convkit.backends.stencil`: a
     kernel of at most ``stencil.MAX_TAPS`` taps whose method is automatic or ``direct`` (one
     pass beats two separable ones at that size), on a device the stencil runs on."""
     forced = op.method or opts.method
@@ -270,7 +270,7 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         if trace is not None:
             trace.append(_Step(op.name, backend, method))
         if backend == "opencv":
-            return fastpath.linear(x, op, method, in_max, out_dtype, out_max, negative)
+            return opencv.linear(x, op, method, in_max, out_dtype, out_max, negative)
         if (opts.compile and method == "direct" and op.shape[0] * op.shape[1] <= COMPILE_MAX_TAPS
                 and not x.requires_grad and (negative is None or x.dtype == out_dtype)
                 and (x.dtype in _MAX or x.dtype == torch.float32)):
@@ -289,7 +289,7 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         if trace is not None:
             trace.append(_Step(op.name, backend, "median" if median else "morphology"))
         if backend == "opencv":
-            run = fastpath.median if median else fastpath.morphology
+            run = opencv.median if median else opencv.morphology
             return run(x, op, in_max, out_dtype, out_max, negative)
         xf = KF.to_float(x) if not x.is_floating_point() else x
         y = KF.median_blur(xf, op.size, op.border, op.value) if median else \
@@ -310,7 +310,7 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
         if trace is not None:
             trace.append(_Step(op.name, backend, "gradient"))
         if backend == "opencv":
-            return fastpath.gradient(x, op, in_max, out_dtype, out_max, negative,
+            return opencv.gradient(x, op, in_max, out_dtype, out_max, negative,
                                      lambda lin: method_for(lin, "opencv", own))
         xf = x if x.is_floating_point() else x.to(torch.float32)
         g = [_torch_method(lin, xf, method_for(lin, "torch", own, x.device.type), s,
@@ -329,25 +329,25 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
 
 
 def _scales(plan: Plan, x: Tensor):
-    """Per operation: (in_max, out_dtype, out_max, negative) (see :func:`fastpath.scales`)."""
-    for in_max, dtype, out_max, negative in fastpath.scales(plan, x.dtype):
+    """Per operation: (in_max, out_dtype, out_max, negative) (see :func:`opencv.scales`)."""
+    for in_max, dtype, out_max, negative in opencv.scales(plan, x.dtype):
         yield in_max, getattr(torch, dtype), out_max, negative
 
 
 class _OpenCVOp(torch.autograd.Function):
     """One linear kernel or gradient magnitude on OpenCV, float32 on the CPU, with its
-    gradient w.r.t. the input on OpenCV too (:func:`convkit.fastpath.linear_adjoint`): torch's
-    own CPU convolutions, forward and backward, are several times slower."""
+    gradient w.r.t. the input on OpenCV too (:func:`convkit.backends.opencv.linear_adjoint`):
+    torch's own CPU convolutions, forward and backward, are several times slower."""
 
     @staticmethod
     def forward(ctx, x: Tensor, op, opts: Options) -> Tensor:
         ctx.op, ctx.opts = op, opts
         a = x.detach().numpy()
         if isinstance(op, LinearOp):
-            return torch.from_numpy(fastpath.linear(a, op, method_for(op, "opencv", opts), 1.0,
+            return torch.from_numpy(opencv.linear(a, op, method_for(op, "opencv", opts), 1.0,
                                                     "float32", 1.0, None))
         own = replace(opts, method=None)
-        g = [fastpath.linear(a, lin, method_for(lin, "opencv", own), 1.0, "float32", 1.0, None)
+        g = [opencv.linear(a, lin, method_for(lin, "opencv", own), 1.0, "float32", 1.0, None)
              for lin in (op.gx, op.gy)]
         mag = np.sqrt(g[0] * g[0] + g[1] * g[1])
         ctx.saved = (g[0], g[1], mag)
@@ -359,12 +359,12 @@ class _OpenCVOp(torch.autograd.Function):
         g = np.ascontiguousarray(grad.numpy(), dtype=np.float32)
         op, opts = ctx.op, ctx.opts
         if isinstance(op, LinearOp):
-            return torch.from_numpy(fastpath.linear_adjoint(g, op, opts)), None, None
+            return torch.from_numpy(opencv.linear_adjoint(g, op, opts)), None, None
         gx, gy, mag = ctx.saved
         # d|g|/dg = g / |g|; 0 where |g| = 0 (sqrt's slope is infinite there)
         scale = np.divide(g, mag, out=np.zeros_like(g), where=mag > 0)
-        dx = fastpath.linear_adjoint(scale * gx, op.gx, opts)
-        dx += fastpath.linear_adjoint(scale * gy, op.gy, opts)
+        dx = opencv.linear_adjoint(scale * gx, op.gx, opts)
+        dx += opencv.linear_adjoint(scale * gy, op.gy, opts)
         return torch.from_numpy(dx), None, None
 
 
@@ -373,20 +373,20 @@ def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Ten
         return x.clone()
     cpu = x.device.type == "cpu"
     if (cpu and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
-            and fastpath.differentiable(plan, opts)):
+            and opencv.differentiable(plan, opts)):
         cur = x
         for op in plan.ops:
             if trace is not None:
                 trace.append(_Step(op.name, "opencv", "autograd"))
             cur = _OpenCVOp.apply(cur, op, opts)
         return cur
-    if cpu and not x.requires_grad and fastpath.runs_plan(plan, x.dtype, opts):
+    if cpu and not x.requires_grad and opencv.runs_plan(plan, x.dtype, opts):
         steps: list | None = [] if trace is not None else None
-        out = fastpath.run_plan(plan, x, opts, steps)
+        out = opencv.run_plan(plan, x, opts, steps)
         if trace is not None:
             trace.extend(_Step(*one) for one in steps)
         return out
-    if opts.backend == "auto" and cpu and fastpath.past_int32(plan, x.dtype):
+    if opts.backend == "auto" and cpu and opencv.past_int32(plan, x.dtype):
         opts = replace(opts, backend="torch")
     cur = x
     for op, (in_max, out_dtype, out_max, negative) in zip(plan.ops, _scales(plan, x),

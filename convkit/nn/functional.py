@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import INT_MAX, check_border, dtype_name, gaussian_ksize, gaussian_taps
-from .kernels import border_index as _border_index
-from .morphology import compose, rect_iterations
+from ..kernels.morphology import compose, rect_iterations
+from ..kernels.specs import INT_MAX, check_border, dtype_name, gaussian_ksize, gaussian_taps
+from ..kernels.specs import border_index as _border_index
 
 __all__ = [
     "magnitude",
@@ -68,7 +68,7 @@ def check_image(x: object, what: str = "input") -> tuple[Tensor, bool]:
 
 def border_index(n: int, before: int, after: int, border: str, device=None) -> Tensor:
     """Source indices for a padded axis of length ``before + n + after``
-    (:func:`convkit.kernels.border_index`, as a tensor on ``device``)."""
+    (:func:`convkit.kernels.specs.border_index`, as a tensor on ``device``)."""
     return torch.from_numpy(_border_index(n, before, after, border)).to(device)
 
 
@@ -327,7 +327,7 @@ def _median3x3(xp: Tensor, h: int, w: int) -> Tensor:
 
 def gaussian_kernel1d(ksize: int, sigma: float, dtype=torch.float64) -> Tensor:
     """Normalised Gaussian taps, as ``cv2.getGaussianKernel(ksize, sigma)`` for sigma > 0
-    (:func:`convkit.kernels.gaussian_taps`, as a tensor)."""
+    (:func:`convkit.kernels.specs.gaussian_taps`, as a tensor)."""
     return torch.from_numpy(gaussian_taps(ksize, sigma)).to(dtype)
 
 
@@ -364,7 +364,7 @@ def to_integer(x: Tensor, dtype: torch.dtype, negative: str = "clip") -> Tensor:
     return torch.round(x * top).clamp_(0, top).to(dtype)
 
 
-# --- morphology (see convkit.morphology for the rules) -------------------------------------
+# --- morphology (see convkit.kernels.morphology for the rules) ------------------------------------
 def _morph_pass(x: Tensor, fp: np.ndarray, anchor: tuple[int, int], kind: str, border: str,
           value: float) -> Tensor:
     """One erosion (``kind`` "min") or dilation ("max") of (B, C, H, W) ``x``."""

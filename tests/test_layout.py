@@ -66,6 +66,36 @@ def test_no_module_imports_the_package_root():
     assert offenders == []
 
 
+# The sub-packages from the bottom up: a module-level import may name its own sub-package or
+# one below it. (Imports inside functions may go up where a lower module hands work to a
+# higher one late: a module's forward() to the engine, the registry to its builders, named by
+# dotted string so that --help stays torch-free.)
+LAYERS = ["_version", "kernels", "plan", "io", "nn", "backends", "pipeline", "api", "learn",
+          "cli", "__main__"]
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return len(LAYERS) if len(parts) == 1 else LAYERS.index(parts[1])  # the root: on top
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                  if layer(d) > layer(m))
+
+
+def test_imports_point_downward():
+    graph = module_imports()
+    assert {m.split(".")[1] for m in graph if "." in m} <= set(LAYERS), "a sub-package has no layer"
+    assert upward_imports(graph) == []
+
+
+def test_upward_import_is_found():
+    """The test above can fail: io importing nn is an upward import."""
+    graph = {"convkit.io.images": {"convkit.nn.modules"}, "convkit.nn.modules": set()}
+    assert upward_imports(graph) == ["convkit.io.images -> convkit.nn.modules"]
+
+
 def test_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     """The test above can fail: a made-up package with a -> b -> a is caught."""
     pkg = tmp_path / "convkit"

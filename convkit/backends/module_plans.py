@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..nn.modules import GradientMagnitude, Kernel2d, Median, Morphology, Pool2d, Sequence2
+from ..nn.modules import GradientMagnitude, Kernel2d, Median, Morphology, Pool2d, flatten
 from ..plan.fuse import fuse
 from ..plan.ops import LinearOp, MedianOp, ModuleOp, MorphOp, Plan, gradient_op, linear_op
 
-__all__ = ["build_plan", "get_plan", "flatten"]
+__all__ = ["build_plan", "get_plan"]
 
 
 def _name(m: nn.Module) -> str:
@@ -37,17 +37,6 @@ def _name(m: nn.Module) -> str:
     if type(m) is Kernel2d and w is not None:
         return f"kernel {w.shape[0]}x{w.shape[1]}"
     return type(m).__name__
-
-
-def flatten(module: nn.Module) -> list[nn.Module]:
-    """The leaf filters of a chain, in order: plain ``nn.Sequential`` containers, a
-    :class:`~convkit.Chain` and :class:`Sequence2` are opened; anything else is a leaf."""
-    if isinstance(module, Sequence2):
-        return [leaf for m in module.parts for leaf in flatten(m)]
-    if isinstance(module, nn.Sequential) and (type(module).forward is nn.Sequential.forward
-                                              or getattr(type(module), "opens_in_plans", False)):
-        return [leaf for m in module for leaf in flatten(m)]
-    return [module]
 
 
 def _numpy(t: Tensor) -> np.ndarray:

@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends.module_plans import flatten
 from ..kernels.morphology import compose, rect_iterations
 from . import functional as KF
-from .modules import Filter, GradientMagnitude, Kernel2d, Morphology, Pool2d, Rank, Unsharp
+from .modules import Filter, GradientMagnitude, Kernel2d, Morphology, Pool2d, Rank, Unsharp, flatten
 
 __all__ = ["to_torch", "export", "BorderPad", "EXPORT_FORMATS"]
 

@@ -25,7 +25,8 @@ from ..kernels.morphology import reach as morph_reach
 from ..kernels.specs import blend, check_border, check_weights, resolve_scale
 from . import functional as KF
 
-__all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median", "reference"]
+__all__ = ["Filter", "Kernel2d", "GradientMagnitude", "Unsharp", "Pool2d", "Median", "reference",
+           "flatten"]
 
 
 class Filter(nn.Module):
@@ -460,3 +461,14 @@ def reference(module: nn.Module, x: Tensor) -> Tensor:
             x = reference(m, x)
         return x
     return module(x)
+
+
+def flatten(module: nn.Module) -> list[nn.Module]:
+    """The leaf filters of a chain, in order: plain ``nn.Sequential`` containers, a
+    :class:`~convkit.Chain` and :class:`Sequence2` are opened; anything else is a leaf."""
+    if isinstance(module, Sequence2):
+        return [leaf for m in module.parts for leaf in flatten(m)]
+    if isinstance(module, nn.Sequential) and (type(module).forward is nn.Sequential.forward
+                                              or getattr(type(module), "opens_in_plans", False)):
+        return [leaf for m in module for leaf in flatten(m)]
+    return [module]

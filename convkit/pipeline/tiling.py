@@ -47,10 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import engine
-from ..backends.module_plans import flatten
 from ..io import atomic
 from ..nn import functional as KF
-from ..nn.modules import Filter, Pool2d
+from ..nn.modules import Filter, Pool2d, flatten
 from .memory import available_memory, parse_memory
 
 if TYPE_CHECKING:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels.specs import INT_MAX
+from ..kernels.specs import INT_MAX, OFFSET
 from ..nn import functional as KF
 from ..nn.modules import reference
 from ..plan.ops import GradientOp, LinearOp, MedianOp, ModuleOp, MorphOp, Plan
@@ -60,7 +60,6 @@ __all__ = ["apply", "options", "explain", "module_forward", "choose_method", "ME
            "BACKENDS"]
 
 _MAX = {getattr(torch, name): top for name, top in INT_MAX.items()}  # by torch dtype
-OFFSET = 128.0 / 255.0
 COMPILE_MAX_TAPS = 49
 
 # --- torch methods ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..kernels.specs import INT_MAX
+from ..kernels.specs import INT_MAX, OFFSET
 
 __all__ = ["MAX_TAPS", "Weights", "available", "runs", "prepare", "correlate", "tap_mask"]
 
@@ -153,7 +153,7 @@ def correlate(x: Tensor, weights: Weights, border: str, fill: float, bias: float
     y = torch.empty_like(x, dtype=out_dtype)
     if y.numel() == 0:
         return y
-    offset = 128.0 / 255.0 * top
+    offset = OFFSET * top
     exact = (weights.whole is not None and x.dtype in (torch.uint8, torch.uint16)
              and negative is not None and _whole(fill) and _whole(bias)
              and (negative != "offset" or _whole(offset))

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from .._version import __version__
+from ..io.formats import FORMATS
 from ..kernels.registry import FilterInfo, Param, get_info, list_filters
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -57,7 +58,6 @@ def _learn_command(name: str) -> click.Command | None:
 # Options shared by every command that filters files
 # --------------------------------------------------------------------------------------------
 
-_FORMAT_CHOICES = ("png", "jpeg", "jpg", "webp", "tiff", "tif", "bmp")
 
 
 def _run_params() -> list[click.Parameter]:
@@ -81,7 +81,7 @@ def _run_params() -> list[click.Parameter]:
                      help="Filter damaged files (a JPEG with missing data, a file cut short) "
                           "as far as they decode, instead of failing them."),
         click.Option(["--format", "fmt"],
-                     type=click.Choice(_FORMAT_CHOICES, case_sensitive=False),
+                     type=click.Choice(tuple(FORMATS), case_sensitive=False),
                      help="Output format. Default: the output's extension."),
         click.Option(["--quality"], type=click.IntRange(1, 100), default=95, show_default=True,
                      help="JPEG/WebP quality."),
@@ -206,7 +206,6 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
             names.swaps[src] = "-"
             inputs = [src]
         if output == "-":
-            from ..pipeline.batches import FORMATS
 
             output = os.path.join(tmp, "stdout" + FORMATS[fmt])
             names.swaps[output] = "-"

@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .formats import PNG_SIGNATURE, WRITE_FORMATS
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,16 +66,7 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
 """Extensions :func:`is_image_path` accepts (lower case, with the dot); GIF is read-only."""
 
 # Extension -> Pillow format name for writing.
-_WRITE_FORMATS = {
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".webp": "WEBP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".bmp": "BMP",
-}
-WRITE_EXTENSIONS: tuple[str, ...] = tuple(_WRITE_FORMATS)
+WRITE_EXTENSIONS: tuple[str, ...] = tuple(WRITE_FORMATS)
 """Extensions :func:`write_image` can write."""
 
 # Pillow plugins read_image may use. Limiting them keeps Pillow from handing a file to one of its
@@ -84,7 +77,6 @@ _READABLE = "PNG, JPEG, WebP, TIFF, BMP or GIF"
 
 _EXIF_ORIENTATION = 0x0112
 _EXIF_HEADER = b"Exif\x00\x00"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Largest side each format can store.
 _MAX_SIDE = {"JPEG": 65_535, "WEBP": 16_383}
@@ -298,7 +290,7 @@ def read_array_with_info(
     limit = max_pixels or pillow_pixel_limit()
 
     data = _read_bytes(path, name)
-    if data.startswith(_PNG_SIGNATURE):
+    if data.startswith(PNG_SIGNATURE):
         check_png_chunks(data, name)
     im = _open(data, name)
     try:
@@ -477,7 +469,7 @@ def declared_bytes(path: StrPath) -> int | None:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None
             head = f.read(1 << 16)
-            if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
+            if head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
                 w, h = struct.unpack(">II", head[16:24])
                 return w * h * _PNG_CHANNELS.get(head[25], 4) * (2 if head[24] == 16 else 1)
             if head.startswith(b"\xff\xd8"):
@@ -538,7 +530,7 @@ def check_png_chunks(data: bytes, name: str) -> None:
     as "cannot identify image file".
     """
     view = memoryview(data)
-    pos = len(_PNG_SIGNATURE)
+    pos = len(PNG_SIGNATURE)
     while pos < len(data):
         if pos + 8 > len(data):
             raise ImageFileError(f"{name}: truncated PNG file (ends inside a chunk header)")
@@ -577,7 +569,7 @@ def check_png_size(data: bytes, width: int, height: int, name: str,
 
 def sniff_format(data: bytes) -> str | None:
     """The format the first bytes of a file claim (PNG, JPEG, TIFF, GIF, WebP, BMP), or None."""
-    if data.startswith(_PNG_SIGNATURE):
+    if data.startswith(PNG_SIGNATURE):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):
         return "JPEG"
@@ -961,14 +953,14 @@ def matching_icc(icc: object, channels: int) -> bytes | None:
 def _write_format(name: str, format: str | None) -> str:
     supported = ", ".join(WRITE_EXTENSIONS)
     if format is not None:
-        fmt = _WRITE_FORMATS.get("." + format.lower().lstrip("."))
+        fmt = WRITE_FORMATS.get("." + format.lower().lstrip("."))
         if fmt is None:
             raise ImageFileError(
                 f"{name}: cannot write (unknown format {format!r}; use one of {supported})"
             )
         return fmt
     ext = Path(name).suffix.lower()
-    fmt = _WRITE_FORMATS.get(ext)
+    fmt = WRITE_FORMATS.get(ext)
     if fmt is None:
         what = f"extension {ext!r}" if ext else "no extension"
         raise ImageFileError(

@@ -33,10 +33,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .formats import PNG_SIGNATURE
+
 __all__ = ["PngInfo", "read_info", "streamable", "iter_bands", "header", "metadata_png",
            "PngWriter"]
 
-SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel in the file
 # Chunks Pillow reads the ICC profile, EXIF and orientation from: iCCP, eXIf, and text chunks
 # (tEXt, zTXt, iTXt) with these keywords ("Raw profile type exif": ImageMagick's EXIF; the XMP
@@ -96,7 +97,7 @@ def read_info(path: str | Path) -> PngInfo:
     PNG). Every chunk header is read, up to IEND, but of the chunk data only the header's and
     the metadata chunks'."""
     with open(path, "rb") as f:
-        if f.read(8) != SIGNATURE:
+        if f.read(8) != PNG_SIGNATURE:
             raise ValueError(f"{path}: not a PNG file")
         info: PngInfo | None = None
         metadata, trns, frames = [], False, 0
@@ -180,7 +181,7 @@ def _ihdr(info: PngInfo, height: int) -> bytes:
 
 def header(info: PngInfo) -> bytes:
     """Signature and IHDR of a non-interlaced PNG of ``info``'s size and kind (33 bytes)."""
-    return SIGNATURE + _ihdr(info, info.height)
+    return PNG_SIGNATURE + _ihdr(info, info.height)
 
 
 def metadata_png(info: PngInfo) -> bytes:
@@ -188,7 +189,7 @@ def metadata_png(info: PngInfo) -> bytes:
     of its image data: parsing it gives the ICC profile, EXIF and text the whole file gives,
     without touching the file's image data."""
     ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
-    return (SIGNATURE + ihdr + b"".join(info.metadata)
+    return (PNG_SIGNATURE + ihdr + b"".join(info.metadata)
             + _chunk(b"IDAT", zlib.compress(b"\0\0")) + _chunk(b"IEND", b""))
 
 
@@ -227,7 +228,7 @@ def iter_bands(path: str | Path, info: PngInfo, rows: int) -> Iterator[np.ndarra
             raw = b"\x00" + prev.tobytes() + bytes(buf)  # filter type 0: the row as it is
         else:
             raw = bytes(buf)
-        png = (SIGNATURE + _ihdr(info, n + (prev is not None))
+        png = (PNG_SIGNATURE + _ihdr(info, n + (prev is not None))
                + _chunk(b"IDAT", zlib.compress(raw, 0)) + _chunk(b"IEND", b""))
         band = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
         if band is None:

@@ -24,16 +24,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["OPS", "SHAPES", "footprint", "reach", "rect_iterations", "compose",
-           "morphology_cv"]
+__all__ = ["OPS", "SHAPES", "footprint", "reach", "rect_iterations", "compose"]
 
 OPS = ("erode", "dilate", "open", "close", "gradient", "tophat", "blackhat")
 SHAPES = {"rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS, "ellipse": cv2.MORPH_ELLIPSE}
-_CV_OPS = {"erode": cv2.MORPH_ERODE, "dilate": cv2.MORPH_DILATE, "open": cv2.MORPH_OPEN,
-           "close": cv2.MORPH_CLOSE, "gradient": cv2.MORPH_GRADIENT,
-           "tophat": cv2.MORPH_TOPHAT, "blackhat": cv2.MORPH_BLACKHAT}
-_CV_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "symmetric": cv2.BORDER_REFLECT,
-               "replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
 # erosions and dilations each operation makes, one after the other
 _PASSES = {"erode": 1, "dilate": 1, "open": 2, "close": 2, "gradient": 1, "tophat": 2,
            "blackhat": 2}
@@ -87,36 +81,3 @@ def compose(op: str, x, erode, dilate):
     if op == "gradient":
         return dilate(x) - erode(x)
     raise ValueError(f"Invalid morphology {op!r}. Expected one of {', '.join(OPS)}")
-
-
-def morphology_cv(planes: np.ndarray, op: str, fp: np.ndarray, iterations: int, border: str,
-                  value: float, out: np.ndarray | None = None) -> np.ndarray:
-    """``op`` on a (N, H, W) array of planes, or of (H, W, C) images, with OpenCV (uint8,
-    uint16 or float32); ``value`` on the array's scale. Circular extends the image by the
-    operation's reach first (OpenCV's morphology has no wrapping border) and crops it.
-    ``out``: a C-contiguous array like ``planes`` to write into (OpenCV writes there
-    directly: a fresh 1080p image and its copy cost more than the erosion itself)."""
-    if out is None:
-        out = np.empty_like(planes)
-    if border == "circular":
-        t, b, left, r = reach(fp, op, iterations)
-        h, w = planes.shape[1:3]
-        rows = np.arange(-t, h + b) % h
-        cols = np.arange(-left, w + r) % w
-        for i in range(planes.shape[0]):
-            wide = np.ascontiguousarray(planes[i][np.ix_(rows, cols)])
-            res = cv2.morphologyEx(wide, _CV_OPS[op], fp, iterations=iterations,
-                                   borderType=cv2.BORDER_REPLICATE)
-            out[i] = res[t:t + h, left:left + w].reshape(out[i].shape)
-        return out
-    if border == "none":
-        kw = {"borderType": cv2.BORDER_CONSTANT}  # with OpenCV's never-winning value
-    else:
-        kw = {"borderType": _CV_BORDERS[border], "borderValue": (value,) * 4}
-    for i in range(planes.shape[0]):
-        src = np.ascontiguousarray(planes[i])
-        if out.flags.c_contiguous:
-            cv2.morphologyEx(src, _CV_OPS[op], fp, dst=out[i], iterations=iterations, **kw)
-        else:
-            out[i] = cv2.morphologyEx(src, _CV_OPS[op], fp, iterations=iterations, **kw)
-    return out

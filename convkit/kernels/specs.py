@@ -44,6 +44,8 @@ BORDERS = ("reflect", "replicate", "constant", "circular", "symmetric")
 #: The integer image dtypes and their full scale: an integer image is filtered on the [0, 1]
 #: scale (x / 255, x / 65535) and written back rounded and saturated to the same range.
 INT_MAX = {"uint8": 255.0, "uint16": 65535.0}
+#: Mid-grey on the [0, 1] scale: what ``negative="offset"`` adds so that a zero response is grey.
+OFFSET = 128.0 / 255.0
 
 
 def dtype_name(dtype: Any) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels.morphology import compose, rect_iterations
-from ..kernels.specs import INT_MAX, check_border, dtype_name, gaussian_ksize, gaussian_taps
+from ..kernels.specs import INT_MAX, OFFSET, check_border, dtype_name, gaussian_ksize, gaussian_taps
 from ..kernels.specs import border_index as _border_index
 
 __all__ = [
@@ -355,7 +355,7 @@ def to_integer(x: Tensor, dtype: torch.dtype, negative: str = "clip") -> Tensor:
     if negative == "abs":
         x = x.abs()
     elif negative == "offset":
-        x = x + 128.0 / 255.0
+        x = x + OFFSET
     elif negative != "clip":
         raise ValueError(f"Invalid negative {negative!r}. Expected one of abs, offset, clip.")
     top = INT_MAX.get(dtype_name(dtype))

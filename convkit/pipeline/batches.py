@@ -43,14 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from ..io.formats import FORMATS, PNG_SIGNATURE
 from .memory import FLIGHT_FACTOR, default_budget, parse_memory
 
 __all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
            "output_name", "file_spec", "cpu_plan", "UsageError"]
 
-#: --format values and the extension each writes.
-FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif",
-           "tif": ".tif", "bmp": ".bmp"}
 _GLOB_MAGIC = set("*?[")
 
 # Images above this many pixels are filtered one at a time (never batched): the hook where a
@@ -1083,7 +1081,7 @@ def _huge_png_to_png(job: Job, max_pixels: int | None) -> bool:
             head = f.read(26)
     except OSError:
         return False
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
         return False
     w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if not max_pixels:

@@ -674,11 +674,12 @@ def run(
         if batch_size is None:
             batch_size = 8 if runner.device_type == "cuda" else 1
         with runner.threads():
-            _loop(todo, runner, summary, fail, record, on_info, batch_size=batch_size,
-                  workers=workers or _default_workers(), quality=quality, format=format,
-                  max_pixels=max_pixels, max_memory=max_memory, progress=progress,
-                  defer_jpeg=decode == "gpu", in_place=in_place, warn=warn,
-                  allow_truncated=allow_truncated, compression=compression)
+            settings = _Settings(
+                batch_size=batch_size, workers=workers or _default_workers(), quality=quality,
+                max_pixels=max_pixels, max_memory=max_memory, progress=progress,
+                defer_jpeg=decode == "gpu", in_place=in_place, allow_truncated=allow_truncated,
+                compression=compression)
+            _Loop(runner, summary, settings, fail, record, on_info, warn)(todo)
         if summary.abandoned:  # an abandoned step may have begun a file: no trace of it
             for folder in folders:
                 remove_stale(folder, own=True)
@@ -804,229 +805,267 @@ def _bar(total: int, progress: bool | None, rank: int):
                 desc=f"rank {rank}" if rank else None, leave=False)
 
 
-def _loop(todo: list[Job], runner: _Runner, summary: Summary, fail: Callable[[str], None],
-          record: Callable[..., None], on_info: Callable[[str], None] | None, *,
-          batch_size: int, workers: int, quality: int, format: str | None,
-          max_pixels: int | None, max_memory: int | None, progress: bool | None,
-          defer_jpeg: bool = False, in_place: bool = False,
-          warn: Callable[[str], None] = lambda line: None, allow_truncated: bool = False,
-          compression: str = "deflate") -> None:
-    io = _io()
-    bar = _bar(len(todo), progress, summary.rank)
-    if bar is not None:
+@dataclass
+class _Settings:
+    """How a run reads, filters and writes its images (the options of :func:`run`)."""
+
+    batch_size: int
+    workers: int
+    quality: int
+    max_pixels: int | None
+    max_memory: int | None
+    progress: bool | None
+    defer_jpeg: bool = False
+    in_place: bool = False
+    allow_truncated: bool = False
+    compression: str = "deflate"
+
+
+class _Loop:
+    """The batch loop of one run, step by step: :meth:`decode` (threads) -> :meth:`receive`
+    (group images of one shape into batches) -> :meth:`emit` (filter a batch in the filter
+    thread) -> :meth:`encode` (threads) -> :meth:`finish` (count, report, free the bytes).
+
+    Decodes run a window ahead of the loop, within the memory budget of the images in flight
+    (:class:`_Flight`); writes run a window behind it (:meth:`settle`). One thread, the
+    caller's, runs the loop; the worker threads only decode, filter or encode.
+    """
+
+    def __init__(self, runner: _Runner, summary: Summary, settings: _Settings,
+                 fail: Callable[[str], None], record: Callable[..., None],
+                 on_info: Callable[[str], None] | None,
+                 warn: Callable[[str], None] = lambda line: None) -> None:
+        self.runner, self.summary, self.settings = runner, summary, settings
+        self.record, self.on_info, self.warn = record, on_info, warn
+        self.io = _io()
+        self.bar = None  # a progress bar, made in __call__
+        self._fail = fail
+        self.read_kw: dict[str, Any] = {"allow_truncated": settings.allow_truncated}
+        if settings.max_pixels is not None:
+            self.read_kw["max_pixels"] = settings.max_pixels
+        self.flight = _Flight(settings.max_memory or default_budget())
+        self.writes: deque[tuple[Job, Future]] = deque()
+        self.groups: dict[tuple, list] = {}  # (channels, h, w, dtype) -> decoded, waiting
+        self.pending = 0  # images waiting in groups
+        self.explained = False
+        self.stop: _Stop | None = None
+        # a window of a few batches ahead keeps the device busy without holding the folder
+        self.read_window = max(2 * settings.workers, 2 * settings.batch_size)
+        self.write_window = max(2 * settings.workers, settings.batch_size)
+
+    # --- reporting -------------------------------------------------------------------------
+    def fail(self, line: str) -> None:
+        if self.bar is None:
+            self._fail(line)
+            return
         from tqdm import tqdm
 
-        def fail_line(line: str, _fail=fail) -> None:
-            with tqdm.external_write_mode(file=sys.stderr):
-                _fail(line)
-    else:
-        fail_line = fail
+        with tqdm.external_write_mode(file=sys.stderr):
+            self._fail(line)
 
-    read_kw: dict[str, Any] = {"allow_truncated": allow_truncated}
-    if max_pixels is not None:
-        read_kw["max_pixels"] = max_pixels
+    def finish(self, job: Job, error: BaseException | None = None) -> None:
+        """One input done: written, or failed with ``error``; its bytes leave the flight."""
+        if error is None:
+            self.summary.written += 1
+            self.record(job, "written")
+        else:
+            self.fail(_one_line(job, error))
+            self.record(job, "failed", _one_line(job, error))
+        self.flight.release(job)
+        if self.bar is not None:
+            self.bar.update(1)
 
-    keeps_size = runner.keeps_size
-    # the torch-free route reads NumPy arrays; torch's reads tensors (a GPU may decode JPEGs)
-    if runner.plan is not None:  # interleaved views: OpenCV filters and writes them as they lie
-        def read(path, **kw):
-            return io.read_array_with_info(path, interleaved=True, **kw)
-    else:
-        read = io.read_image_with_info
+    def explain(self, steps: list) -> None:
+        if self.on_info is not None and not self.explained:
+            self.explained = True
+            for name, backend, method in steps:
+                self.on_info(f"{name}: {backend}, {method}")
 
-    def decode(job: Job):
+    # --- reading ---------------------------------------------------------------------------
+    def read(self, path, **kw):
+        # the torch-free route reads NumPy arrays (interleaved views, which OpenCV filters and
+        # writes as they lie); torch's reads tensors (a GPU may decode JPEGs)
+        if self.runner.plan is not None:
+            return self.io.read_array_with_info(path, interleaved=True, **kw)
+        return self.io.read_image_with_info(path, **kw)
+
+    def decode(self, job: Job):
+        """(image, info) of one input, in a decode thread."""
         job.started = time.perf_counter()
-        image, info = _read(job)
+        image, info = self._read(job)
         if info is not None and info.frames > 1:
             what = "pages" if info.format == "TIFF" else "frames"
-            if in_place:
-                raise io.ImageFileError(
+            if self.settings.in_place:
+                raise self.io.ImageFileError(
                     f"{job.shown}: has {info.frames} {what}; convkit filters the first only, so "
                     f"--in-place would lose the others (write to another file with -o)")
-            warn(f"{job.shown}: has {info.frames} {what}; only the first was filtered "
-                 f"(written to {shown(job.out)})")
+            self.warn(f"{job.shown}: has {info.frames} {what}; only the first was filtered "
+                      f"(written to {shown(job.out)})")
         return image, info
 
-    def _read(job: Job):
-        if (keeps_size and runner.device_type == "cpu" and _huge_png_to_png(job, max_pixels)
-                and not (in_place and _animated_png(job.src))):
+    def _read(self, job: Job):
+        st, runner = self.settings, self.runner
+        if (runner.keeps_size and runner.device_type == "cpu"
+                and _huge_png_to_png(job, st.max_pixels)
+                and not (st.in_place and _animated_png(job.src))):
             # Streams band by band, so memory does not grow with the image; one stored turned
             # (EXIF orientation) is read whole and filtered in tiles (tiling.filter_file).
             from .tiling import filter_file
 
             _make_parent(job)
-            filter_file(runner.module, job.src, job.out, max_memory=max_memory,
-                        max_pixels=max_pixels, quality=quality)
+            filter_file(runner.module, job.src, job.out, max_memory=st.max_memory,
+                        max_pixels=st.max_pixels, quality=st.quality)
             return _STREAMED, None
-        return read(job.src, defer_jpeg=defer_jpeg, **read_kw)
+        return self.read(job.src, defer_jpeg=st.defer_jpeg, **self.read_kw)
 
-    def encode(job: Job, image, info) -> None:
-        _make_parent(job)
-        if isinstance(image, np.ndarray):
-            image = image.transpose(1, 2, 0)  # write_image takes arrays as (H, W, C)
-        for note in io.write_image(job.out, image, quality=quality, info=info,
-                                   compression=compression):
-            warn(f"{job.shown}: {note}")
+    def receive(self, job: Job, fut: Future) -> None:
+        """One decoded image into its batch (or filtered at once), or its failure reported."""
+        try:
+            image, info = _wait(fut, self.stop.event)
+        except _Abandoned:
+            raise
+        except Exception as e:
+            self.finish(job, e)
+            return
+        if image is _STREAMED:
+            self.finish(job)
+            return
+        c, h, w = image.shape
+        if h * w > HUGE_PIXELS:
+            self.emit([(job, image, info)], alpha=c in (2, 4))
+            return
+        key = (c, h, w, image.dtype)
+        group = self.groups.setdefault(key, [])
+        group.append((job, image, info))
+        self.pending += 1
+        if len(group) >= self.settings.batch_size or len(group) * h * w >= MAX_BATCH_PIXELS:
+            self.flush(key)
+        # Many sizes, few of each: flush the biggest group so memory stays bounded.
+        while self.pending > 2 * self.settings.batch_size:
+            self.flush(max(self.groups, key=lambda k: len(self.groups[k])))
 
-    decoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-decode")
-    # The filter runs in a thread of its own, so that SIGINT/SIGTERM are honoured within a
-    # tenth of a second even while one long OpenCV or torch call runs (a median of size 999
-    # took 18 s to notice a SIGTERM when it ran here).
-    filterer = ThreadPoolExecutor(1, thread_name_prefix="convkit-filter")
-    encoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-encode")
-    # A window of a few batches ahead keeps the device busy without holding the whole folder.
-    read_window = max(2 * workers, 2 * batch_size)
-    write_window = max(2 * workers, batch_size)
-    writes: deque[tuple[Job, Future]] = deque()
+    # --- filtering -------------------------------------------------------------------------
+    def flush(self, key) -> None:
+        batch = self.groups.pop(key)
+        self.pending -= len(batch)
+        self.emit(batch, alpha=key[0] in (2, 4))
 
-    flight = _Flight(max_memory or default_budget())
+    def make_room(self) -> None:
+        """Filter the batches that wait and finish the writes: their bytes leave the flight."""
+        for key in list(self.groups):
+            self.flush(key)
+        self.settle(0)
 
-    def finish(job: Job, error: BaseException | None = None) -> None:
-        """One input done: written, or failed with ``error``; its bytes leave the flight."""
-        if error is None:
-            summary.written += 1
-            record(job, "written")
-        else:
-            fail_line(_one_line(job, error))
-            record(job, "failed", _one_line(job, error))
-        flight.release(job)
-        if bar is not None:
-            bar.update(1)
-
-    def settle(limit: int) -> None:
-        while len(writes) > limit:
-            job, fut = writes.popleft()
-            try:
-                fut.result()
-            except Exception as e:
-                finish(job, e)
-            else:
-                finish(job)
-
-    explained: list[bool] = []
-
-    def explain(steps: list) -> None:
-        if on_info is not None and not explained:
-            explained.append(True)
-            for name, backend, method in steps:
-                on_info(f"{name}: {backend}, {method}")
-
-    def run(batch: list[tuple[Job, Any, Any]], alpha: bool) -> list:
+    def filter(self, batch: list[tuple[Job, Any, Any]], alpha: bool) -> list:
+        """The filtered images of ``batch``, in the filter thread."""
+        runner = self.runner
         images = [img for _, img, _ in batch]
         if all(runner.runs(img) for img in images):
-            trace: list | None = [] if on_info is not None and not explained else None
+            trace: list | None = [] if self.on_info is not None and not self.explained else None
             outs = [runner.run_plan(img, alpha, trace if i == 0 else None)
                     for i, img in enumerate(images)]
             if trace is not None:
-                explain(trace)
+                self.explain(trace)
             return outs
         import torch
 
         dev = runner.dev
         images = _decoded([torch.from_numpy(np.ascontiguousarray(i))
                            if isinstance(i, np.ndarray) else i for i in images], dev)
-        if on_info is not None and not explained:
+        if self.on_info is not None and not self.explained:
             from ..backends import engine
 
             x = images[0][None].to(dev)
-            explain(engine.explain(runner.module, x.float() if x.dtype == torch.uint16 else x))
+            self.explain(engine.explain(runner.module,
+                                        x.float() if x.dtype == torch.uint16 else x))
         if len(images) == 1:
             return [filter_image(runner.module, images[0], alpha=alpha, device=dev,
-                                 max_memory=max_memory)]
+                                 max_memory=self.settings.max_memory)]
         return list(filter_batch(runner.module, torch.stack(images), alpha=alpha, device=dev))
 
-    def emit(batch: list[tuple[Job, Any, Any]], alpha: bool) -> None:
-        if stop.event.is_set():
+    def emit(self, batch: list[tuple[Job, Any, Any]], alpha: bool) -> None:
+        """Filter ``batch`` (one image at a time when it fails, to name the one that does)
+        and hand the results to the encoders."""
+        if self.stop.event.is_set():
             return
         try:
-            outs = _wait(filterer.submit(run, batch, alpha), stop.event)
+            outs = _wait(self.filterer.submit(self.filter, batch, alpha), self.stop.event)
         except _Abandoned:
             raise
         except Exception as e:
             if len(batch) > 1:  # find the image that fails; filter the others
                 for item in batch:
-                    emit([item], alpha)
+                    self.emit([item], alpha)
                 return
             job, image, _ = batch[0]
             error = e
-            if isinstance(image, io.EncodedJPEG):
+            if isinstance(image, self.io.EncodedJPEG):
                 # The device decoder refused it: the CPU decoder reads it or names the problem.
                 try:
-                    image, info = read(job.src, **read_kw)
+                    image, info = self.read(job.src, **self.read_kw)
                 except Exception as cpu_error:
                     error = cpu_error
                 else:
-                    emit([(job, image, info)], alpha)
+                    self.emit([(job, image, info)], alpha)
                     return
-            finish(job, error)
+            self.finish(job, error)
             return
         for (job, _, info), out in zip(batch, outs, strict=True):
-            writes.append((job, encoders.submit(encode, job, out, info)))
-        settle(write_window)
+            self.writes.append((job, self.encoders.submit(self.encode, job, out, info)))
+        self.settle(self.write_window)
 
-    groups: dict[tuple, list] = {}
-    pending = 0
+    # --- writing ---------------------------------------------------------------------------
+    def encode(self, job: Job, image, info) -> None:
+        """Write one result, in an encode thread."""
+        _make_parent(job)
+        if isinstance(image, np.ndarray):
+            image = image.transpose(1, 2, 0)  # write_image takes arrays as (H, W, C)
+        for note in self.io.write_image(job.out, image, quality=self.settings.quality,
+                                        info=info, compression=self.settings.compression):
+            self.warn(f"{job.shown}: {note}")
 
-    def flush(key) -> None:
-        nonlocal pending
-        batch = groups.pop(key)
-        pending -= len(batch)
-        emit(batch, alpha=key[0] in (2, 4))
+    def settle(self, limit: int) -> None:
+        """Wait for the oldest writes until at most ``limit`` are in flight."""
+        while len(self.writes) > limit:
+            job, fut = self.writes.popleft()
+            try:
+                fut.result()
+            except Exception as e:
+                self.finish(job, e)
+            else:
+                self.finish(job)
 
-    def make_room() -> None:
-        """Filter the batches that wait and finish the writes: their bytes leave the flight."""
-        for key in list(groups):
-            flush(key)
-        settle(0)
-
-    def receive(job: Job, fut: Future) -> None:
-        """One decoded image into its batch (or filtered at once), or its failure reported."""
-        nonlocal pending
-        try:
-            image, info = _wait(fut, stop.event)
-        except _Abandoned:
-            raise
-        except Exception as e:
-            finish(job, e)
-            return
-        if image is _STREAMED:
-            finish(job)
-            return
-        c, h, w = image.shape
-        if h * w > HUGE_PIXELS:
-            emit([(job, image, info)], alpha=c in (2, 4))
-            return
-        key = (c, h, w, image.dtype)
-        groups.setdefault(key, []).append((job, image, info))
-        pending += 1
-        if len(groups[key]) >= batch_size or len(groups[key]) * h * w >= MAX_BATCH_PIXELS:
-            flush(key)
-        # Many sizes, few of each: flush the biggest group so memory stays bounded.
-        while pending > 2 * batch_size:
-            flush(max(groups, key=lambda k: len(groups[k])))
-
-    with _Stop() as stop:
-        try:
-            for job, fut in _window(todo, decoders, decode, read_window, stop.event, flight,
-                                    make_room):
-                receive(job, fut)
-                del fut  # (its result, the decoded image, must not outlive its write)
-            for key in list(groups):
-                flush(key)
-            settle(0)
-        except _Abandoned:
-            summary.abandoned = True
-        finally:
-            # A decode (or a huge image filtered in tiles) that a signal interrupted is left to
-            # run out in its thread; its result is never written.
-            decoders.shutdown(wait=not stop.event.is_set(), cancel_futures=True)
-            filterer.shutdown(wait=not stop.event.is_set(), cancel_futures=True)
-            # Writes in flight finish: each output is then complete (the rename is atomic).
-            encoders.shutdown(wait=True)
-            settle(0)
-            if bar is not None:
-                bar.close()
-        summary.interrupted = stop.signal
+    # --- the run ---------------------------------------------------------------------------
+    def __call__(self, todo: list[Job]) -> None:
+        workers = self.settings.workers
+        self.bar = _bar(len(todo), self.settings.progress, self.summary.rank)
+        decoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-decode")
+        # The filter runs in a thread of its own, so that SIGINT/SIGTERM are honoured within a
+        # tenth of a second even while one long OpenCV or torch call runs (a median of size
+        # 999 took 18 s to notice a SIGTERM when it ran here).
+        self.filterer = ThreadPoolExecutor(1, thread_name_prefix="convkit-filter")
+        self.encoders = ThreadPoolExecutor(workers, thread_name_prefix="convkit-encode")
+        with _Stop() as self.stop:
+            try:
+                for job, fut in _window(todo, decoders, self.decode, self.read_window,
+                                        self.stop.event, self.flight, self.make_room):
+                    self.receive(job, fut)
+                    del fut  # (its result, the decoded image, must not outlive its write)
+                self.make_room()
+            except _Abandoned:
+                self.summary.abandoned = True
+            finally:
+                # A decode (or a huge image filtered in tiles) that a signal interrupted is
+                # left to run out in its thread; its result is never written.
+                stopped = self.stop.event.is_set()
+                decoders.shutdown(wait=not stopped, cancel_futures=True)
+                self.filterer.shutdown(wait=not stopped, cancel_futures=True)
+                # Writes in flight finish: each output is then complete (the rename is atomic).
+                self.encoders.shutdown(wait=True)
+                self.settle(0)
+                if self.bar is not None:
+                    self.bar.close()
+            self.summary.interrupted = self.stop.signal
 
 
 class _Abandoned(Exception):

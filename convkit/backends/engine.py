@@ -245,86 +245,115 @@ def _stencil_takes(op: LinearOp, x: Tensor, out_dtype: torch.dtype, negative: st
             and stencil.runs(x, op.shape, out_dtype, negative))
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What an executor needs besides its operation and image: the scales in and out, the
+    integer mapping of the last operation (``negative``; None: float on [0, 1] out), the
+    options, the backend chosen, and the trace to note each step in (or None)."""
+
+    in_max: float
+    out_dtype: torch.dtype
+    out_max: float
+    negative: str | None
+    opts: Options
+    backend: str
+    channels_last: bool
+    trace: list | None
+
+    @property
+    def scale(self) -> float:
+        return self.out_max / self.in_max  # kernel scale: input units -> output units
+
+    def note(self, name: str, backend: str, method: str) -> None:
+        if self.trace is not None:
+            self.trace.append(_Step(name, backend, method))
+
+    def finalize(self, y: Tensor) -> Tensor:
+        return y if self.negative is None else _finalize(y, self.out_dtype, self.out_max,
+                                                         self.negative)
+
+
+def _run_linear(op: LinearOp, x: Tensor, c: _Call) -> Tensor:
+    backend = c.backend
+    if backend == "opencv" and cpu_fft(op, c.opts):
+        backend, method = "torch", "fft"  # only an explicit backend="opencv" refuses fft
+    else:
+        method = method_for(op, backend, c.opts, x.device.type)
+    fill = op.value * c.in_max
+    bias = op.bias * c.out_max
+    s = c.scale
+    if backend == "torch" and _stencil_takes(op, x, c.out_dtype, c.negative, c.opts):
+        c.note(op.name, "triton", "direct")
+        w = op.cached(("stencil", x.device, s), lambda: stencil.prepare([op.kernel], s, x.device))
+        return stencil.correlate(x, w, op.border, fill, bias, c.out_dtype, c.out_max, c.negative)
+    c.note(op.name, backend, method)
+    if backend == "opencv":
+        return opencv.linear(x, op, method, c.in_max, c.out_dtype, c.out_max, c.negative)
+    if (c.opts.compile and method == "direct" and op.shape[0] * op.shape[1] <= COMPILE_MAX_TAPS
+            and not x.requires_grad and (c.negative is None or x.dtype == c.out_dtype)
+            and (x.dtype in _MAX or x.dtype == torch.float32)):
+        return _compiled_direct(op, x, s, fill, bias, c.out_max, c.negative)
+    # (fft converts the integer image while it pads it into its FFT buffer)
+    xf = x if x.is_floating_point() or method == "fft" else x.to(torch.float32)
+    y = _torch_method(op, xf, method, s, fill, c.channels_last)
+    if bias:
+        y = y.add_(bias)
+    return c.finalize(y)
+
+
+def _run_values(op: MedianOp | MorphOp, x: Tensor, c: _Call) -> Tensor:
+    """Operations whose results are values of the image (and their differences): OpenCV on
+    the planes, or torch's definition on the [0, 1] scale."""
+    median = isinstance(op, MedianOp)
+    c.note(op.name, c.backend, "median" if median else "morphology")
+    if c.backend == "opencv":
+        run = opencv.median if median else opencv.morphology
+        return run(x, op, c.in_max, c.out_dtype, c.out_max, c.negative)
+    xf = KF.to_float(x) if not x.is_floating_point() else x
+    y = KF.median_blur(xf, op.size, op.border, op.value) if median else \
+        KF.morphology(xf, op.op, op.fp, op.iterations, op.border, op.value)
+    return y if c.negative is None else c.finalize(y.mul_(c.out_max))
+
+
+def _run_gradient(op: GradientOp, x: Tensor, c: _Call) -> Tensor:
+    own = replace(c.opts, method=None)  # its kernels run by their own rule, whatever method=
+    s = c.scale
+    if (c.backend == "torch" and op.gx.shape == op.gy.shape
+            and _stencil_takes(op.gx, x, c.out_dtype, c.negative, own)):
+        c.note(op.name, "triton", "gradient")
+        w = op.gx.cached(("stencil-gradient", x.device, s), lambda: stencil.prepare(
+            [op.gx.kernel, op.gy.kernel], s, x.device))
+        return stencil.correlate(x, w, op.gx.border, op.gx.value * c.in_max, 0.0, c.out_dtype,
+                                 c.out_max, c.negative)
+    c.note(op.name, c.backend, "gradient")
+    if c.backend == "opencv":
+        return opencv.gradient(x, op, c.in_max, c.out_dtype, c.out_max, c.negative,
+                               lambda lin: method_for(lin, "opencv", own))
+    xf = x if x.is_floating_point() else x.to(torch.float32)
+    g = [_torch_method(lin, xf, method_for(lin, "torch", own, x.device.type), s,
+                       lin.value * c.in_max, c.channels_last) for lin in (op.gx, op.gy)]
+    return c.finalize(KF.magnitude(g[0], g[1]))
+
+
+def _run_module(op: ModuleOp, x: Tensor, c: _Call) -> Tensor:
+    """The module's own definition on the [0, 1] scale."""
+    c.note(op.name, "torch", "module")
+    xf = KF.to_float(x) if not x.is_floating_point() else x
+    y = reference(op.module, xf)
+    return y if c.negative is None else KF.to_integer(y, c.out_dtype, c.negative)
+
+
+_EXECUTORS = {LinearOp: _run_linear, MedianOp: _run_values, MorphOp: _run_values,
+              GradientOp: _run_gradient, ModuleOp: _run_module}
+
+
 def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float,
             negative: str | None, opts: Options, trace: list | None) -> Tensor:
     """One operation: x (integer in pixel units, or float on the [0, 1] scale) -> float on the
     [0, 1] scale (``negative`` None) or the final integer image."""
-    backend = _backend_for(op, x, opts)
     cl = opts.channels_last if opts.channels_last is not None else x.device.type == "cpu"
-    s = out_max / in_max  # kernel scale: input units -> output units
-
-    if isinstance(op, LinearOp):
-        if backend == "opencv" and cpu_fft(op, opts):
-            backend, method = "torch", "fft"  # only an explicit backend="opencv" refuses fft
-        else:
-            method = method_for(op, backend, opts, x.device.type)
-        fill = op.value * in_max
-        bias = op.bias * out_max
-        if backend == "torch" and _stencil_takes(op, x, out_dtype, negative, opts):
-            if trace is not None:
-                trace.append(_Step(op.name, "triton", "direct"))
-            w = op.cached(("stencil", x.device, s),
-                          lambda: stencil.prepare([op.kernel], s, x.device))
-            return stencil.correlate(x, w, op.border, fill, bias, out_dtype, out_max, negative)
-        if trace is not None:
-            trace.append(_Step(op.name, backend, method))
-        if backend == "opencv":
-            return opencv.linear(x, op, method, in_max, out_dtype, out_max, negative)
-        if (opts.compile and method == "direct" and op.shape[0] * op.shape[1] <= COMPILE_MAX_TAPS
-                and not x.requires_grad and (negative is None or x.dtype == out_dtype)
-                and (x.dtype in _MAX or x.dtype == torch.float32)):
-            return _compiled_direct(op, x, s, fill, bias, out_max, negative)
-        # (fft converts the integer image while it pads it into its FFT buffer)
-        xf = x if x.is_floating_point() or method == "fft" else x.to(torch.float32)
-        y = _torch_method(op, xf, method, s, fill, cl)
-        if bias:
-            y = y.add_(bias)
-        return y if negative is None else _finalize(y, out_dtype, out_max, negative)
-
-    if isinstance(op, MedianOp | MorphOp):
-        # operations whose results are values of the image (and their differences): OpenCV on
-        # the planes, or torch's definition on the [0, 1] scale
-        median = isinstance(op, MedianOp)
-        if trace is not None:
-            trace.append(_Step(op.name, backend, "median" if median else "morphology"))
-        if backend == "opencv":
-            run = opencv.median if median else opencv.morphology
-            return run(x, op, in_max, out_dtype, out_max, negative)
-        xf = KF.to_float(x) if not x.is_floating_point() else x
-        y = KF.median_blur(xf, op.size, op.border, op.value) if median else \
-            KF.morphology(xf, op.op, op.fp, op.iterations, op.border, op.value)
-        return y if negative is None else _finalize(y.mul_(out_max), out_dtype, out_max,
-                                                    negative)
-
-    if isinstance(op, GradientOp):
-        own = replace(opts, method=None)  # its kernels run by their own rule, whatever method=
-        if (backend == "torch" and op.gx.shape == op.gy.shape
-                and _stencil_takes(op.gx, x, out_dtype, negative, own)):
-            if trace is not None:
-                trace.append(_Step(op.name, "triton", "gradient"))
-            w = op.gx.cached(("stencil-gradient", x.device, s), lambda: stencil.prepare(
-                [op.gx.kernel, op.gy.kernel], s, x.device))
-            return stencil.correlate(x, w, op.gx.border, op.gx.value * in_max, 0.0, out_dtype,
-                                     out_max, negative)
-        if trace is not None:
-            trace.append(_Step(op.name, backend, "gradient"))
-        if backend == "opencv":
-            return opencv.gradient(x, op, in_max, out_dtype, out_max, negative,
-                                     lambda lin: method_for(lin, "opencv", own))
-        xf = x if x.is_floating_point() else x.to(torch.float32)
-        g = [_torch_method(lin, xf, method_for(lin, "torch", own, x.device.type), s,
-                           lin.value * in_max, cl) for lin in (op.gx, op.gy)]
-        y = KF.magnitude(g[0], g[1])
-        return y if negative is None else _finalize(y, out_dtype, out_max, negative)
-
-    # ModuleOp: the module's own definition on the [0, 1] scale
-    if trace is not None:
-        trace.append(_Step(op.name, "torch", "module"))
-    xf = KF.to_float(x) if not x.is_floating_point() else x
-    y = reference(op.module, xf)
-    if negative is None:
-        return y
-    return KF.to_integer(y, out_dtype, negative)
+    call = _Call(in_max, out_dtype, out_max, negative, opts, _backend_for(op, x, opts), cl, trace)
+    return _EXECUTORS[type(op)](op, x, call)
 
 
 def _scales(plan: Plan, x: Tensor):

@@ -40,9 +40,9 @@ assert cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
 _RUN = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from convkit import tiling
+from convkit.pipeline import huge_files
 src, dst, chain, mem = sys.argv[1:5]
-info = tiling.filter_file(chain, src, dst, max_memory=None if mem == "auto" else mem,
+info = huge_files.filter_file(chain, src, dst, max_memory=None if mem == "auto" else mem,
                           max_pixels=10**10)
 info["seconds"] = time.perf_counter() - t0
 # VmHWM, this process's own peak (ru_maxrss would keep a larger parent's from before exec)
@@ -53,10 +53,11 @@ print(json.dumps(info))
 
 _CHECK = r"""
 import json, sys, cv2, numpy as np, torch
-from convkit import engine, tiling, chain
+from convkit import chain, engine
+from convkit.pipeline import huge_files
 src, dst, spec, mem = sys.argv[1:5]
 img = cv2.imread(src, cv2.IMREAD_UNCHANGED)
-info = tiling.filter_file(spec, src, dst, max_memory=mem)
+info = huge_files.filter_file(spec, src, dst, max_memory=mem)
 tiled = cv2.imread(dst, cv2.IMREAD_UNCHANGED)
 x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
 whole = engine.apply(chain(spec), x)[0].permute(1, 2, 0).numpy()

@@ -28,7 +28,7 @@ _LAZY = {
     "Summary": ("pipeline.batches", "Summary"),
     "load_model": ("learn.files", "load_model"),
     "apply_tiled": ("pipeline.tiling", "apply_tiled"),
-    "filter_file": ("pipeline.tiling", "filter_file"),
+    "filter_file": ("pipeline.huge_files", "filter_file"),
     "to_torch": ("nn.export", "to_torch"),
     "export": ("nn.export", "export"),
     "functional": ("nn.functional", None),

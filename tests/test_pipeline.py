@@ -408,10 +408,11 @@ def test_huge_png_streams_to_png_with_the_whole_image_result(tmp_path, monkeypat
     cv2.imwrite(str(src), img[..., ::-1])
     monkeypatch.setattr(pipeline, "HUGE_PIXELS", 10_000)
     called = []
-    from convkit.pipeline import tiling
+    from convkit.pipeline import huge_files
 
-    real = tiling.filter_file
-    monkeypatch.setattr(tiling, "filter_file", lambda *a, **k: called.append(1) or real(*a, **k))
+    real = huge_files.filter_file
+    monkeypatch.setattr(huge_files, "filter_file",
+                        lambda *a, **k: called.append(1) or real(*a, **k))
     summary = convkit.run("gaussian(sigma=2) | sharpen", [str(src)], str(tmp_path / "o.png"),
                           progress=False)
     assert summary.written == 1 and called == [1]

@@ -11,7 +11,7 @@ from torch import nn
 
 import convkit
 from convkit.backends import engine
-from convkit.pipeline import tiling
+from convkit.pipeline import huge_files, tiling
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -194,7 +194,7 @@ def test_filter_file_in_place_equals_whole(tmp_path):
         src, dst = tmp_path / name, tmp_path / f"out-{name}"
         assert cv2.imwrite(str(src), img)
         before = src.read_bytes()
-        info = tiling.filter_file(ch, src, dst, max_memory=img.nbytes + (17 << 20))
+        info = huge_files.filter_file(ch, src, dst, max_memory=img.nbytes + (17 << 20))
         assert src.read_bytes() == before
         out = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
         x = torch.from_numpy(np.ascontiguousarray(img))
@@ -218,7 +218,7 @@ def test_filter_file_many_bands(tmp_path, ext, streamed):
     src, dst = tmp_path / f"a{ext}", tmp_path / f"b{ext}"
     cv2.imwrite(str(src), img)
     budget = img.nbytes + (17 << 20) if not streamed else "6M"
-    info = tiling.filter_file(ch, src, dst, max_memory=budget)
+    info = huge_files.filter_file(ch, src, dst, max_memory=budget)
     assert info["streamed"] == streamed and info["bands"] >= 3
     x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
     ref = engine.apply(ch, x)[0].permute(1, 2, 0).contiguous()
@@ -259,16 +259,16 @@ def test_filter_file_guards(tmp_path):
     src, dst = tmp_path / "a.png", tmp_path / "b.png"
     cv2.imwrite(str(src), R.integers(0, 256, (60, 50, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="decompression bombs.*max_pixels"):
-        tiling.filter_file("sharpen", src, dst, max_pixels=1000)
+        huge_files.filter_file("sharpen", src, dst, max_pixels=1000)
     bmp = tmp_path / "a.bmp"
     cv2.imwrite(str(bmp), R.integers(0, 256, (60, 50, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="max_memory"):  # decoded whole: must fit
-        tiling.filter_file("sharpen", bmp, dst, max_memory="1M")
+        huge_files.filter_file("sharpen", bmp, dst, max_memory="1M")
     with pytest.raises(ValueError, match="pools"):
-        tiling.filter_file("avgpool(size=2)", src, dst)
+        huge_files.filter_file("avgpool(size=2)", src, dst)
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(ValueError, match="text.png"):
-        tiling.filter_file("sharpen", tmp_path / "text.png", dst)
+        huge_files.filter_file("sharpen", tmp_path / "text.png", dst)
     assert not dst.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     # Pillow's own limit applies by default
@@ -276,7 +276,7 @@ def test_filter_file_guards(tmp_path):
     Image.MAX_IMAGE_PIXELS = 100
     try:
         with pytest.raises(ValueError, match="limit of 100 pixels"):
-            tiling.filter_file("sharpen", src, dst)
+            huge_files.filter_file("sharpen", src, dst)
     finally:
         Image.MAX_IMAGE_PIXELS = old
 
@@ -341,8 +341,8 @@ def _run_both(tmp_path, monkeypatch, src, spec: str, *, max_memory=None):
     s = convkit.run(spec, [str(src)], str(normal), device="cpu", progress=False)
     assert s.written == 1
     summaries = []
-    real = tiling.filter_file
-    monkeypatch.setattr(tiling, "filter_file",
+    real = huge_files.filter_file
+    monkeypatch.setattr(huge_files, "filter_file",
                         lambda *a, **k: summaries.append(real(*a, **k)) or summaries[-1])
     monkeypatch.setattr(pipeline, "HUGE_PIXELS", 100)
     s = convkit.run(spec, [str(src)], str(huge), device="cpu", max_memory=max_memory,
@@ -373,7 +373,7 @@ SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
 @pytest.mark.parametrize("case", ["rgb", "grey16", "rgba-exif-after-idat", "rgb-grey-icc",
                                   "raw-profile-exif"])
 def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, monkeypatch, case):
-    """A huge PNG written as PNG streams band by band (tiling.filter_file) and keeps what
+    """A huge PNG written as PNG streams band by band (huge_files.filter_file) and keeps what
     convkit.io.images keeps: the ICC profile when it fits the channels, the EXIF block; no more (no
     gAMA, pHYs or text). Checked against Pillow's reading of the input and the normal path."""
     from PIL import Image, PngImagePlugin

@@ -1,3 +1,3 @@
 """Files through filters: inputs found and planned, decoded, batched, filtered and written,
 within a memory budget (:mod:`.batches`, sizes in :mod:`.memory`); huge images filtered in
-tiles with their halo (:mod:`.tiling`)."""
+tiles with their halo (:mod:`.tiling`), from file to file (:mod:`.huge_files`)."""

@@ -909,8 +909,8 @@ class _Loop:
                 and _huge_png_to_png(job, st.max_pixels)
                 and not (st.in_place and _animated_png(job.src))):
             # Streams band by band, so memory does not grow with the image; one stored turned
-            # (EXIF orientation) is read whole and filtered in tiles (tiling.filter_file).
-            from .tiling import filter_file
+            # (EXIF orientation) is read whole and filtered in tiles (huge_files.filter_file).
+            from .huge_files import filter_file
 
             _make_parent(job)
             filter_file(runner.module, job.src, job.out, max_memory=st.max_memory,

@@ -1,0 +1,365 @@
+"""Huge images from file to file in bounded memory: :func:`filter_file`.
+
+A PNG written as PNG streams band by band (:mod:`convkit.io.pngstream`): each band of output
+rows is filtered from the input rows its halo reaches, so memory does not grow with the image.
+Other files are decoded whole and filtered in tiles, in place. The geometry of tiles and halos
+is :mod:`convkit.pipeline.tiling`'s; this module reads and writes the files around it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from struct import error as struct_error
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..io import atomic
+from ..nn.modules import Filter, flatten
+from .memory import parse_memory
+from .tiling import (
+    apply_tiled,
+    auto_memory,
+    halo,
+    input_ranges,
+    negative_of,
+    plan_tiles,
+    run_tile,
+    units_of,
+)
+
+if TYPE_CHECKING:
+    from ..io.pngstream import PngInfo
+
+__all__ = ["filter_file"]
+
+
+_PILLOW_LOCK = threading.Lock()
+
+
+def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
+    """(width, height, Pillow mode) from the header, with the decompression-bomb guard."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        from ..io.images import PILLOW_GLOBALS as lock
+    except ImportError:  # pragma: no cover - io is optional for this module
+        lock = _PILLOW_LOCK
+    with lock:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as im:
+                size, mode = im.size, im.mode
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable image ({e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with lock:
+        limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    w, h = size
+    if limit and w * h > limit:
+        raise ValueError(
+            f"{path}: {w}x{h} = {w * h} pixels is above the limit of {limit} pixels (a guard "
+            "against decompression bombs); raise it with max_pixels (--max-pixels)"
+        )
+    return w, h, mode
+
+
+def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.PathLike, *,
+                max_memory: int | str | None = None, max_pixels: int | None = None,
+                quality: int = 95, alpha: bool | None = None) -> dict:
+    """Filter one (huge) image file into ``dst`` in bounded memory.
+
+    A PNG to PNG (8/16-bit grey, grey+alpha, RGB, RGBA, not interlaced) streams: bands are
+    decoded, filtered with their halo and encoded one after the other
+    (:mod:`convkit.io.pngstream`), so memory does not grow with the image. Other files are decoded
+    whole with OpenCV (no Pillow copy), filtered in place band by band (:func:`apply_tiled`
+    with ``out=x``) and encoded by OpenCV from the same buffer: about one decoded image of
+    memory. 8- and 16-bit images stay 8/16-bit; a 4-channel image's last channel is alpha. The
+    output is written to a temporary name and renamed, so no partial file is left; ``src`` is
+    never modified.
+
+    A PNG written as PNG keeps the metadata :func:`convkit.io.images.write_image` would keep: the
+    ICC profile when it fits the channels written, and the EXIF block (found as
+    :func:`convkit.io.images.read_image_with_info` finds them; other ancillary chunks are not
+    copied). A PNG whose EXIF orientation is not 1 must be turned before it is filtered, which
+    cannot be done band by band: it is read whole by :func:`convkit.io.images.read_image_with_info`
+    (turned, its Orientation tag then reads 1), filtered in place and written by
+    :func:`convkit.io.images.write_image`, the same result as for any other image, with the memory
+    of that path (the file, the decoded image and its turned copy). Other formats keep no metadata.
+
+    Args:
+        module: a filter, chain, or chain spec string; it must keep the image size.
+        max_memory: bytes (or "2G") for the decoded image plus the working memory; None: the
+            image plus an automatic working budget. An image that does not fit is refused
+            before it is decoded.
+        max_pixels: largest width x height accepted (default: Pillow's
+            ``Image.MAX_IMAGE_PIXELS``). OpenCV refuses more than 2**30 pixels unless the
+            environment sets OPENCV_IO_MAX_IMAGE_PIXELS before it is first used.
+        quality: JPEG/WebP quality.
+
+    Returns:
+        A summary: width, height, channels, dtype, bands, working_memory, streamed.
+    """
+    import cv2
+
+    if isinstance(module, str):
+        from ..nn.chains import chain
+
+        module = chain(module)
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ValueError(f"{src}: no such file")
+    w, h, mode = _header(src, max_pixels)
+    png = _png_source(src) if dst.suffix.lower() == ".png" else None
+    if png is not None and png.orientation != 1:
+        return _filter_with_io(module, src, dst, png, max_memory, max_pixels, quality, alpha)
+    if png is not None:
+        streamed = _stream_png(module, src, dst, png, max_memory, alpha)
+        if streamed is not None:
+            return streamed
+    channels = {"L": 1, "LA": 4, "RGBA": 4, "PA": 4}.get(mode, 3)
+    itemsize = 2 if mode.startswith("I;16") or mode == "I" else 1
+    budget = _file_budget(src, w, h, w * h * channels * itemsize, max_memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"{src}: OpenCV could not decode it (corrupt file, unsupported format, "
+                         f"or more than OPENCV_IO_MAX_IMAGE_PIXELS pixels)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{src}: {img.dtype} images are not supported here (8/16-bit only)")
+    if img.ndim == 2:
+        x = torch.from_numpy(img)[None, None]
+    else:
+        x = torch.from_numpy(img).permute(2, 0, 1)[None]  # channels_last view, no copy
+    if alpha is None:
+        alpha = x.shape[1] in (2, 4)
+    # Learned filters may mix colour channels: give them RGB order (a per-band copy).
+    rgb = not all(isinstance(m, Filter) for m in flatten(module)) and x.shape[1] >= 3
+    mod = _BgrWrapped(module) if rgb else module
+    tp = plan_tiles(mod, tuple(x.shape), max_memory=budget, full_width=True)
+    if tp.out_size != tp.in_size:
+        raise ValueError("filter_file needs a chain that keeps the image size; this one pools")
+    with torch.no_grad():
+        apply_tiled(mod, x, alpha=alpha, max_memory=budget, out=x)
+    params: list[int] = []
+    suffix = dst.suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    elif suffix == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+    elif suffix in (".tif", ".tiff"):  # lossless, as convkit.io.images writes TIFF
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, cv2.IMWRITE_TIFF_COMPRESSION_ADOBE_DEFLATE]
+    with atomic.replacing(dst, keep_suffix=True) as tmp:
+        if not cv2.imwrite(str(tmp), img, params):
+            raise ValueError(f"{dst}: cannot write ({_cv_write_failure(tmp)})")
+        if png is not None:
+            _insert_png_metadata(tmp, png, int(x.shape[1]))
+    return _tiled_summary(x, tp, budget)
+
+
+def _cv_write_failure(tmp: Path) -> str:
+    """Why cv2.imwrite returned False: OpenCV gives no reason, so look at the disk."""
+    try:
+        st = os.statvfs(tmp.parent)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return "No space left on device"
+    except OSError:
+        pass
+    return "OpenCV's encoder failed"
+
+
+def _tiled_summary(x: Tensor, tp, budget: int) -> dict:
+    """filter_file's summary of an image filtered whole in tiles (``x``: (1, C, H, W))."""
+    _, c, h, w = x.shape
+    return {"width": w, "height": h, "channels": c, "dtype": str(x.dtype).split(".")[-1],
+            "bands": len(tp.rows), "working_memory": budget, "streamed": False}
+
+
+def _file_budget(src: Path, w: int, h: int, decoded: int, max_memory) -> int:
+    """Working memory left by ``max_memory`` once the image is decoded (``decoded`` bytes)."""
+    if max_memory is None:
+        return auto_memory()
+    budget = parse_memory(max_memory) - decoded
+    if budget < (16 << 20):
+        raise ValueError(
+            f"{src}: a {w}x{h} image needs {decoded / 2**30:.2f} GiB decoded; max_memory "
+            f"{parse_memory(max_memory) / 2**30:.2f} GiB leaves too little to filter it"
+        )
+    return budget
+
+
+@dataclass
+class _PngSource:
+    """A PNG's header chunks and the metadata :mod:`convkit.io.images` takes from it."""
+
+    info: PngInfo
+    icc: object  # Pillow's icc_profile, before it is matched to the channels written
+    exif: bytes | None  # as io would write it
+    orientation: int  # as io applies it on read
+
+
+def _png_source(src: Path) -> _PngSource | None:
+    """``src``'s header and metadata, or None when pngstream cannot parse it as a PNG.
+
+    The metadata is what :func:`convkit.io.images.read_image_with_info` would find: io's own helpers
+    run on Pillow's parse of the file's metadata chunks (copied into a 1x1 PNG by
+    :func:`convkit.io.pngstream.metadata_png`, so that no image data is read).
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    from ..io import images as cio
+    from ..io import pngstream
+
+    try:
+        info = pngstream.read_info(src)
+    except (ValueError, OSError, struct_error):
+        return None
+    data = pngstream.metadata_png(info)
+    cio.check_png_chunks(data, str(src))  # a bad CRC or cut-off chunk, as io reports it
+    try:
+        with Image.open(BytesIO(data), formats=["PNG"]) as im:
+            orientation = cio.exif_orientation(im)
+            icc = im.info.get("icc_profile")
+            exif = cio.exif_block(im, reset_orientation=orientation != 1)
+    except Exception as e:  # Pillow raises many kinds of exception for corrupt chunks
+        raise ValueError(f"{src}: corrupt PNG metadata ({e})") from None
+    return _PngSource(info, icc, exif, orientation)
+
+
+def _metadata_chunks(png: _PngSource, channels: int, head: bytes) -> bytes:
+    """``head`` (signature and IHDR) followed by the iCCP and eXIf chunks io writes for an
+    image of ``channels`` channels."""
+    from ..io import images as cio
+
+    return cio.png_with_metadata(head, cio.matching_icc(png.icc, channels), png.exif)
+
+
+def _insert_png_metadata(path: Path, png: _PngSource, channels: int) -> None:
+    """Put the metadata chunks into the PNG OpenCV wrote at ``path``, copying it in blocks."""
+    part = path.with_name(path.name + ".meta")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+            full = _metadata_chunks(png, channels, head)
+            if full == head:
+                return
+            with open(part, "wb") as g:
+                g.write(full)
+                shutil.copyfileobj(f, g, 1 << 20)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
+                    max_pixels: int | None, quality: int, alpha: bool | None) -> dict:
+    """The path of every other image (:mod:`convkit.io.images` reads, turns, writes), for a PNG
+    whose EXIF orientation is not 1: it must be turned before it is filtered, which needs it
+    whole."""
+    from ..io import images as cio
+
+    if any(u.kind != "same" for u in units_of(module)[0]):
+        raise ValueError("filter_file needs a chain that keeps the image size; this one pools")
+    info = png.info
+    channels = 4 if info.colour_type == 3 else info.samples  # palette: RGB(A)
+    decoded = info.width * info.height * channels * (2 if info.bit_depth == 16 else 1)
+    budget = _file_budget(src, info.width, info.height, decoded, max_memory)
+    image, meta = cio.read_image_with_info(src, max_pixels=max_pixels)
+    x = image[None]
+    if alpha is None:
+        alpha = image.shape[0] in (2, 4)
+    tp = plan_tiles(module, tuple(x.shape), max_memory=budget, full_width=True)
+    with torch.no_grad():
+        apply_tiled(module, x, alpha=alpha, max_memory=budget, out=x)
+    cio.write_image(dst, image, quality=quality, info=meta)
+    return _tiled_summary(x, tp, budget)
+
+
+def _stream_png(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
+                alpha) -> dict | None:
+    """PNG to PNG band by band; None when the file or the chain do not allow streaming."""
+    from ..io import pngstream
+
+    info = png.info
+    if pngstream.streamable(info) is not None:
+        return None
+    units, wrap = units_of(module)
+    if wrap or any(u.kind != "same" for u in units):
+        return None  # circular needs the far edge first; pooling changes the size
+    c = info.channels
+    rgb = not all(isinstance(m, Filter) for m in flatten(module)) and c >= 3
+    mod = _BgrWrapped(module) if rgb else module
+    if alpha is None:
+        alpha = c == 4
+    # about 4 more bytes per sample for the decoded band, the raw rows and the deflate input
+    budget = int(parse_memory(max_memory) * 0.8) if max_memory is not None else auto_memory()
+    tp = plan_tiles(mod, (1, c, info.height, info.width), max_memory=budget, full_width=True)
+    negative = negative_of(mod)
+    bands = [(r, input_ranges(tp.units, tp.sizes_h, *r, 0, False)) for r in tp.rows]
+    step = max(r[1] - r[0] for r, _ in bands)
+    reader = pngstream.iter_bands(src, info, step)
+    # the file's own channels (grey+alpha stays grey+alpha), which are also io's on read
+    head = _metadata_chunks(png, info.samples, pngstream.header(info))
+    cols = [(0, info.width)]
+    with atomic.replacing(dst) as tmp:
+        writer = pngstream.PngWriter(tmp, info, head=head)
+        try:
+            _stream_bands(tp, mod, bands, reader, writer, cols, alpha, negative, c)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    return {"width": info.width, "height": info.height, "channels": c,
+            "dtype": "uint16" if info.bit_depth == 16 else "uint8", "bands": len(bands),
+            "working_memory": budget, "streamed": True}
+
+
+def _stream_bands(tp, mod, bands, reader, writer, cols, alpha, negative, c) -> None:
+    """Filter the bands of ``reader`` and hand them to ``writer`` in order."""
+    buf, buf_lo = None, 0
+    with torch.no_grad():
+        for k, (_, rr) in enumerate(bands):
+            lo, hi = rr[0]
+            while buf is None or buf_lo + buf.shape[0] < hi:
+                part = next(reader)
+                buf = part if buf is None else np.concatenate([buf, part])
+            tile = np.ascontiguousarray(buf[lo - buf_lo:hi - buf_lo])
+            x = torch.from_numpy(tile)
+            x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
+            y = run_tile(tp, mod, x, rr, cols * len(rr), alpha, negative)[0]
+            writer.write(y[0].numpy() if c == 1 else y.permute(1, 2, 0).numpy())
+            if k + 1 < len(bands):
+                nxt = bands[k + 1][1][0][0]
+                buf, buf_lo = buf[nxt - buf_lo:], nxt
+
+
+class _BgrWrapped(nn.Module):
+    """Runs ``inner`` on RGB(A) order for a BGR(A) tensor (OpenCV's channel order)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def reach(self):
+        return halo(self.inner)
+
+    @property
+    def negative(self):
+        return negative_of(self.inner)
+
+    def forward(self, x: Tensor) -> Tensor:
+        idx = [2, 1, 0, *range(3, x.shape[1])]
+        return self.inner(x[:, idx])[:, idx]

@@ -405,6 +405,95 @@ def test_every_registered_filter_runs(name, hw, device):
     assert convkit.process(img, name, device=device).dtype == np.uint8
 
 
+def _registered(name: str) -> str:
+    """A spec of the registry's filter ``name`` (those that need a value get one)."""
+    return {"kernel": "kernel(weights=[[1, 2, 0], [0, 1, -3]], offset=4)"}.get(name, name)
+
+
+BATTERY = [n for n in convkit.list_filters() if n != "learned"]
+
+
+@pytest.mark.parametrize("name", BATTERY)
+def test_every_filter_takes_non_contiguous_input(name):
+    """A channel slice, a transposed view and a channels_last tensor give what a contiguous
+    copy gives."""
+    m = convkit.chain(_registered(name))
+    base = torch.rand(2, 5, 19, 23, generator=torch.Generator().manual_seed(3))
+    for x in (base[:, 1:4], base[:, :3].transpose(2, 3),
+              base[:, :3].contiguous(memory_format=torch.channels_last)):
+        assert not x.is_contiguous()
+        torch.testing.assert_close(m(x), m(x.contiguous()), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", BATTERY)
+def test_every_filter_has_gradients(name):
+    """float64 gradcheck through every registered filter (its torch definition: autograd
+    takes that route). The non-linear ones are checked away from their ties (random
+    values)."""
+    m = convkit.chain(_registered(name)).double()
+    x = torch.rand(1, 2, 9, 10, dtype=torch.float64, requires_grad=True,
+                   generator=torch.Generator().manual_seed(7))
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", BATTERY)
+def test_every_filter_names_itself_in_a_bad_parameter(name):
+    """A parameter it does not have is refused with the filter's name and what it takes."""
+    with pytest.raises(ValueError, match=rf"^{name}: unknown parameter 'colour'\. Expected: "):
+        convkit.get_filter(name, colour=1)
+
+
+MODULE_ONLY = {"avgpool", "maxpool", "minimum", "maximum", "percentile", "learned"}
+
+
+@pytest.mark.parametrize("name", BATTERY)
+def test_every_fixed_filter_has_a_function_twin(name):
+    """functional.named_filter(x, name) equals the registry's module (which runs the same
+    weights on OpenCV), float rounding aside; module-only filters say so."""
+    x = torch.rand(2, 3, 17, 21, generator=torch.Generator().manual_seed(5))
+    spec = convkit.chain(_registered(name))[0].spec()  # the parameters the module holds
+    params = {"weights": [[1, 2, 0], [0, 1, -3]], "offset": 4} if name == "kernel" else {}
+    if name in MODULE_ONLY:
+        with pytest.raises(ValueError, match=f"{name}: not a fixed filter"):
+            KF.named_filter(x, name, **params)
+        return
+    torch.testing.assert_close(KF.named_filter(x, name, **params), convkit.chain(spec)(x),
+                               atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("call,spec", [
+    (lambda x: KF.gaussian_blur(x, (3.0, 1.0), border="symmetric"),
+     "gaussian(sigma=[3, 1], border=symmetric)"),
+    (lambda x: KF.gaussian_blur(x, ksize=(5, 3)), "gaussian(ksize=[5, 3])"),
+    (lambda x: KF.box_blur(x, (4, 3), border="constant", value=30),
+     "box(size=[4, 3], border=constant, value=30)"),
+    (lambda x: KF.sharpen(x, 1.5, border="replicate"), "sharpen(amount=1.5, border=replicate)"),
+    (lambda x: KF.gradient_magnitude(x, "scharr"), "scharr"),
+    (lambda x: KF.gradient_magnitude(x, "farid", border="reflect"), "farid(border=reflect)"),
+    (lambda x: KF.unsharp(x, 2.0, 1.5), "unsharp(sigma=2, amount=1.5)"),
+    (lambda x: KF.unsharp(x, 2.0, 1.5, threshold=4), "unsharp(sigma=2, amount=1.5, threshold=4)"),
+])
+def test_named_functions_equal_their_modules(call, spec):
+    x = torch.rand(1, 3, 23, 19, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(call(x), convkit.chain(spec)(x), atol=2e-6, rtol=1e-5)
+    # and gaussian_blur against OpenCV itself (13 taps: 6 sigma + 1; OpenCV's own choice for
+    # float images would be 8 sigma + 1)
+    a = x[0].permute(1, 2, 0).numpy()
+    ref = cv2.GaussianBlur(a, (13, 13), 2.0, borderType=cv2.BORDER_REFLECT_101)
+    got = KF.gaussian_blur(x, 2.0)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_named_functions_check_parameters_as_modules_do():
+    x = torch.rand(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"^gaussian: sigma should be >= 0\. Got -1"):
+        KF.gaussian_blur(x, -1.0)
+    with pytest.raises(ValueError, match=r"^box: size should be >= 1\. Got 0"):
+        KF.box_blur(x, 0)
+    with pytest.raises(ValueError, match=r"^unsharp: threshold should be >= 0"):
+        KF.unsharp(x, 1.0, 1.0, threshold=-2)
+
+
 def test_device_moves_buffers(device):
     g = convkit.get_filter("gaussian", sigma=1.0).to(device)
     assert g.weight.device.type == device

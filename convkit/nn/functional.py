@@ -17,6 +17,7 @@ Conventions (the README states them for users):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,12 @@ __all__ = [
     "to_float",
     "to_integer",
     "check_image",
+    "gaussian_blur",
+    "box_blur",
+    "sharpen",
+    "gradient_magnitude",
+    "unsharp",
+    "named_filter",
 ]
 
 
@@ -419,3 +426,96 @@ def unsharp_mask(x: Tensor, blurred: Tensor, amount: float, threshold: float) ->
     (``threshold`` on the image's scale)."""
     d = x - blurred
     return x + amount * d * (d.abs() >= threshold).to(d.dtype)
+
+
+# --- the named filters as functions: the twins of the registry's modules ---------------------
+# Each computes from the same leaves the registry builds its module from (plan.leaves: the
+# float32 weights a module holds), with the plain definitions above, so function and module
+# agree within float rounding (the module may run the same numbers on OpenCV).
+def named_filter(x: Tensor, name: str, **params: Any) -> Tensor:
+    """``x`` (B, C, H, W) or (C, H, W), float, through the registry's fixed filter ``name``
+    with ``params`` (as ``convkit.get_filter(name, **params)(x)``; the same parameter checks
+    and messages). Pooling, unsharp masking with a threshold and learned filters are modules
+    only: use :func:`avg_pool`, :func:`max_pool`, :func:`unsharp` or the module.
+    """
+    from ..kernels.registry import get_info
+
+    leaves = get_info(name).leaves(**{k: v for k, v in params.items() if v is not None})
+    if leaves is None:
+        raise ValueError(f"{name}: not a fixed filter; use convkit.get_filter({name!r}) (a module)")
+    for leaf in leaves:
+        x = _apply_leaf(x, leaf)
+    return x
+
+
+def _apply_leaf(x: Tensor, leaf: Any) -> Tensor:
+    from ..plan import leaves as L
+
+    v = float(leaf.value) / 255.0
+    if isinstance(leaf, L.KernelLeaf):
+        if leaf.factors is not None:  # the float32 products of the float32 factors
+            col, row = (torch.from_numpy(f).float() for f in leaf.factors)
+            weight = torch.outer(col, row)
+        else:
+            weight = torch.from_numpy(leaf.kernel).float()
+        out = filter2d(x, weight.to(x.device, x.dtype), leaf.border, v)
+        return out + leaf.bias if leaf.bias else out
+    if isinstance(leaf, L.GradientLeaf):
+        kx = torch.from_numpy(leaf.kx).float()
+        ky = kx.t() if leaf.ky is None else torch.from_numpy(leaf.ky).float()
+        return magnitude(filter2d(x, kx.to(x.device, x.dtype), leaf.border, v),
+                         filter2d(x, ky.to(x.device, x.dtype), leaf.border, v))
+    if isinstance(leaf, L.MedianLeaf):
+        return median_blur(x, leaf.size, leaf.border, v)
+    return morphology(x, leaf.op, leaf.fp, leaf.iterations, leaf.border, v)
+
+
+def gaussian_blur(x: Tensor, sigma: float | tuple[float, float] | None = None,
+                  ksize: int | tuple[int, int] | None = None, border: str = "reflect",
+                  value: float = 0.0) -> Tensor:
+    """Gaussian blur as ``cv2.GaussianBlur``: the kernel side from ``sigma`` (odd,
+    ``round(6 sigma + 1)``), or sigma from ``ksize`` (OpenCV's rule); pairs are (x, y), as
+    OpenCV's. The twin of ``convkit.get_filter("gaussian", ...)``. ``value``: the constant
+    border's fill in 8-bit grey levels."""
+    return named_filter(x, "gaussian", sigma=_listed(sigma), ksize=_listed(ksize),
+                        border=border, value=value)
+
+
+def box_blur(x: Tensor, size: int | tuple[int, int] = 3, border: str = "reflect",
+             value: float = 0.0) -> Tensor:
+    """Mean over a ``size`` window (an int, or (width, height)), as ``cv2.blur``."""
+    return named_filter(x, "box", size=_listed(size), border=border, value=value)
+
+
+def sharpen(x: Tensor, amount: float = 1.0, border: str = "reflect", value: float = 0.0
+            ) -> Tensor:
+    """The 3x3 sharpen kernel of ``filters/sharpen.toml``, its high-pass scaled by ``amount``."""
+    return named_filter(x, "sharpen", amount=amount, border=border, value=value)
+
+
+def gradient_magnitude(x: Tensor, kernel: str = "sobel", border: str | None = None,
+                       value: float = 0.0) -> Tensor:
+    """``sqrt(gx**2 + gy**2)`` of a gradient kernel file: ``sobel`` (as cv2.Sobel dx and dy
+    with cv2.magnitude), ``scharr``, ``prewitt``, or scikit-image's ``roberts`` and ``farid``
+    (their rms magnitude). ``border`` None: the kernel file's own."""
+    return named_filter(x, kernel, border=border, value=value)
+
+
+def unsharp(x: Tensor, sigma: float = 1.0, amount: float = 1.0, threshold: float = 0.0,
+            ksize: int | None = None, border: str = "reflect", value: float = 0.0) -> Tensor:
+    """Unsharp masking: ``x + amount * (x - gaussian(x))`` where that difference is at least
+    ``threshold`` (8-bit grey levels), else ``x``."""
+    if threshold:
+        from ..kernels.registry import get_info
+
+        get_info("unsharp").check_params((), {"sigma": sigma, "amount": amount,
+                                              "threshold": threshold, "border": border,
+                                              "value": value})
+        blurred = gaussian_blur(x, sigma, ksize, border, value)
+        return unsharp_mask(x, blurred, amount, threshold / 255.0)
+    return named_filter(x, "unsharp", sigma=sigma, amount=amount, ksize=ksize, border=border,
+                        value=value)
+
+
+def _listed(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

@@ -588,6 +588,36 @@ def test_parallel_runs_every_job_and_raises_the_first_error():
     assert sorted(done) == [0, 1, 2, 4, 5]  # the others still ran to the end
 
 
+def test_workers_run_opencv_single_threaded_and_the_setting_comes_back():
+    """While jobs are shared out, each worker's OpenCV call runs on one thread (the workers
+    are the parallelism); the user's setting is restored after, also after an error, and
+    workers() still counts by it meanwhile."""
+    import threading
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        seen = []
+        gate = threading.Barrier(2)
+
+        def job(i):
+            gate.wait(timeout=10)  # both jobs inside the section at once
+            seen.append((cv2.getNumThreads(), opencv_backend.workers()))
+
+        opencv_backend.parallel(job, [(0,), (1,)])
+        assert seen == [(1, 2), (1, 2)]
+        assert cv2.getNumThreads() == 2
+        with pytest.raises(RuntimeError, match="boom"):
+            opencv_backend.parallel(lambda i: (_ for _ in ()).throw(RuntimeError("boom")),
+                                    [(0,), (1,)])
+        assert cv2.getNumThreads() == 2
+        out = []
+        opencv_backend.parallel(lambda i: out.append(cv2.getNumThreads()), [(0,)])
+        assert out == [2]  # one job runs in the calling thread, OpenCV's threads untouched
+    finally:
+        cv2.setNumThreads(before)
+
+
 @pytest.mark.parametrize("spec", ["sharpen", "gaussian(sigma=2)", "box(size=9)", "sobel",
                                   "median(size=5)", "gaussian(sigma=1) | sharpen | emboss"])
 def test_small_images_run_in_the_calling_thread(spec, monkeypatch):

@@ -332,23 +332,30 @@ def _move_after_idat(path, ctype: bytes) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(rest[:-1] + moved + rest[-1:]))
 
 
-def _run_both(tmp_path, monkeypatch, src, spec: str, *, max_memory=None):
+def _run_both(tmp_path, monkeypatch, src, spec: str, *, max_memory=None, module=False):
     """Filter ``src`` through the normal path, then through the huge-PNG path (HUGE_PIXELS
-    lowered); returns (normal output, huge output, filter_file's summary)."""
+    lowered); returns (normal output, huge output, the huge route's summary). A spec string
+    takes the torch-free route (streaming.stream_png) where it can, a module (``module``)
+    the torch one (huge_files.filter_file)."""
     from convkit.pipeline import batches as pipeline
+    from convkit.pipeline import streaming
 
     normal, huge = tmp_path / "normal.png", tmp_path / "huge.png"
     s = convkit.run(spec, [str(src)], str(normal), device="cpu", progress=False)
     assert s.written == 1
     summaries = []
-    real = huge_files.filter_file
-    monkeypatch.setattr(huge_files, "filter_file",
-                        lambda *a, **k: summaries.append(real(*a, **k)) or summaries[-1])
+    for owner, name in ((huge_files, "filter_file"), (streaming, "stream_png")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, real=real, **k: summaries.append(
+            real(*a, **k)) or summaries[-1])
     monkeypatch.setattr(pipeline, "HUGE_PIXELS", 100)
-    s = convkit.run(spec, [str(src)], str(huge), device="cpu", max_memory=max_memory,
-                    progress=False)
-    assert s.written == 1 and len(summaries) == 1
-    return normal, huge, summaries[0]
+    s = convkit.run(convkit.chain(spec) if module else spec, [str(src)], str(huge),
+                    device="cpu", max_memory=max_memory, progress=False)
+    done = [x for x in summaries if x is not None]
+    assert s.written == 1 and len(done) == 1, summaries
+    assert done[0].get("torch", True) == (module or not done[0]["streamed"]
+                                          or len(summaries) > 1)
+    return normal, huge, done[0]
 
 
 def _cv_reference(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -370,10 +377,13 @@ def _pillow_info(path):
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
 
 
+@pytest.mark.parametrize("route", ["plan", "module"])
 @pytest.mark.parametrize("case", ["rgb", "grey16", "rgba-exif-after-idat", "rgb-grey-icc",
                                   "raw-profile-exif"])
-def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, monkeypatch, case):
-    """A huge PNG written as PNG streams band by band (huge_files.filter_file) and keeps what
+def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, monkeypatch, case,
+                                                                   route):
+    """A huge PNG written as PNG streams band by band (without torch for a spec of fixed
+    filters: streaming.stream_png; with a module: huge_files.filter_file) and keeps what
     convkit.io.images keeps: the ICC profile when it fits the channels, the EXIF block; no more (no
     gAMA, pHYs or text). Checked against Pillow's reading of the input and the normal path."""
     from PIL import Image, PngImagePlugin
@@ -403,8 +413,10 @@ def test_huge_png_streams_with_the_icc_and_exif_of_the_normal_path(tmp_path, mon
     in_icc, in_exif, in_tags = _pillow_info(src)
     assert in_icc == icc and in_tags[0x010F] == "ConvkitCam"
 
-    normal, huge, summary = _run_both(tmp_path, monkeypatch, src, "sharpen", max_memory="64K")
-    assert summary["streamed"] and summary["bands"] >= 3
+    normal, huge, summary = _run_both(tmp_path, monkeypatch, src, "sharpen", max_memory="64K",
+                                      module=route == "module")
+    assert summary["streamed"] and summary["bands"] >= 2
+    assert summary.get("torch", True) == (route == "module")
 
     fits = case != "rgb-grey-icc"  # a grey profile on an RGB image is dropped
     for out in (huge, normal):

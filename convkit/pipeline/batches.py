@@ -908,11 +908,18 @@ class _Loop:
         if (runner.keeps_size and runner.device_type == "cpu"
                 and _huge_png_to_png(job, st.max_pixels)
                 and not (st.in_place and _animated_png(job.src))):
-            # Streams band by band, so memory does not grow with the image; one stored turned
-            # (EXIF orientation) is read whole and filtered in tiles (huge_files.filter_file).
+            # Streams band by band, so memory does not grow with the image: a torch-free plan
+            # without torch (streaming.stream_png); else, or for a PNG it cannot stream (one
+            # stored turned is read whole), the modules in tiles (huge_files.filter_file).
+            _make_parent(job)
+            if runner.plan is not None:
+                from .streaming import stream_png
+
+                if stream_png(runner.plan, job.src, job.out, max_memory=st.max_memory,
+                              opts=runner.opts) is not None:
+                    return _STREAMED, None
             from .huge_files import filter_file
 
-            _make_parent(job)
             filter_file(runner.module, job.src, job.out, max_memory=st.max_memory,
                         max_pixels=st.max_pixels, quality=st.quality)
             return _STREAMED, None

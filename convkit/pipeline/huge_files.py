@@ -12,10 +12,7 @@ import os
 import shutil
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from struct import error as struct_error
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +21,7 @@ from torch import Tensor, nn
 from ..io import atomic
 from ..nn.modules import Filter, flatten
 from .memory import parse_memory
+from .streaming import PngSource, metadata_chunks, png_source
 from .tiling import (
     apply_tiled,
     auto_memory,
@@ -34,9 +32,6 @@ from .tiling import (
     run_tile,
     units_of,
 )
-
-if TYPE_CHECKING:
-    from ..io.pngstream import PngInfo
 
 __all__ = ["filter_file"]
 
@@ -118,7 +113,7 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     if not src.is_file():
         raise ValueError(f"{src}: no such file")
     w, h, mode = _header(src, max_pixels)
-    png = _png_source(src) if dst.suffix.lower() == ".png" else None
+    png = png_source(src) if dst.suffix.lower() == ".png" else None
     if png is not None and png.orientation != 1:
         return _filter_with_io(module, src, dst, png, max_memory, max_pixels, quality, alpha)
     if png is not None:
@@ -197,61 +192,13 @@ def _file_budget(src: Path, w: int, h: int, decoded: int, max_memory) -> int:
     return budget
 
 
-@dataclass
-class _PngSource:
-    """A PNG's header chunks and the metadata :mod:`convkit.io.images` takes from it."""
-
-    info: PngInfo
-    icc: object  # Pillow's icc_profile, before it is matched to the channels written
-    exif: bytes | None  # as io would write it
-    orientation: int  # as io applies it on read
-
-
-def _png_source(src: Path) -> _PngSource | None:
-    """``src``'s header and metadata, or None when pngstream cannot parse it as a PNG.
-
-    The metadata is what :func:`convkit.io.images.read_image_with_info` would find: io's own helpers
-    run on Pillow's parse of the file's metadata chunks (copied into a 1x1 PNG by
-    :func:`convkit.io.pngstream.metadata_png`, so that no image data is read).
-    """
-    from io import BytesIO
-
-    from PIL import Image
-
-    from ..io import images as cio
-    from ..io import pngstream
-
-    try:
-        info = pngstream.read_info(src)
-    except (ValueError, OSError, struct_error):
-        return None
-    data = pngstream.metadata_png(info)
-    cio.check_png_chunks(data, str(src))  # a bad CRC or cut-off chunk, as io reports it
-    try:
-        with Image.open(BytesIO(data), formats=["PNG"]) as im:
-            orientation = cio.exif_orientation(im)
-            icc = im.info.get("icc_profile")
-            exif = cio.exif_block(im, reset_orientation=orientation != 1)
-    except Exception as e:  # Pillow raises many kinds of exception for corrupt chunks
-        raise ValueError(f"{src}: corrupt PNG metadata ({e})") from None
-    return _PngSource(info, icc, exif, orientation)
-
-
-def _metadata_chunks(png: _PngSource, channels: int, head: bytes) -> bytes:
-    """``head`` (signature and IHDR) followed by the iCCP and eXIf chunks io writes for an
-    image of ``channels`` channels."""
-    from ..io import images as cio
-
-    return cio.png_with_metadata(head, cio.matching_icc(png.icc, channels), png.exif)
-
-
-def _insert_png_metadata(path: Path, png: _PngSource, channels: int) -> None:
+def _insert_png_metadata(path: Path, png: PngSource, channels: int) -> None:
     """Put the metadata chunks into the PNG OpenCV wrote at ``path``, copying it in blocks."""
     part = path.with_name(path.name + ".meta")
     try:
         with open(path, "rb") as f:
             head = f.read(33)
-            full = _metadata_chunks(png, channels, head)
+            full = metadata_chunks(png, channels, head)
             if full == head:
                 return
             with open(part, "wb") as g:
@@ -263,7 +210,7 @@ def _insert_png_metadata(path: Path, png: _PngSource, channels: int) -> None:
         raise
 
 
-def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
+def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: PngSource, max_memory,
                     max_pixels: int | None, quality: int, alpha: bool | None) -> dict:
     """The path of every other image (:mod:`convkit.io.images` reads, turns, writes), for a PNG
     whose EXIF orientation is not 1: it must be turned before it is filtered, which needs it
@@ -287,7 +234,7 @@ def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: _PngSource, ma
     return _tiled_summary(x, tp, budget)
 
 
-def _stream_png(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_memory,
+def _stream_png(module: nn.Module, src: Path, dst: Path, png: PngSource, max_memory,
                 alpha) -> dict | None:
     """PNG to PNG band by band; None when the file or the chain do not allow streaming."""
     from ..io import pngstream
@@ -311,7 +258,7 @@ def _stream_png(module: nn.Module, src: Path, dst: Path, png: _PngSource, max_me
     step = max(r[1] - r[0] for r, _ in bands)
     reader = pngstream.iter_bands(src, info, step)
     # the file's own channels (grey+alpha stays grey+alpha), which are also io's on read
-    head = _metadata_chunks(png, info.samples, pngstream.header(info))
+    head = metadata_chunks(png, info.samples, pngstream.header(info))
     cols = [(0, info.width)]
     with atomic.replacing(dst) as tmp:
         writer = pngstream.PngWriter(tmp, info, head=head)

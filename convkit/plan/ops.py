@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LazyKernel", "LinearOp", "MedianOp", "MorphOp", "GradientOp", "ModuleOp", "Plan", "Op",
-           "RANK_TOL", "exact_factors"]
+           "reach", "RANK_TOL", "exact_factors"]
 
 # Singular values below this fraction of the largest are float32 noise: dropping them changes a
 # result by less than float32 rounding of the kernel itself.
@@ -227,6 +227,23 @@ class ModuleOp:
 
 
 Op = LinearOp | MedianOp | MorphOp | GradientOp | ModuleOp
+
+
+def reach(op: Any) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) input pixels an output pixel of ``op`` reads around it; None
+    for a module (its reach is its own)."""
+    if isinstance(op, LinearOp):
+        return op.pads
+    if isinstance(op, GradientOp):
+        return tuple(max(a, b) for a, b in zip(op.gx.pads, op.gy.pads, strict=True))
+    if isinstance(op, MedianOp):
+        k = op.size
+        return k // 2, k - 1 - k // 2, k // 2, k - 1 - k // 2
+    if isinstance(op, MorphOp):
+        from ..kernels.morphology import reach as morph_reach
+
+        return morph_reach(op.fp, op.op, op.iterations)
+    return None
 
 
 @dataclass(eq=False)

@@ -1,6 +1,7 @@
 """Peak memory of a huge image through a chain: a 20000x20000 RGB PNG through
-``gaussian(sigma=3) | sharpen`` (target: peak RSS at most 2 GB), and the tiled result checked
-against the untiled one on a smaller image.
+``gaussian(sigma=3) | sharpen``, as the command line runs it (streamed without torch; target:
+peak RSS at most 0.5 GB) and through the modules (``filter_file``, torch, tiles), and the tiled
+result checked against the untiled one on a smaller image.
 
     python benchmarks/bench_memory.py                 # make the PNG once (cached), measure
     python benchmarks/bench_memory.py --side 8000     # a smaller run
@@ -51,6 +52,21 @@ info["peak_rss"] = [int(ln.split()[1]) * 1024 for ln in open("/proc/self/status"
 print(json.dumps(info))
 """
 
+_CLI = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from convkit.cli.main import main
+src, dst, chain = sys.argv[1:4]
+try:
+    main(["apply", chain, src, "-o", dst, "-q"])
+except SystemExit as e:
+    assert e.code == 0, e.code
+peak = [int(ln.split()[1]) * 1024 for ln in open("/proc/self/status")
+        if ln.startswith("VmHWM")][0]
+print(json.dumps({"peak_rss": peak, "seconds": time.perf_counter() - t0,
+                  "torch": "torch" in sys.modules}))
+"""
+
 _CHECK = r"""
 import json, sys, cv2, numpy as np, torch
 from convkit import chain, engine
@@ -90,11 +106,17 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", _MAKE, str(args.side), str(src)], check=True)
         print(f"  {time.perf_counter() - t0:.0f} s, {src.stat().st_size / 2**20:.0f} MiB")
     dst = work / f"out-{args.side}.png"
+    gib = 2**30
+    cli = _python(_CLI, str(src), str(dst), CHAIN)
+    print(f"\nconvkit apply {CHAIN!r} (the command line, one process):")
+    print(f"  peak RSS             {cli['peak_rss'] / gib:6.2f} GiB  (target <= 0.5 GB = "
+          f"{0.5e9 / gib:.2f} GiB: {'ok' if cli['peak_rss'] <= 0.5e9 else 'MISSED'}); "
+          f"torch imported: {cli['torch']}")
+    print(f"  time (start, decode, filter, encode)  {cli['seconds']:.1f} s")
     r = _python(_RUN, str(src), str(dst), CHAIN, args.max_memory)
     decoded = r["width"] * r["height"] * r["channels"]
-    gib = 2**30
-    print(f"\n{r['width']}x{r['height']} RGB PNG through {CHAIN!r} (max_memory "
-          f"{args.max_memory}):")
+    print(f"\n{r['width']}x{r['height']} RGB PNG through {CHAIN!r} as modules "
+          f"(huge_files.filter_file, torch; max_memory {args.max_memory}):")
     print(f"  decoded image        {decoded / gib:6.2f} GiB")
     print(f"  working budget       {r['working_memory'] / gib:6.2f} GiB, {r['bands']} bands")
     print(f"  peak RSS             {r['peak_rss'] / gib:6.2f} GiB  (target <= 2 GB = "

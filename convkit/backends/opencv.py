@@ -326,8 +326,10 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
     # planes that do not share out evenly among the workers (3 planes, 2 workers) are cut into
     # one band per worker, so that no worker is left with a whole plane to do alone
     n = workers()
-    split = bandable(op) and len(srcs) % n != 0 and len(srcs) < 4 * n
-    _in_bands(srcs, dsts, [one], n if split else 1)
+    if bandable(op) and len(srcs) % n != 0 and len(srcs) < 4 * n:
+        _share_out(srcs, dsts, op.pads[0], op.pads[1], lambda a, b: _chain(a, b, [one]))
+    else:
+        _in_bands(srcs, dsts, [one], 1)
     return out
 
 
@@ -471,10 +473,9 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
         return out
     # 3 planes on 2 workers left one worker a whole plane alone (1.1 ms against cv2.erode's
-    # 0.65 ms for erode 5 on 1080p RGB): one band per worker, each with the rows the
-    # operation reaches above and below it (a wrapping border needs the whole plane)
+    # 0.65 ms for erode 5 on 1080p RGB) (a wrapping border needs the whole plane)
     top, bottom, _, _ = morph_reach(op.fp, op.op, op.iterations)
-    _bands(srcs, dsts, top, bottom, n, run)
+    _share_out(srcs, dsts, top, bottom, run)
     return out
 
 
@@ -581,6 +582,32 @@ def _bands(srcs: list, dsts: list, top: int, bottom: int, per_plane: int | None,
 
     n = max(1, min(workers(), len(jobs)))
     parallel(run, [(jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n],) for i in range(n)])
+
+
+def _share_out(srcs: list, dsts: list, top: int, bottom: int,
+               fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """``fn(src, dst)`` on planes that do not share out evenly among the workers (3 planes,
+    2 workers): whole planes go round the workers, and each plane left over is cut into one
+    band of rows per worker (with the ``top`` and ``bottom`` rows it reads, see
+    :func:`_band`). A whole plane is filtered straight into its output; a band through a
+    buffer, so cutting every plane (as :func:`_bands` does) copied the whole image once more:
+    erode 5 on a 1080p RGB tensor 1.02 -> 0.8 ms."""
+    n = workers()
+    chunks: list[list] = [[] for _ in range(n)]
+    whole = len(srcs) - len(srcs) % n
+    for i in range(whole):
+        chunks[i % n].append((srcs[i], dsts[i], 0, srcs[i].shape[0]))
+    for src, dst in zip(srcs[whole:], dsts[whole:], strict=True):
+        cuts = np.linspace(0, src.shape[0], n + 1).astype(int)
+        for j in range(n):
+            if cuts[j + 1] > cuts[j]:
+                chunks[j].append((src, dst, int(cuts[j]), int(cuts[j + 1])))
+
+    def run(chunk) -> None:
+        for src, dst, r0, r1 in chunk:
+            _band(src, dst, r0, r1, top, bottom, fn)
+
+    parallel(run, [(c,) for c in chunks if c])
 
 
 def _band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int, top: int, bottom: int,

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_modules.py            # (2, 3, 1080, 1920) float32 batch, CPU
     python benchmarks/bench_modules.py --device cuda
+    python benchmarks/bench_modules.py --own-threads   # convkit's workers own the cores
 
 Rows: gaussian sigma 3, sharpen, box 15, median 5. Columns, all measured in this run (best of
 ``--rounds``, ms): ``module(x)`` under ``torch.no_grad()``, ``process(x, module)``, kornia's
@@ -55,6 +56,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", default="1080x1920", help="HxW (default 1080x1920)")
+    ap.add_argument("--own-threads", action="store_true",
+                    help="convkit.backends.opencv.own_threads() first, as the command line "
+                         "runs (OpenCV's own threading off, process-wide, for kornia too)")
     args = ap.parse_args()
     import kornia
 
@@ -67,6 +71,10 @@ def main() -> None:
           f"{'kornia/mod':>10} | {'grad mod':>8} {'grad kornia':>11} {'kornia/mod':>10} "
           f"{'grad err':>9}")
     for name, mod, km in rows(kornia, args.device):
+        if args.own_threads and args.device == "cpu":
+            from convkit.backends import opencv
+
+            opencv.own_threads()
         mod = mod.to(args.device)
         with torch.no_grad():
             t_mod = timed(lambda m=mod: m(x), args.rounds)

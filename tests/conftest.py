@@ -52,6 +52,20 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _opencv_threads_restored():
+    """The command line hands OpenCV's threads to convkit's workers for the rest of its
+    process (opencv.own_threads); in this test process each test starts as it found them."""
+    import cv2
+
+    from convkit.backends import opencv
+
+    before, own = cv2.getNumThreads(), opencv._OWN_THREADS
+    yield
+    cv2.setNumThreads(before)
+    opencv._OWN_THREADS = own
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     return request.param

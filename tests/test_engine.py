@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import cv2
 import numpy as np
@@ -588,32 +589,26 @@ def test_parallel_runs_every_job_and_raises_the_first_error():
     assert sorted(done) == [0, 1, 2, 4, 5]  # the others still ran to the end
 
 
-def test_workers_run_opencv_single_threaded_and_the_setting_comes_back():
-    """While jobs are shared out, each worker's OpenCV call runs on one thread (the workers
-    are the parallelism); the user's setting is restored after, also after an error, and
-    workers() still counts by it meanwhile."""
-    import threading
-
+def test_own_threads_gives_the_workers_the_cores(monkeypatch):
+    """own_threads(n): n convkit workers, OpenCV's own threading off (process-wide), and the
+    same results; without it the workers follow OpenCV's setting."""
     before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
+    monkeypatch.setattr(opencv_backend, "_OWN_THREADS", None)
+    monkeypatch.setattr(opencv_backend, "SERIAL_MAX_SAMPLES", 0)
     try:
-        seen = []
-        gate = threading.Barrier(2)
-
-        def job(i):
-            gate.wait(timeout=10)  # both jobs inside the section at once
-            seen.append((cv2.getNumThreads(), opencv_backend.workers()))
-
-        opencv_backend.parallel(job, [(0,), (1,)])
-        assert seen == [(1, 2), (1, 2)]
-        assert cv2.getNumThreads() == 2
-        with pytest.raises(RuntimeError, match="boom"):
-            opencv_backend.parallel(lambda i: (_ for _ in ()).throw(RuntimeError("boom")),
-                                    [(0,), (1,)])
-        assert cv2.getNumThreads() == 2
-        out = []
-        opencv_backend.parallel(lambda i: out.append(cv2.getNumThreads()), [(0,)])
-        assert out == [2]  # one job runs in the calling thread, OpenCV's threads untouched
+        cv2.setNumThreads(2)
+        assert opencv_backend.workers() == 2
+        x = torch.rand(1, 3, 40, 50)
+        m = convkit.chain("gaussian(sigma=2) | erode(size=3)")
+        ref = m(x)
+        assert opencv_backend.own_threads(3) == 3
+        assert cv2.getNumThreads() == 1 and opencv_backend.workers() == 3
+        threads = set()
+        real = opencv_backend.morphology_cv
+        monkeypatch.setattr(opencv_backend, "morphology_cv", lambda *a, **k: (
+            threads.add(threading.current_thread().name), real(*a, **k))[1])
+        torch.testing.assert_close(m(x), ref)
+        assert threads and all(t.startswith("convkit-cv") for t in threads)
     finally:
         cv2.setNumThreads(before)
 

@@ -20,10 +20,10 @@ Semantics are the core's (see :mod:`convkit.nn.functional`), not OpenCV's defaul
   and float32 at sizes 3 and 5 only.
 
 Threads: the planes of a batch (or bands of rows of a plane) are shared among
-``cv2.getNumThreads()`` worker threads (at most :data:`MAX_WORKERS`), with OpenCV's own
-threads switched off while they run (see :func:`parallel`); ``cv2.setNumThreads(1)`` makes
-the fast path single-threaded. Each plane or band is written by exactly one worker, so the
-result does not depend on the scheduling.
+``cv2.getNumThreads()`` worker threads (at most :data:`MAX_WORKERS`); ``cv2.setNumThreads(1)``
+makes the fast path single-threaded. :func:`own_threads` gives the workers the cores alone
+(OpenCV's own threading off, process-wide), as the command line does. Each plane or band is
+written by exactly one worker, so the result does not depend on the scheduling.
 
 Results equal the torch path's up to float rounding (at most 1 grey level on integer images).
 """
@@ -34,7 +34,6 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import cv2
@@ -45,7 +44,7 @@ from ..kernels.specs import INT_MAX, OFFSET, border_index, dtype_name
 from ..plan.ops import GradientOp, LinearOp, MedianOp, MorphOp, Plan
 from ..plan.rules import Options, cpu_fft, method_for
 
-__all__ = ["supports", "linear", "median", "gradient", "morphology_cv", "run_plan",
+__all__ = ["supports", "linear", "median", "gradient", "morphology_cv", "own_threads", "run_plan",
            "run_plan_image", "runs_plan", "CV_DTYPES"]
 
 CV_DTYPES = ("uint8", "uint16", "float32")
@@ -75,11 +74,8 @@ _POOL_LOCK = threading.Lock()
 def _after_fork_in_child() -> None:
     # a forked child (a DataLoader worker) has none of the parent's threads, and a lock held by
     # one of them stays held
-    global _POOL, _POOL_LOCK, _SECTIONS_LOCK
-    _POOL, _POOL_LOCK, _SECTIONS_LOCK = None, threading.Lock(), threading.Lock()
-    if _SECTIONS[0]:  # forked during a section: the child has no workers running
-        _SECTIONS[0] = 0
-        cv2.setNumThreads(_SECTIONS[1])
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -87,38 +83,33 @@ if hasattr(os, "register_at_fork"):
 
 
 def workers() -> int:
-    """How many threads the fast path shares planes among: OpenCV's own thread setting (as it
-    was before a shared-out call set it to 1, see :func:`parallel`)."""
-    with _SECTIONS_LOCK:
-        n = _SECTIONS[1] if _SECTIONS[0] else cv2.getNumThreads()
-    return max(1, min(n, MAX_WORKERS))
+    """How many threads the fast path shares planes among: OpenCV's own thread setting, or
+    the count given to :func:`own_threads`."""
+    if _OWN_THREADS is not None:
+        return _OWN_THREADS
+    return max(1, min(cv2.getNumThreads(), MAX_WORKERS))
 
 
-# While jobs are shared out among the workers, OpenCV's own threads are switched off: each
-# worker's call then runs on its core alone, instead of every call also splitting itself
-# among OpenCV's threads on the same cores. Measured 2026-12-05 on the 2-core VM, float32
-# (2, 3, 1080, 1920) batches: gaussian sigma 3 31.2 -> 24.0 ms, sharpen 16.2 -> 13.6, erode 5
-# 18.8 -> 14.7, gaussian sigma 8 53.6 -> 45.6; uint8 photos the same or faster (gaussian
-# sigma 8 16.2 -> 13.6 ms). The setting is process-wide: [sections running, the setting
-# before the first], restored when the last ends (calls in the calling thread keep it).
-_SECTIONS: list = [0, None]
-_SECTIONS_LOCK = threading.Lock()
+_OWN_THREADS: int | None = None
 
 
-@contextmanager
-def _opencv_single_threaded():
-    with _SECTIONS_LOCK:
-        if _SECTIONS[0] == 0:
-            _SECTIONS[1] = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-        _SECTIONS[0] += 1
-    try:
-        yield
-    finally:
-        with _SECTIONS_LOCK:
-            _SECTIONS[0] -= 1
-            if _SECTIONS[0] == 0:
-                cv2.setNumThreads(_SECTIONS[1])
+def own_threads(n: int | None = None) -> int:
+    """Share the CPU work among ``n`` convkit worker threads (default: OpenCV's current
+    thread count) and switch OpenCV's own threading off, process-wide, so that each worker's
+    OpenCV call runs on its core alone instead of also splitting itself among OpenCV's threads
+    on the same cores. The command line does this (it owns its process); a library caller
+    may, knowing that its own OpenCV calls then run on one thread. Returns the worker count.
+
+    Measured 2026-12-05 on the 2-core VM, ``module(x)`` on a float (2, 3, 1080, 1920) batch:
+    gaussian sigma 3 30 -> 18 ms, sharpen 12 -> 8 ms. (Switching OpenCV's threads off and
+    back around every call instead made calls take 90 ms at times: OpenCV rebuilds its
+    thread pool when the count changes.)
+    """
+    global _OWN_THREADS
+    n = max(1, min(int(n) if n is not None else workers(), MAX_WORKERS))
+    cv2.setNumThreads(1)
+    _OWN_THREADS = n
+    return n
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -157,9 +148,8 @@ def parallel(fn: Callable[..., object], jobs: Sequence[tuple], serial: bool = Fa
             fn(*job)
         return
     pool = _pool(n)
-    with _opencv_single_threaded():
-        futures = [pool.submit(fn, *job) for job in jobs]
-        errors = [f.exception() for f in futures]
+    futures = [pool.submit(fn, *job) for job in jobs]
+    errors = [f.exception() for f in futures]
     for e in errors:
         if e is not None:
             raise e

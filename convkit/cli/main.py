@@ -215,8 +215,11 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
 
 def _run_pipeline(spec, inputs, output, fmt, name, quiet, dry_run, verbose, on_error,
                   on_warning, kw):
+    from ..backends import opencv
     from ..pipeline import batches as pipeline
 
+    if not dry_run:
+        opencv.own_threads()  # this process is convkit's: its workers get the cores alone
     try:
         return pipeline.run(
             spec, inputs, output, format=fmt, name=name,

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import convkit
+from convkit.backends import opencv
 from convkit.cli.main import cli
 
 NAMES = {"erode": cv2.MORPH_ERODE, "dilate": cv2.MORPH_DILATE, "opening": cv2.MORPH_OPEN,
@@ -70,9 +71,11 @@ def test_every_operation_equals_opencv(name, dtype):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_images_filtered_in_bands_equal_opencv(dtype):
-    """Images large enough to be cut into one band of rows per worker thread: the rows each
-    band reaches above and below give the same result as OpenCV on the whole image, for an
-    interleaved (H, W, C) image and a planar (1, C, H, W) tensor."""
+    """Images large enough to be shared out: an interleaved (H, W, C) image cut into one band
+    of rows per worker (each with the rows it reaches above and below), a planar (1, C, H, W)
+    tensor stacked into one tall plane for OpenCV's threads (the rows next to each plane's
+    edges redone from the plane alone) or, with own_threads, its planes shared among the
+    workers: the same result as OpenCV on the whole image."""
     a = image(dtype, h=261, w=203)
     planar = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
     for name in ("erode", "opening", "blackhat"):
@@ -83,7 +86,11 @@ def test_images_filtered_in_bands_equal_opencv(dtype):
                         f"border={border}, value={value})")
                 fp = cv2.getStructuringElement(SHAPES[shape], (size, size))
                 ref = reference(a, name, fp, iterations, border, value)
-                for got in (convkit.process(a, spec),
+                opencv.own_threads(2)
+                by_workers = convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()
+                opencv._OWN_THREADS = None
+                cv2.setNumThreads(2)  # OpenCV's threads again: the planes stacked
+                for got in (convkit.process(a, spec), by_workers,
                             convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()):
                     if dtype == np.float32:
                         np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=spec)

@@ -441,7 +441,7 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
     two of them are exact, so integer planes are filtered as they are; a top hat whose
     negative values must survive (a float result, or abs/offset) and a constant fill between
     integer levels are filtered in float32, exactly the torch definition's arithmetic."""
-    srcs, out, dsts, _ = _units(x, out_dtype)
+    srcs, out, dsts, block = _units(x, out_dtype)
     fill = op.value * in_max
     s = out_max / in_max
     delta = OFFSET * out_max if negative == "offset" else 0.0
@@ -464,12 +464,33 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
             _store(tmp.reshape(dst.shape), dst, negative, alpha=s, delta=delta)
 
     n = workers()
+    top, bottom, _, _ = morph_reach(op.fp, op.op, op.iterations)
+    if (block is not None and not small(srcs) and _OWN_THREADS is None and n > 1
+            and op.border != "circular" and block[0].shape[1] > 2 * (top + bottom)):
+        # OpenCV's own threads share one call on the planes stacked into one tall plane
+        # better than convkit's workers share the planes (erode 5 on a planar 1080p RGB
+        # image: 0.6 against 0.9-1.1 ms; cv2.erode on the interleaved image 0.65 ms); the rows
+        # next to each plane's top and bottom, which read the neighbouring plane, are redone
+        # from the plane alone
+        src3, dst3 = block
+        k, h, w = src3.shape
+        run(src3.reshape(k * h, w), dst3.reshape(k * h, w))
+        edge = 2 * (top + bottom)
+        for i in range(k):
+            if top:
+                buf = np.empty((edge, w), dst3.dtype)
+                run(src3[i, :edge], buf)
+                dst3[i, :top] = buf[:top]
+            if bottom:
+                buf = np.empty((edge, w), dst3.dtype)
+                run(src3[i, h - edge:], buf)
+                dst3[i, h - bottom:] = buf[edge - bottom:]
+        return out
     if small(srcs) or op.border == "circular" or len(srcs) % n == 0 or len(srcs) >= 4 * n:
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
         return out
     # 3 planes on 2 workers left one worker a whole plane alone (1.1 ms against cv2.erode's
     # 0.65 ms for erode 5 on 1080p RGB) (a wrapping border needs the whole plane)
-    top, bottom, _, _ = morph_reach(op.fp, op.op, op.iterations)
     _share_out(srcs, dsts, top, bottom, run)
     return out
 

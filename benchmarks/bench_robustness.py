@@ -15,9 +15,9 @@ of several frames in place, damaged JPEGs, a 2 MiB ICC profile, 16-bit colour ke
 /dev/zero among the inputs, a dead run's temporary files, in-place modes and links, clobbering,
 `-o.png` from the shell, newlines in names, kernel files that never end, huge specs,
 unsupported devices, huge separable kernels), of model files that lie
-(tests/test_model_files.py), and of memory bounded in bytes (tests/test_pipeline.py: images in
-flight within --max-memory, batches filtered to make room, headers weighed): each case runs as
-its test does and is counted as held or broken.
+(tests/learn/test_model_files.py), and of memory bounded in bytes
+(tests/pipeline/test_batches.py: images in flight within --max-memory, batches filtered to make
+room, headers weighed): each case runs as its test does and is counted as held or broken.
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ def main() -> int:
         for k, v in rows:
             print(f"| {k} | {v} |")
         ok = correct == len(good) and clear == len(bad) and not (crashed or modified or partial)
-        for tests, only in (("test_hostile.py", None), ("test_model_files.py", None),
-                            ("test_pipeline.py", "flight or make_room or declared_bytes")):
+        for tests, only in (("test_hostile.py", None), ("learn/test_model_files.py", None),
+                            ("pipeline/test_batches.py",
+                             "flight or make_room or declared_bytes")):
             held, broken = hostile_cases(tests, only)
             what = f"tests/{tests}" + (f" -k '{only}'" if only else "")
             print(f"| hostile cases held ({what}) | {held} / {held + len(broken)} |")

@@ -29,7 +29,7 @@ def main() -> int:
 
     # 1. the learned-filter tests, CUDA cases included (not skipped here)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_learn.py",
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/learn/test_learn.py",
                         "-k", "cuda or device"], cwd=ROOT)
     failures += r.returncode != 0
     print(f"CUDA tests: {'ok' if r.returncode == 0 else 'FAILED'} in "

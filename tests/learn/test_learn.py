@@ -35,7 +35,7 @@ from convkit.learn.metrics import clip_aware_error, psnr, quantize, ssim
 from convkit.learn.model import LearnedFilter, ModelConfig
 from convkit.learn.train import Trainer, TrainingError, TrainingInterrupted, sidecar, train
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 

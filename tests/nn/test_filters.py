@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CV_BORDERS, cv_filter2d, max_diff
+from conftest import CV_BORDERS, cv_filter2d, max_diff, needs_cuda
 from PIL import Image, ImageFilter
 
 import convkit
@@ -434,6 +434,20 @@ def test_every_filter_has_gradients(name):
     x = torch.rand(1, 2, 9, 10, dtype=torch.float64, requires_grad=True,
                    generator=torch.Generator().manual_seed(7))
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", BATTERY)
+def test_every_filter_on_cuda_equals_the_cpu(name):
+    """The module on a CUDA device (the torch backend) and on the CPU (OpenCV), float32 and
+    uint8 through process()."""
+    m = convkit.chain(_registered(name))
+    x = torch.rand(2, 3, 31, 37, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(m.to("cuda")(x.cuda()).cpu(), m.cpu()(x), atol=2e-5, rtol=1e-4)
+    img = (x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    got = convkit.process(img, _registered(name), device="cuda")
+    assert max_diff(got, convkit.process(img, _registered(name), device="cpu")) <= 1
 
 
 @pytest.mark.parametrize("name", BATTERY)

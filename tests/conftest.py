@@ -60,10 +60,10 @@ def _opencv_threads_restored():
 
     from convkit.backends import opencv
 
-    before, own = cv2.getNumThreads(), opencv._OWN_THREADS
+    before = cv2.getNumThreads()
     yield
+    opencv.own_threads(0)
     cv2.setNumThreads(before)
-    opencv._OWN_THREADS = own
 
 
 @pytest.fixture(params=DEVICES)

@@ -87,7 +87,11 @@ def test_public_names_resolve_in_a_fresh_interpreter():
             "with convkit.engine.options(method='direct'):\n"
             "    pass\n"
             "for name in convkit.__all__:\n"
-            "    getattr(convkit, name)\n")
+            "    getattr(convkit, name)\n"
+            "from convkit.functional import gaussian_blur\n"  # the modules' public names too
+            "from convkit.engine import options\n"
+            "import convkit.functional, convkit.nn.functional\n"
+            "assert convkit.functional is convkit.nn.functional\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr

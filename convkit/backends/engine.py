@@ -353,7 +353,9 @@ def _run_op(op, x: Tensor, in_max: float, out_dtype: torch.dtype, out_max: float
     [0, 1] scale (``negative`` None) or the final integer image."""
     cl = opts.channels_last if opts.channels_last is not None else x.device.type == "cpu"
     call = _Call(in_max, out_dtype, out_max, negative, opts, _backend_for(op, x, opts), cl, trace)
-    return _EXECUTORS[type(op)](op, x, call)
+    run = _EXECUTORS.get(type(op)) or next(
+        (fn for kind, fn in _EXECUTORS.items() if isinstance(op, kind)), _run_module)
+    return run(op, x, call)
 
 
 def _scales(plan: Plan, x: Tensor):

@@ -21,8 +21,9 @@ Semantics are the core's (see :mod:`convkit.nn.functional`), not OpenCV's defaul
 
 Threads: the planes of a batch (or bands of rows of a plane) are shared among
 ``cv2.getNumThreads()`` worker threads (at most :data:`MAX_WORKERS`); ``cv2.setNumThreads(1)``
-makes the fast path single-threaded. :func:`own_threads` gives the workers the cores alone
-(OpenCV's own threading off, process-wide), as the command line does. Each plane or band is
+makes the fast path single-threaded. :func:`own_threads` sets the worker count itself and
+gives the workers the cores alone (OpenCV's own threading off, process-wide), as the command
+line does; ``own_threads(0)`` undoes it. Each plane or band is
 written by exactly one worker, so the result does not depend on the scheduling.
 
 Results equal the torch path's up to float rounding (at most 1 grey level on integer images).
@@ -91,6 +92,7 @@ def workers() -> int:
 
 
 _OWN_THREADS: int | None = None
+_OPENCV_THREADS: int | None = None  # OpenCV's count before own_threads, given back by 0
 
 
 def own_threads(n: int | None = None) -> int:
@@ -98,15 +100,24 @@ def own_threads(n: int | None = None) -> int:
     thread count) and switch OpenCV's own threading off, process-wide, so that each worker's
     OpenCV call runs on its core alone instead of also splitting itself among OpenCV's threads
     on the same cores. The command line does this (it owns its process); a library caller
-    may, knowing that its own OpenCV calls then run on one thread. Returns the worker count.
+    may, knowing that its own OpenCV calls then run on one thread. ``own_threads(0)`` gives
+    OpenCV its threads back (and the workers follow its count again). Returns the worker
+    count.
 
     Measured 2026-12-05 on the 2-core VM, ``module(x)`` on a float (2, 3, 1080, 1920) batch:
-    gaussian sigma 3 30 -> 18 ms, sharpen 12 -> 8 ms. (Switching OpenCV's threads off and
+    gaussian sigma 3 26 -> 18 ms, sharpen 11 -> 8.5 ms. (Switching OpenCV's threads off and
     back around every call instead made calls take 90 ms at times: OpenCV rebuilds its
     thread pool when the count changes.)
     """
-    global _OWN_THREADS
+    global _OWN_THREADS, _OPENCV_THREADS
+    if n == 0:
+        if _OPENCV_THREADS is not None:
+            cv2.setNumThreads(_OPENCV_THREADS)
+        _OWN_THREADS = _OPENCV_THREADS = None
+        return workers()
     n = max(1, min(int(n) if n is not None else workers(), MAX_WORKERS))
+    if _OPENCV_THREADS is None:
+        _OPENCV_THREADS = cv2.getNumThreads()
     cv2.setNumThreads(1)
     _OWN_THREADS = n
     return n
@@ -613,11 +624,16 @@ def _share_out(srcs: list, dsts: list, top: int, bottom: int,
     whole = len(srcs) - len(srcs) % n
     for i in range(whole):
         chunks[i % n].append((srcs[i], dsts[i], 0, srcs[i].shape[0]))
-    for src, dst in zip(srcs[whole:], dsts[whole:], strict=True):
-        cuts = np.linspace(0, src.shape[0], n + 1).astype(int)
-        for j in range(n):
-            if cuts[j + 1] > cuts[j]:
-                chunks[j].append((src, dst, int(cuts[j]), int(cuts[j + 1])))
+    # bands no shorter than _bands makes them: a band of a row or two, filtered on its own
+    # with its border rows, is not the plane's (OpenCV's rule for images shorter than the
+    # kernel differs)
+    shortest = max(16, 4 * (top + bottom))
+    for i, (src, dst) in enumerate(zip(srcs[whole:], dsts[whole:], strict=True)):
+        h = src.shape[0]
+        k = max(1, min(n, h // shortest))
+        cuts = np.linspace(0, h, k + 1).astype(int)
+        for j in range(k):
+            chunks[(i + j) % n].append((src, dst, int(cuts[j]), int(cuts[j + 1])))
 
     def run(chunk) -> None:
         for src, dst, r0, r1 in chunk:

@@ -17,6 +17,7 @@ Conventions (the README states them for users):
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -174,9 +175,16 @@ def _check_kernel(kernel: Tensor) -> Tensor:
 
 
 def pool_size(v: int | tuple[int, int], what: str = "size") -> tuple[int, int]:
-    """An int for both axes, or (rows, cols) as torch's pooling takes them."""
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(n, int) and n >= 1 for n in pair):
+    """An int for both axes (any integer scalar: a NumPy int, a 0-d tensor), or (rows, cols)
+    as torch's pooling takes them."""
+    try:
+        pair = (operator.index(v),) * 2
+    except TypeError:
+        try:
+            pair = tuple(operator.index(n) for n in v)  # type: ignore[union-attr]
+        except TypeError:
+            pair = ()
+    if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{what} should be a positive int or (height, width). Got {v!r}")
     return pair  # type: ignore[return-value]
 
@@ -508,9 +516,9 @@ def unsharp(x: Tensor, sigma: float = 1.0, amount: float = 1.0, threshold: float
     if threshold:
         from ..kernels.registry import get_info
 
-        get_info("unsharp").check_params((), {"sigma": sigma, "amount": amount,
-                                              "threshold": threshold, "border": border,
-                                              "value": value})
+        get_info("unsharp").check_params((), {k: v for k, v in (
+            ("sigma", sigma), ("amount", amount), ("threshold", threshold), ("ksize", ksize),
+            ("border", border), ("value", value)) if v is not None})
         blurred = gaussian_blur(x, sigma, ksize, border, value)
         return unsharp_mask(x, blurred, amount, threshold / 255.0)
     return named_filter(x, "unsharp", sigma=sigma, amount=amount, ksize=ksize, border=border,

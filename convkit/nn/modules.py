@@ -114,10 +114,9 @@ class Kernel2d(Filter):
             equal to the scaled kernel (before strength); the engine may use them.
 
     Attributes:
-        method: how :func:`convkit.backends.engine.apply` runs this kernel: None (the engine's rule)
-        or
-            "direct", "separable", "lowrank", "fft", "box"; a kernel with a method set is never
-            fused with its neighbours.
+        method: how :func:`convkit.backends.engine.apply` runs this kernel: None (the engine's
+            rule) or "direct", "separable", "lowrank", "fft", "box"; a kernel with a method set
+            is never fused with its neighbours.
 
     Shape:
         input (B, C, H, W) or (C, H, W), float; output the same shape.
@@ -333,6 +332,12 @@ class Pool2d(Filter):
         self.stride = self.step[0] if self.step[0] == self.step[1] else self.step
         self.border = check_border(border)
         self.value = float(value)
+
+    @property
+    def size(self) -> int | tuple[int, int]:
+        """The window: an int where both axes agree, else (rows, cols), as ``stride``."""
+        kh, kw = self.kernel_size
+        return kh if kh == kw else (kh, kw)
 
     @property
     def reach(self) -> tuple[int, int, int, int]:

@@ -114,6 +114,25 @@ def worker_threads(monkeypatch):
     monkeypatch.setattr(opencv_backend, "SERIAL_MAX_SAMPLES", 0)
 
 
+@pytest.mark.parametrize("h", [1, 2, 3, 5, 40])
+@pytest.mark.parametrize("spec", ["box(size=[3, 2])", "kernel(weights=[[1, 2], [3, 4]])",
+                                  "erode(size=4)", "opening(size=2, border=reflect)",
+                                  "sharpen(border=symmetric)"])
+def test_planes_shared_unevenly_equal_the_definition(spec, h, worker_threads):
+    """3 planes on 2 workers (and one interleaved image): whole planes go round the workers and
+    the plane left over is cut into bands only where they are tall enough; short planes and
+    even kernels (a border row reflected inside a band of one row) equal the torch
+    definition and OpenCV on the interleaved image."""
+    opencv_backend.own_threads(2)  # two workers whatever OpenCV's setting (restored after)
+    m = convkit.chain(spec)
+    x = torch.rand(1, 3, h, 301, generator=torch.Generator().manual_seed(h))
+    torch.testing.assert_close(m(x), plain(m, x), atol=1e-6, rtol=1e-6)
+    img = (x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    ref = (plain(m, torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0]
+           .permute(1, 2, 0).numpy() * 255).round().clip(0, 255)
+    assert np.abs(convkit.process(img, spec).astype(float) - ref).max() <= 1, spec
+
+
 @pytest.mark.parametrize("kname,method,backend", CASES)
 def test_method_equals_reference(kname, method, backend, worker_threads):
     k = KERNELS[kname]
@@ -609,6 +628,8 @@ def test_own_threads_gives_the_workers_the_cores(monkeypatch):
             threads.add(threading.current_thread().name), real(*a, **k))[1])
         torch.testing.assert_close(m(x), ref)
         assert threads and all(t.startswith("convkit-cv") for t in threads)
+        assert opencv_backend.own_threads(0) == 2  # OpenCV's threads given back
+        assert cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(before)
 

@@ -94,7 +94,7 @@ def test_remove_stale_takes_dead_runs_files_only(tmp_path):
 def test_read_only_file_of_an_ordinary_user(tmp_path):
     """As a user without root's privileges (nobody), whose own read-only file is replaced in
     place, as sed -i does: the temporary file must be writable by its owner meanwhile.
-    convkit/atomic.py needs the standard library only: a copy of it runs under the system's
+    convkit/io/atomic.py needs the standard library only: a copy of it runs under the system's
     Python (the checkout and its environment may be out of nobody's reach)."""
     import shutil
 

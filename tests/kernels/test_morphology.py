@@ -86,10 +86,10 @@ def test_images_filtered_in_bands_equal_opencv(dtype):
                         f"border={border}, value={value})")
                 fp = cv2.getStructuringElement(SHAPES[shape], (size, size))
                 ref = reference(a, name, fp, iterations, border, value)
+                cv2.setNumThreads(2)
                 opencv.own_threads(2)
                 by_workers = convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()
-                opencv._OWN_THREADS = None
-                cv2.setNumThreads(2)  # OpenCV's threads again: the planes stacked
+                opencv.own_threads(0)  # OpenCV's two threads again: the planes stacked
                 for got in (convkit.process(a, spec), by_workers,
                             convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()):
                     if dtype == np.float32:

@@ -915,8 +915,12 @@ class _Loop:
             if runner.plan is not None:
                 from .streaming import stream_png
 
-                if stream_png(runner.plan, job.src, job.out, max_memory=st.max_memory,
-                              opts=runner.opts) is not None:
+                done = stream_png(runner.plan, job.src, job.out, max_memory=st.max_memory,
+                                  opts=runner.opts)
+                if done is not None:
+                    if self.on_info is not None:
+                        self.on_info(f"{job.shown}: streamed in {done['bands']} bands of rows "
+                                     "(opencv, without torch)")
                     return _STREAMED, None
             from .huge_files import filter_file
 

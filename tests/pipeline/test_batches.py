@@ -413,9 +413,12 @@ def test_huge_png_streams_to_png_with_the_whole_image_result(tmp_path, monkeypat
     real = streaming.stream_png
     monkeypatch.setattr(streaming, "stream_png",
                         lambda *a, **k: called.append(real(*a, **k)) or called[-1])
+    info = []
     summary = convkit.run("gaussian(sigma=2) | sharpen", [str(src)], str(tmp_path / "o.png"),
-                          progress=False)
+                          progress=False, on_info=info.append)
     assert summary.written == 1 and len(called) == 1 and called[0]["torch"] is False
+    assert info == [f"{src}: streamed in {called[0]['bands']} bands of rows (opencv, without "
+                    "torch)"]
     out = cv2.imread(str(tmp_path / "o.png"))[..., ::-1]
     blur = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 2)
     ref = cv2.filter2D(blur, -1,

@@ -430,14 +430,14 @@ def test_huge_png_streams_to_png_with_the_whole_image_result(tmp_path, monkeypat
     "gaussian(sigma=2) | sharpen", "median(size=5, border=replicate)",
     "closing(size=5, shape=ellipse, iterations=2) | emboss(border=symmetric)",
     "sobel(border=constant, value=30)", "unsharp(sigma=1, amount=1.5) | laplacian",
-    "box(size=[7, 3], border=circular)"])
+    "kernel(weights=[[1, 2], [3, 4]]) | erode(size=4)", "box(size=[7, 3], border=circular)"])
 @pytest.mark.parametrize("kind", ["rgb8", "rgba8", "grey16"])
 def test_huge_png_streamed_without_torch_equals_the_whole_image(tmp_path, monkeypatch, spec,
                                                                 kind):
     """Bands of a few dozen rows (a 64 KiB budget), each with the rows its chain reaches: the
-    written PNG equals the image filtered whole, for 8- and 16-bit, grey, RGB and RGBA; a
-    wrapping border is not streamed by this route (the far edge comes last) and goes through
-    the modules, with the same result."""
+    written PNG equals the image filtered whole (within a level of float rounding), for 8- and
+    16-bit, grey, RGB and RGBA; a wrapping border is not streamed by this route (the far edge
+    comes last) and goes through the modules, with the same result."""
     import cv2
     import numpy as np
 
@@ -468,7 +468,8 @@ def test_huge_png_streamed_without_torch_equals_the_whole_image(tmp_path, monkey
     got = cv2.imread(str(tmp_path / "huge.png"), cv2.IMREAD_UNCHANGED)
     ref = cv2.imread(str(tmp_path / "whole.png"), cv2.IMREAD_UNCHANGED)
     assert got.dtype == ref.dtype and got.shape == ref.shape
-    assert np.abs(got.astype(int) - ref.astype(int)).max() <= (1 if "circular" in spec else 0)
+    # (1 level: a kernel's method may depend on the image's size, and float rounding with it)
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_huge_png_streams_without_importing_torch(tmp_path):

@@ -66,11 +66,11 @@ def test_no_module_imports_the_package_root():
     assert offenders == []
 
 
-# The sub-packages from the bottom up: a module-level import may name its own sub-package or
-# one below it. (Imports inside functions may go up where a lower module hands work to a
-# higher one late: a module's forward() to the engine, the registry to its builders, named by
-# dotted string so that --help stays torch-free.)
-LAYERS = ["_version", "kernels", "plan", "io", "nn", "backends", "pipeline", "api", "learn",
+# The sub-packages from the bottom up (files, read and written, at the bottom): a module-level
+# import may name its own sub-package or one below it. (Imports inside functions may go up
+# where a lower module hands work to a higher one late: a module's forward() to the engine,
+# the registry to its builders, named by dotted string so that --help stays torch-free.)
+LAYERS = ["_version", "io", "kernels", "plan", "nn", "backends", "pipeline", "api", "learn",
           "cli", "__main__", "functional", "engine"]  # (the last two: the public names kept)
 
 

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .files import READ_FLAGS, NotRegularFile, not_a_regular_file, read_regular
 from .formats import PNG_SIGNATURE, WRITE_FORMATS
 
 if TYPE_CHECKING:
@@ -415,39 +416,20 @@ def write_image(
 # --- reading -------------------------------------------------------------------------------
 
 
-# How inputs are opened: non-blocking, since opening a FIFO must not wait for a writer
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) \
-    | getattr(os, "O_CLOEXEC", 0)
-
-
 def _read_bytes(path: StrPath, name: str) -> bytes:
     """The whole file, read once, so the decoders never see a file that changes or vanishes
-    mid-read. Only regular files (or links to them) are read, and no more than the size they
-    declare: a FIFO would block for ever and /dev/zero never ends."""
+    mid-read (:func:`convkit.io.files.read_regular`: regular files only, no more than the size
+    they declare)."""
     try:
-        fd = os.open(os.fsdecode(path), _READ_FLAGS)
+        data = read_regular(path)
     except FileNotFoundError:
         raise ImageFileError(f"{name}: no such file") from None
     except PermissionError:
         raise ImageFileError(f"{name}: permission denied") from None
+    except NotRegularFile as e:
+        raise ImageFileError(f"{name}: {not_a_regular_file(e.mode)}") from None
     except OSError as e:
         raise ImageFileError(f"{name}: cannot read ({e.strerror or e})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageFileError(f"{name}: {not_a_regular_file(st.st_mode)}")
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                break  # the file shrank while it was read: what is there is judged below
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-    except OSError as e:
-        raise ImageFileError(f"{name}: cannot read ({e.strerror or e})") from None
-    finally:
-        os.close(fd)
     if not data:
         raise ImageFileError(f"{name}: empty file (0 bytes)")
     return data
@@ -465,7 +447,7 @@ def declared_bytes(path: StrPath) -> int | None:
 
     The pipeline weighs its images in flight by this before decoding them."""
     try:
-        with open(os.open(os.fsdecode(path), _READ_FLAGS), "rb", buffering=0) as f:
+        with open(os.open(os.fsdecode(path), READ_FLAGS), "rb", buffering=0) as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None
             head = f.read(1 << 16)
@@ -512,15 +494,6 @@ def _jpeg_declared(head: bytes) -> int | None:
             return w * h * min(head[i + 9], 3)  # (CMYK is read as RGB)
         i += 2 + length
     return None  # (a frame header past 64 KiB of metadata: not here)
-
-
-def not_a_regular_file(mode: int) -> str:
-    """The reason a file of ``mode`` (``st_mode``) is not read, for error messages."""
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-    return f"is {kind}, not an image file" if kind != "not a regular file" else \
-        "not a regular file"
 
 
 def check_png_chunks(data: bytes, name: str) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import re
 import stat
 import tomllib
@@ -36,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..io.files import FileTooLarge, NotRegularFile, read_regular
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -268,27 +269,18 @@ def load_spec(path: str | Path) -> KernelSpec:
     a FIFO would block for ever and ``/dev/zero`` never ends.
     """
     path = Path(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        data = read_regular(path, limit=MAX_KERNEL_FILE)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such kernel file") from None
+    except NotRegularFile as e:
+        raise ValueError(f"{path}: a kernel file should be a regular file. Got "
+                         f"{'a folder' if stat.S_ISDIR(e.mode) else 'a FIFO or device'}") from None
+    except FileTooLarge as e:
+        raise ValueError(f"{path}: kernel file of {e.size} bytes, over the limit of "
+                         f"{MAX_KERNEL_FILE} (16 MiB)") from None
     except OSError as e:
         raise ValueError(f"{path}: cannot read kernel file ({e.strerror or e})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path}: a kernel file should be a regular file. Got "
-                             f"{'a folder' if stat.S_ISDIR(st.st_mode) else 'a FIFO or device'}")
-        if st.st_size > MAX_KERNEL_FILE:
-            raise ValueError(f"{path}: kernel file of {st.st_size} bytes, over the limit of "
-                             f"{MAX_KERNEL_FILE} (16 MiB)")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(MAX_KERNEL_FILE + 1)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read kernel file ({e.strerror or e})") from None
-    finally:
-        os.close(fd)
     return loads_spec(data, str(path), _default_name(path.stem))
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.files import not_a_regular_file
 from ..io.formats import FORMATS, PNG_SIGNATURE
 from .memory import FLIGHT_FACTOR, default_budget, parse_memory
 
@@ -271,7 +272,7 @@ def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str |
         if stat.S_ISREG(mode):
             regular.append((f, root))
         else:
-            errors.append(f"{shown(f)}: {io.not_a_regular_file(mode)}; skipped")
+            errors.append(f"{shown(f)}: {not_a_regular_file(mode)}; skipped")
     return regular, errors, many
 
 

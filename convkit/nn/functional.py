@@ -437,9 +437,9 @@ def unsharp_mask(x: Tensor, blurred: Tensor, amount: float, threshold: float) ->
 
 
 # --- the named filters as functions: the twins of the registry's modules ---------------------
-# Each computes from the same leaves the registry builds its module from (plan.leaves: the
-# float32 weights a module holds), with the plain definitions above, so function and module
-# agree within float rounding (the module may run the same numbers on OpenCV).
+# Each builds the module the registry builds from the same leaves (nn.builders) and runs its
+# plain definition, so function and module agree within float rounding (the module may run
+# the same numbers on OpenCV).
 def named_filter(x: Tensor, name: str, **params: Any) -> Tensor:
     """``x`` (B, C, H, W) or (C, H, W), float, through the registry's fixed filter ``name``
     with ``params`` (as ``convkit.get_filter(name, **params)(x)``; the same parameter checks
@@ -447,35 +447,13 @@ def named_filter(x: Tensor, name: str, **params: Any) -> Tensor:
     only: use :func:`avg_pool`, :func:`max_pool`, :func:`unsharp` or the module.
     """
     from ..kernels.registry import get_info
+    from .builders import from_leaves  # (builders -> modules -> this module)
+    from .modules import reference
 
     leaves = get_info(name).leaves(**{k: v for k, v in params.items() if v is not None})
     if leaves is None:
         raise ValueError(f"{name}: not a fixed filter; use convkit.get_filter({name!r}) (a module)")
-    for leaf in leaves:
-        x = _apply_leaf(x, leaf)
-    return x
-
-
-def _apply_leaf(x: Tensor, leaf: Any) -> Tensor:
-    from ..plan import leaves as L
-
-    v = float(leaf.value) / 255.0
-    if isinstance(leaf, L.KernelLeaf):
-        if leaf.factors is not None:  # the float32 products of the float32 factors
-            col, row = (torch.from_numpy(f).float() for f in leaf.factors)
-            weight = torch.outer(col, row)
-        else:
-            weight = torch.from_numpy(leaf.kernel).float()
-        out = filter2d(x, weight.to(x.device, x.dtype), leaf.border, v)
-        return out + leaf.bias if leaf.bias else out
-    if isinstance(leaf, L.GradientLeaf):
-        kx = torch.from_numpy(leaf.kx).float()
-        ky = kx.t() if leaf.ky is None else torch.from_numpy(leaf.ky).float()
-        return magnitude(filter2d(x, kx.to(x.device, x.dtype), leaf.border, v),
-                         filter2d(x, ky.to(x.device, x.dtype), leaf.border, v))
-    if isinstance(leaf, L.MedianLeaf):
-        return median_blur(x, leaf.size, leaf.border, v)
-    return morphology(x, leaf.op, leaf.fp, leaf.iterations, leaf.border, v)
+    return reference(from_leaves(leaves).to(x.device, x.dtype), x)
 
 
 def gaussian_blur(x: Tensor, sigma: float | tuple[float, float] | None = None,

@@ -35,8 +35,8 @@ import numpy as np
 
 from .formats import PNG_SIGNATURE
 
-__all__ = ["PngInfo", "read_info", "streamable", "iter_bands", "header", "metadata_png",
-           "PngWriter"]
+__all__ = ["PngInfo", "read_info", "streamable", "iter_bands", "row_ranges", "header",
+           "metadata_png", "PngWriter"]
 
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel in the file
 # Chunks Pillow reads the ICC profile, EXIF and orientation from: iCCP, eXIf, and text chunks
@@ -240,6 +240,22 @@ def iter_bands(path: str | Path, info: PngInfo, rows: int) -> Iterator[np.ndarra
         yield band
 
 
+def row_ranges(bands: Iterator[np.ndarray], ranges: list[tuple[int, int]]
+               ) -> Iterator[np.ndarray]:
+    """Rows ``[lo, hi)`` of an image for each of ``ranges`` (both ends ascending), from
+    ``bands``, its rows top to bottom in bands (:func:`iter_bands`); only the rows a later
+    range still reads are kept."""
+    buf, buf_lo = None, 0
+    for k, (lo, hi) in enumerate(ranges):
+        while buf is None or buf_lo + buf.shape[0] < hi:
+            part = next(bands)
+            buf = part if buf is None else np.concatenate([buf, part])
+        yield buf[lo - buf_lo:hi - buf_lo]
+        if k + 1 < len(ranges) and ranges[k + 1][0] > buf_lo:
+            nxt = ranges[k + 1][0]
+            buf, buf_lo = buf[nxt - buf_lo:], nxt
+
+
 class PngWriter:
     """Write a PNG of ``info``'s kind band by band (Up filter, one zlib stream).
 
@@ -280,3 +296,13 @@ class PngWriter:
 
     def abort(self) -> None:
         self.f.close()
+
+    def __enter__(self) -> PngWriter:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        """Closed (the image complete) when the block ends, abandoned when it raises."""
+        if kind is None:
+            self.close()
+        else:
+            self.abort()

@@ -256,40 +256,26 @@ def _stream_png(module: nn.Module, src: Path, dst: Path, png: PngSource, max_mem
     negative = negative_of(mod)
     bands = [(r, input_ranges(tp.units, tp.sizes_h, *r, 0, False)) for r in tp.rows]
     step = max(r[1] - r[0] for r, _ in bands)
-    reader = pngstream.iter_bands(src, info, step)
+    tiles = pngstream.row_ranges(pngstream.iter_bands(src, info, step),
+                                 [rr[0] for _, rr in bands])
     # the file's own channels (grey+alpha stays grey+alpha), which are also io's on read
     head = metadata_chunks(png, info.samples, pngstream.header(info))
     cols = [(0, info.width)]
-    with atomic.replacing(dst) as tmp:
-        writer = pngstream.PngWriter(tmp, info, head=head)
-        try:
-            _stream_bands(tp, mod, bands, reader, writer, cols, alpha, negative, c)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+    with atomic.replacing(dst) as tmp, pngstream.PngWriter(tmp, info, head=head) as writer:
+        _stream_bands(tp, mod, bands, tiles, writer, cols, alpha, negative, c)
     return {"width": info.width, "height": info.height, "channels": c,
             "dtype": "uint16" if info.bit_depth == 16 else "uint8", "bands": len(bands),
             "working_memory": budget, "streamed": True}
 
 
-def _stream_bands(tp, mod, bands, reader, writer, cols, alpha, negative, c) -> None:
-    """Filter the bands of ``reader`` and hand them to ``writer`` in order."""
-    buf, buf_lo = None, 0
+def _stream_bands(tp, mod, bands, tiles, writer, cols, alpha, negative, c) -> None:
+    """Filter ``tiles``, the input rows of each band, and hand them to ``writer`` in order."""
     with torch.no_grad():
-        for k, (_, rr) in enumerate(bands):
-            lo, hi = rr[0]
-            while buf is None or buf_lo + buf.shape[0] < hi:
-                part = next(reader)
-                buf = part if buf is None else np.concatenate([buf, part])
-            tile = np.ascontiguousarray(buf[lo - buf_lo:hi - buf_lo])
-            x = torch.from_numpy(tile)
+        for (_, rr), tile in zip(bands, tiles, strict=True):
+            x = torch.from_numpy(np.ascontiguousarray(tile))
             x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
             y = run_tile(tp, mod, x, rr, cols * len(rr), alpha, negative)[0]
             writer.write(y[0].numpy() if c == 1 else y.permute(1, 2, 0).numpy())
-            if k + 1 < len(bands):
-                nxt = bands[k + 1][1][0][0]
-                buf, buf_lo = buf[nxt - buf_lo:], nxt
 
 
 class _BgrWrapped(nn.Module):

@@ -17,8 +17,6 @@ from pathlib import Path
 from struct import error as struct_error
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..io import atomic
 from ..plan.ops import Plan, reach
 from .memory import parse_memory
@@ -119,30 +117,13 @@ def stream_png(plan: Plan, src: str | Path, dst: str | Path, *, max_memory: Any 
     rows = max(16, budget // (w * c * BYTES_PER_SAMPLE) - top - bottom)
     alpha = c in (2, 4)
     head = metadata_chunks(png, info.samples, pngstream.header(info))
-    reader = pngstream.iter_bands(src, info, rows)
-    bands = 0
-    with atomic.replacing(dst) as tmp:
-        writer = pngstream.PngWriter(tmp, info, head=head)
-        try:
-            buf, buf_lo = None, 0
-            for r0 in range(0, h, rows):
-                r1 = min(h, r0 + rows)
-                lo, hi = max(0, r0 - top), min(h, r1 + bottom)
-                while buf is None or buf_lo + buf.shape[0] < hi:
-                    part = next(reader)
-                    buf = part if buf is None else np.concatenate([buf, part])
-                band = buf[lo - buf_lo:hi - buf_lo]
-                chw = band[None] if band.ndim == 2 else band.transpose(2, 0, 1)
-                out = opencv.run_plan_image(plan, chw, alpha, opts)
-                out = out[:, r0 - lo:r1 - lo]
-                writer.write(out[0] if band.ndim == 2 else out.transpose(1, 2, 0))
-                bands += 1
-                keep = max(0, r1 - top)  # the rows the next band reads from
-                if keep > buf_lo:
-                    buf, buf_lo = buf[keep - buf_lo:], keep
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-    return {"width": w, "height": h, "channels": c, "dtype": dtype, "bands": bands,
+    starts = range(0, h, rows)
+    ranges = [(max(0, r0 - top), min(h, r0 + rows + bottom)) for r0 in starts]
+    reader = pngstream.row_ranges(pngstream.iter_bands(src, info, rows), ranges)
+    with atomic.replacing(dst) as tmp, pngstream.PngWriter(tmp, info, head=head) as writer:
+        for r0, (lo, _), band in zip(starts, ranges, reader, strict=True):
+            chw = band[None] if band.ndim == 2 else band.transpose(2, 0, 1)
+            out = opencv.run_plan_image(plan, chw, alpha, opts)[:, r0 - lo:r0 + rows - lo]
+            writer.write(out[0] if band.ndim == 2 else out.transpose(1, 2, 0))
+    return {"width": w, "height": h, "channels": c, "dtype": dtype, "bands": len(ranges),
             "working_memory": budget, "streamed": True, "torch": False}

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .files import READ_FLAGS, NotRegularFile, not_a_regular_file, read_regular
-from .formats import PNG_SIGNATURE, WRITE_FORMATS
+from .formats import PNG_SIGNATURE, WRITE_FORMATS, png_header
 
 if TYPE_CHECKING:
     import torch
@@ -302,7 +302,7 @@ def read_array_with_info(
                 f"of {limit}; raise it with max_pixels"
             )
         if im.format == "PNG":
-            check_png_size(data, width, height, name)
+            check_png_size(data, name)
         if defer_jpeg and _plain_jpeg(im, data):
             orientation, mode = exif_orientation(im), im.mode
             import torch
@@ -451,9 +451,10 @@ def declared_bytes(path: StrPath) -> int | None:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None
             head = f.read(1 << 16)
-            if head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
-                w, h = struct.unpack(">II", head[16:24])
-                return w * h * _PNG_CHANNELS.get(head[25], 4) * (2 if head[24] == 16 else 1)
+            png = png_header(head)
+            if png is not None:
+                w, h, depth, colour = png
+                return w * h * _PNG_CHANNELS.get(colour, 4) * (2 if depth == 16 else 1)
             if head.startswith(b"\xff\xd8"):
                 size = _jpeg_declared(head)
                 if size is not None:
@@ -524,14 +525,16 @@ def check_png_chunks(data: bytes, name: str) -> None:
 _MAX_DEFLATE_RATIO = 1032
 
 
-def check_png_size(data: bytes, width: int, height: int, name: str,
-                   size: int | None = None) -> None:
+def check_png_size(data: bytes, name: str, size: int | None = None) -> None:
     """Refuse a PNG whose header (``data``: at least its first 26 bytes) declares more pixels
     than a file of ``size`` bytes (default ``len(data)``) could hold, before anything is
     allocated for them: a small file claiming a huge image is a bomb or damaged, whatever the
     pixel limit."""
+    png = png_header(data)
+    if png is None:
+        return
+    width, height, depth, colour = png
     size = len(data) if size is None else size
-    depth, colour = data[24], data[25]
     samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
     raw = height * (1 + (width * samples * depth + 7) // 8)  # a filter byte per row
     if raw > _MAX_DEFLATE_RATIO * size + (1 << 20):

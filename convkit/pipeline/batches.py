@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..io.files import not_a_regular_file
-from ..io.formats import FORMATS, PNG_SIGNATURE
+from ..io.formats import FORMATS, png_header
 from .memory import FLIGHT_FACTOR, default_budget, parse_memory
 
 __all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
@@ -1132,13 +1132,14 @@ def _huge_png_to_png(job: Job, max_pixels: int | None) -> bool:
             head = f.read(26)
     except OSError:
         return False
-    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+    png = png_header(head)
+    if png is None:
         return False
-    w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    w, h = png[:2]
     if not max_pixels:
         max_pixels = _io().pillow_pixel_limit()
     try:  # a header that declares more than the file could hold: the reader says so
-        _io().check_png_size(head, w, h, job.shown, os.path.getsize(job.src))
+        _io().check_png_size(head, job.shown, os.path.getsize(job.src))
     except (OSError, ValueError):
         return False
     return HUGE_PIXELS < w * h <= (max_pixels or w * h)

@@ -34,14 +34,6 @@ _LEARN_COMMANDS = {
     "train": "Train a learned filter on a folder of images.",
     "info": "Describe a model file written by convkit train.",
 }
-_LEARN_CLI = Path(__file__).resolve().parent / "learn.py"
-
-
-def _learn_available() -> bool:
-    # Looking at the file (not importing) keeps --help torch-free.
-    return _LEARN_CLI.is_file()
-
-
 def _learn_command(name: str) -> click.Command | None:
     """``train`` / ``info`` from convkit.cli.learn (``commands()``, or an attribute by name)."""
     from . import learn as learn_cli
@@ -351,15 +343,13 @@ class FilterGroup(click.Group):
     """A group whose subcommands are the fixed ones plus one per registered filter."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        fixed = list(self.commands)
-        if _learn_available():
-            fixed += list(_LEARN_COMMANDS)
+        fixed = list(self.commands) + list(_LEARN_COMMANDS)
         return fixed + [n for n in list_filters() if n not in self.commands]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
             return self.commands[cmd_name]
-        if cmd_name in _LEARN_COMMANDS and _learn_available():
+        if cmd_name in _LEARN_COMMANDS:
             return _learn_command(cmd_name)
         try:
             info = get_info(cmd_name)
@@ -388,8 +378,7 @@ class FilterGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help without building the commands: the learn commands would import torch.
         fixed = [(n, self.commands[n].get_short_help_str(55)) for n in self.commands]
-        if _learn_available():
-            fixed += list(_LEARN_COMMANDS.items())
+        fixed += list(_LEARN_COMMANDS.items())
         with formatter.section("Commands"):
             formatter.write_dl(fixed)
         rows = []

@@ -56,13 +56,17 @@ class MedianLeaf:
 
 @dataclass(frozen=True, eq=False)
 class GradientLeaf:
-    """``sqrt(gx**2 + gy**2)``, ``gx`` by ``kx`` (float64, d/dx) and ``gy`` by ``ky`` (its
-    transpose when None)."""
+    """``sqrt(gx**2 + gy**2)``, ``gx`` by ``kx`` (float64, d/dx) and ``gy`` by ``ky`` (the
+    transpose of ``kx`` unless given)."""
 
     kx: np.ndarray
     border: str = "reflect"
     value: float = 0.0
-    ky: np.ndarray | None = None
+    ky: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.ky is None:
+            object.__setattr__(self, "ky", self.kx.T)
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,8 +142,7 @@ def gradient(info, dx=0, dy=0, negative="abs", strength=1.0, border=None,
                              "the magnitude is not a linear filter")
         if spec.magnitude == "rms":  # sqrt((gx^2 + gy^2) / 2): both kernels over sqrt(2)
             k, ky = k / math.sqrt(2.0), ky / math.sqrt(2.0)
-        return [GradientLeaf(k, border, float(value),
-                             None if spec.weights_y is None and spec.magnitude == "l2" else ky)]
+        return [GradientLeaf(k, border, float(value), ky)]
     if dx and dy:
         raise ValueError(f"{info.name}: give dx=1 or dy=1, not both (0 and 0 = magnitude)")
     return [_linear(ky if dy else k, scale=1.0, offset=0.0, strength=strength, border=border,

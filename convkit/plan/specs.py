@@ -53,9 +53,7 @@ def leaf_ops(leaves: list[Leaf], name: str) -> list:
             ops.append(MorphOp(leaf.op, leaf.fp, leaf.iterations, leaf.border,
                                leaf.value / 255.0, name if one else "Morphology"))
         elif isinstance(leaf, GradientLeaf):
-            kx = _f32(leaf.kx)
-            ky = kx.T.copy() if leaf.ky is None else _f32(leaf.ky)
-            ops.append(gradient_op(kx, ky, leaf.border, leaf.value,
+            ops.append(gradient_op(_f32(leaf.kx), _f32(leaf.ky), leaf.border, leaf.value,
                                    name if one else "GradientMagnitude"))
         else:
             raise TypeError(f"not a leaf: {type(leaf).__name__}")

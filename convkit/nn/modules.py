@@ -307,6 +307,10 @@ class Unsharp(Filter):
         return KF.unsharp_mask(x, self.blur._reference(x), self.amount, self.threshold / 255.0)
 
 
+def _one_or_pair(hw: tuple[int, int]) -> int | tuple[int, int]:
+    return hw[0] if hw[0] == hw[1] else hw
+
+
 class Pool2d(Filter):
     """Average or max pooling over ``size`` windows stepping by ``stride``.
 
@@ -328,16 +332,18 @@ class Pool2d(Filter):
         self.mode = mode
         self.kernel_size = KF.pool_size(size, "size")
         self.step = KF.pool_size(stride, "stride") if stride else self.kernel_size
-        # Filter.stride (the shrink factor) is an int where both axes agree
-        self.stride = self.step[0] if self.step[0] == self.step[1] else self.step
         self.border = check_border(border)
         self.value = float(value)
 
     @property
     def size(self) -> int | tuple[int, int]:
-        """The window: an int where both axes agree, else (rows, cols), as ``stride``."""
-        kh, kw = self.kernel_size
-        return kh if kh == kw else (kh, kw)
+        """The window: an int where both axes agree, else (rows, cols)."""
+        return _one_or_pair(self.kernel_size)
+
+    @property
+    def stride(self) -> int | tuple[int, int]:  # (Filter.stride: the factor the image shrinks by)
+        """The step: an int where both axes agree, else (rows, cols)."""
+        return _one_or_pair(self.step)
 
     @property
     def reach(self) -> tuple[int, int, int, int]:

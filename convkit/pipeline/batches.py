@@ -1174,6 +1174,9 @@ class _Flight:
                 size = 0
         return FLIGHT_FACTOR * size
 
+    def fits(self, cost: int) -> bool:
+        return self.used + cost <= self.budget
+
     def take(self, job: Job, cost: int) -> None:
         self._held[id(job)] = cost
         self.used += cost
@@ -1183,9 +1186,9 @@ class _Flight:
 
 
 def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,
-            stop: threading.Event, flight: _Flight | None = None,
-            make_room: Callable[[], None] | None = None) -> Iterator[tuple[Job, Future]]:
-    """Submit ``fn(job)`` for the jobs, at most ``size`` ahead and, with ``flight``, within its
+            stop: threading.Event, flight: _Flight,
+            make_room: Callable[[], None]) -> Iterator[tuple[Job, Future]]:
+    """Submit ``fn(job)`` for the jobs, at most ``size`` ahead and within the ``flight``'s
     budget of bytes; yield them in order. When the budget is full and nothing is ahead,
     ``make_room()`` must release what the caller holds (filter its waiting batches, finish its
     writes); an image over the whole budget then runs alone."""
@@ -1193,18 +1196,16 @@ def _window(jobs: Iterable[Job], pool: ThreadPoolExecutor, fn, size: int,
     for job in jobs:
         if stop.is_set():
             break
-        cost = flight.weigh(job) if flight is not None else 0
-        while ahead and (len(ahead) >= size or (
-                flight is not None and flight.used + cost > flight.budget)):
+        cost = flight.weigh(job)
+        while ahead and (len(ahead) >= size or not flight.fits(cost)):
             yield ahead.popleft()
             if stop.is_set():
                 break
         if stop.is_set():
             break
-        if flight is not None:
-            if flight.used + cost > flight.budget and make_room is not None:
-                make_room()
-            flight.take(job, cost)
+        if not flight.fits(cost):
+            make_room()
+        flight.take(job, cost)
         ahead.append((job, pool.submit(fn, job)))
     while ahead and not stop.is_set():
         yield ahead.popleft()

@@ -22,7 +22,8 @@ import sys
 import threading
 import warnings
 import zlib
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,19 @@ def pillow_pixel_limit() -> int | None:
     moment in whichever thread is parsing a header, and an unlocked read could see None."""
     with PILLOW_GLOBALS:
         return Image.MAX_IMAGE_PIXELS
+
+
+@contextmanager
+def no_pixel_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb limit switched off while a header is parsed (the caller
+    checks the size against its own limit), under the lock that keeps two threads from
+    restoring each other's values."""
+    with PILLOW_GLOBALS:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 class ImageFileError(ValueError):
@@ -460,20 +474,16 @@ def declared_bytes(path: StrPath) -> int | None:
                 if size is not None:
                     return size  # (else over 64 KiB of metadata first: Pillow reads on)
             f.seek(0)
-            with PILLOW_GLOBALS, warnings.catch_warnings():
+            with no_pixel_limit(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-                try:
-                    with Image.open(f, formats=_READ_FORMATS) as im:
-                        w, h = im.size
-                        bands = len(im.getbands()) if im.mode != "P" else 4
-                        depth = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith(
-                            "I;16") else 1
-                        if im.format == "TIFF" and max(_as_tuple(im.tag_v2.get(258, ())) or
-                                                       (8,)) == 16:
-                            depth = 2
-                finally:
-                    Image.MAX_IMAGE_PIXELS = saved
+                with Image.open(f, formats=_READ_FORMATS) as im:
+                    w, h = im.size
+                    bands = len(im.getbands()) if im.mode != "P" else 4
+                    depth = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith(
+                        "I;16") else 1
+                    if im.format == "TIFF" and max(_as_tuple(im.tag_v2.get(258, ())) or
+                                                   (8,)) == 16:
+                        depth = 2
             return w * h * bands * depth
     except Exception:  # unreadable, or a header Pillow cannot parse: the decode says why
         return None
@@ -568,15 +578,12 @@ def _open(data: bytes, name: str) -> Image.Image:
     # resets Python's record of warnings already shown, process-wide.
     catching = warnings.catch_warnings(record=True) if claimed == "TIFF" else nullcontext()
     error: Exception | None = None
-    with PILLOW_GLOBALS, catching as caught:
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    with no_pixel_limit(), catching as caught:
         try:
             im = Image.open(io.BytesIO(data), formats=_READ_FORMATS)
         except Exception as e:
             # Pillow raises many kinds of exception for corrupt headers.
             error = e
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
     notes = [_one_line(str(w.message)) for w in caught or ()]
     if error is None:
         for note in notes:

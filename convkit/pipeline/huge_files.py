@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import warnings
 from pathlib import Path
 
@@ -36,28 +35,18 @@ from .tiling import (
 __all__ = ["filter_file"]
 
 
-_PILLOW_LOCK = threading.Lock()
-
-
 def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
     """(width, height, Pillow mode) from the header, with the decompression-bomb guard."""
     from PIL import Image, UnidentifiedImageError
 
+    from ..io.images import no_pixel_limit, pillow_pixel_limit
+
     try:
-        from ..io.images import PILLOW_GLOBALS as lock
-    except ImportError:  # pragma: no cover - io is optional for this module
-        lock = _PILLOW_LOCK
-    with lock:
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            with Image.open(path) as im:
-                size, mode = im.size, im.mode
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable image ({e})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    with lock:
-        limit = max_pixels or Image.MAX_IMAGE_PIXELS
+        with no_pixel_limit(), Image.open(path) as im:
+            size, mode = im.size, im.mode
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    limit = max_pixels or pillow_pixel_limit()
     w, h = size
     if limit and w * h > limit:
         raise ValueError(

@@ -330,12 +330,9 @@ def _example_side(model: nn.Module) -> int:
     side = 4
     for m in reversed(list(model.modules())):
         if isinstance(m, nn.AvgPool2d | nn.MaxPool2d):  # in = (out - 1) * stride + size
-            side = (side - 1) * max(_pair(m.stride)) + max(_pair(m.kernel_size))
+            side = (side - 1) * max(KF.pool_size(m.stride)) + max(KF.pool_size(m.kernel_size))
         else:  # the same size in and out; its pads must be smaller than that
             r = getattr(m, "reach", None) or getattr(m, "pads", None) or (0, 0, 0, 0)
             side = max(side, max(r) + 2)
     return side
 
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))

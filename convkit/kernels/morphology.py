@@ -33,15 +33,17 @@ _PASSES = {"erode": 1, "dilate": 1, "open": 2, "close": 2, "gradient": 1, "topha
            "blackhat": 2}
 
 
-def footprint(size: int, shape: str = "rect", weights=None) -> np.ndarray:
+def footprint(size: int | list[int], shape: str = "rect", weights=None) -> np.ndarray:
     """The structuring element as a uint8 0/1 array: ``weights`` (any 0/1 matrix) or OpenCV's
-    ``getStructuringElement(shape, (size, size))``."""
+    ``getStructuringElement(shape, (w, h))``, ``size`` an int for both or [w, h] (OpenCV's
+    Size, width first)."""
     if weights is not None:
         fp = np.asarray(weights, dtype=np.float64)
         if fp.ndim != 2 or not np.isin(fp, (0, 1)).all() or not fp.any():
             raise ValueError("footprint should be a matrix of 0 and 1 with at least one 1")
         return fp.astype(np.uint8)
-    return cv2.getStructuringElement(SHAPES[shape], (size, size))
+    w, h = (size[0], size[1]) if isinstance(size, list | tuple) else (size, size)
+    return cv2.getStructuringElement(SHAPES[shape], (int(w), int(h)))
 
 
 def reach(fp: np.ndarray, op: str, iterations: int) -> tuple[int, int, int, int]:

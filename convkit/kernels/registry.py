@@ -219,7 +219,8 @@ POOL = (
 
 # Morphology (convkit.kernels.morphology): a structuring element and OpenCV's border rule.
 MORPH = (
-    Param("size", "int", 3, "side of the structuring element", low=1, high=255),
+    Param("size", "ipair", 3, "side of the structuring element, or [width, height]", low=1,
+          high=255),
     Param("shape", "choice", "rect", "structuring element: rect, cross or ellipse, as "
           "cv2.getStructuringElement", choices=("rect", "cross", "ellipse")),
     Param("footprint", "matrix", None, "any structuring element as rows of 0 and 1 (instead "

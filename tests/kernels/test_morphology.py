@@ -98,6 +98,25 @@ def test_images_filtered_in_bands_equal_opencv(dtype):
                         assert np.array_equal(got, ref), spec
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_rectangular_structuring_elements_equal_opencv(dtype):
+    """size=[w, h] is OpenCV's Size, width first: getStructuringElement(shape, (w, h))."""
+    a = image(dtype, h=37, w=41)
+    for name in ("erode", "opening", "blackhat"):
+        for shape in ("rect", "cross", "ellipse"):
+            for (w, h), border in (((7, 3), "none"), ((2, 5), "reflect"), ((4, 1), "constant")):
+                value = 51.0 if border == "constant" else 0.0
+                spec = (f"{name}(size=[{w}, {h}], shape={shape}, border={border}, "
+                        f"value={value})")
+                fp = cv2.getStructuringElement(SHAPES[shape], (w, h))
+                ref = reference(a, name, fp, 1, border, value)
+                got = convkit.process(a, spec)
+                if dtype == np.float32:
+                    np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=spec)
+                else:
+                    assert np.array_equal(got, ref), spec
+
+
 def test_any_footprint():
     a = image(np.uint8)
     fp = np.array([[0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], np.uint8)  # 4x3, asymmetric

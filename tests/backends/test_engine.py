@@ -133,6 +133,38 @@ def test_planes_shared_unevenly_equal_the_definition(spec, h, worker_threads):
     assert np.abs(convkit.process(img, spec).astype(float) - ref).max() <= 1, spec
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("border,cv_border", [("reflect", cv2.BORDER_REFLECT_101),
+                                              ("symmetric", cv2.BORDER_REFLECT),
+                                              ("replicate", cv2.BORDER_REPLICATE)])
+@pytest.mark.parametrize("h", [9, 10, 64])
+def test_planes_stacked_for_opencv_threads_equal_opencv(dtype, border, cv_border, h,
+                                                         monkeypatch, worker_threads):
+    """With OpenCV's threads on, a direct kernel runs once on the planes stacked into one tall
+    plane and the rows next to each plane's edges are redone: the same as cv2.filter2D on
+    each plane alone, down to the shortest planes stacked (a 5x5 kernel: 9 rows, twice its reach and one)."""
+    monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
+    stacked = []
+    real = opencv_backend._stacked
+    monkeypatch.setattr(opencv_backend, "_stacked", lambda *a: (stacked.append(1), real(*a)))
+    k = np.array([[1, -2, 0, 3, 1], [0, 4, -1, 2, 0], [2, 1, 9, -3, 1], [0, -2, 1, 1, 0],
+                  [1, 0, -1, 2, 3]], np.float32) / 15
+    rng = np.random.default_rng(h)
+    planes = rng.integers(0, 256, (2, 3, h, 97)).astype(dtype)
+    if dtype == np.float32:
+        planes /= 255
+    out = convkit.process(torch.from_numpy(planes), f"kernel({k.tolist()}, scale=1, border={border})")
+    assert stacked, "the stacked route was not taken"
+    for b in range(2):
+        for c in range(3):
+            ref = cv2.filter2D(planes[b, c], -1, k, borderType=cv_border)
+            got = out[b, c].numpy()
+            if dtype == np.float32:
+                np.testing.assert_allclose(got, ref, atol=2e-6)
+            else:
+                assert np.abs(got.astype(int) - ref).max() <= 1
+
+
 @pytest.mark.parametrize("kname,method,backend", CASES)
 def test_method_equals_reference(kname, method, backend, worker_threads):
     k = KERNELS[kname]
@@ -639,9 +671,12 @@ def test_own_threads_gives_the_workers_the_cores(monkeypatch):
 def test_small_images_run_in_the_calling_thread(spec, monkeypatch):
     """Up to SERIAL_MAX_SAMPLES samples the OpenCV path runs in the calling thread (handing
     jobs to the workers costs more than such an image takes); larger images go to the
-    workers. Either way the result is the module's."""
+    workers (with :func:`own_threads`: with OpenCV's threads on, a direct kernel runs in the
+    calling thread on stacked planes, see the stacked test). Either way the result is the
+    module's."""
     import threading
 
+    opencv_backend.own_threads(2)  # restored by the conftest
     threads = set()
 
     def spy(fn):

@@ -142,7 +142,8 @@ def test_planes_stacked_for_opencv_threads_equal_opencv(dtype, border, cv_border
                                                          monkeypatch, worker_threads):
     """With OpenCV's threads on, a direct kernel runs once on the planes stacked into one tall
     plane and the rows next to each plane's edges are redone: the same as cv2.filter2D on
-    each plane alone, down to the shortest planes stacked (a 5x5 kernel: 9 rows, twice its reach and one)."""
+    each plane alone, down to the shortest planes stacked (a 5x5 kernel: 9 rows, twice its
+    reach and one)."""
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
     stacked = []
     real = opencv_backend._stacked
@@ -153,7 +154,8 @@ def test_planes_stacked_for_opencv_threads_equal_opencv(dtype, border, cv_border
     planes = rng.integers(0, 256, (2, 3, h, 97)).astype(dtype)
     if dtype == np.float32:
         planes /= 255
-    out = convkit.process(torch.from_numpy(planes), f"kernel({k.tolist()}, scale=1, border={border})")
+    spec = f"kernel({k.tolist()}, scale=1, border={border})"
+    out = convkit.process(torch.from_numpy(planes), spec)
     assert stacked, "the stacked route was not taken"
     for b in range(2):
         for c in range(3):

@@ -505,11 +505,12 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
         run(src3.reshape(k * h, w), dst3.reshape(k * h, w))
         edge = 2 * (top + bottom)
         for i in range(k):
-            if top:
+            # (the first plane's top and the last plane's bottom are the tall plane's own)
+            if top and i > 0:
                 buf = np.empty((edge, w), dst3.dtype)
                 run(src3[i, :edge], buf)
                 dst3[i, :top] = buf[:top]
-            if bottom:
+            if bottom and i < k - 1:
                 buf = np.empty((edge, w), dst3.dtype)
                 run(src3[i, h - edge:], buf)
                 dst3[i, h - bottom:] = buf[edge - bottom:]

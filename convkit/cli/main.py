@@ -14,7 +14,6 @@ stderr), 2 usage errors, 130/143 interrupted by SIGINT/SIGTERM.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from contextlib import contextmanager
@@ -442,6 +441,8 @@ def list_cmd(as_json: bool) -> None:
     """
     infos = [get_info(n) for n in list_filters()]
     if as_json:
+        import json  # (1 ms of every start-up otherwise)
+
         click.echo(json.dumps([
             {"name": i.name, "description": i.description,
              "params": {p.name: {"kind": p.kind, "default": p.default, "help": p.help,

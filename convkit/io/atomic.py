@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,7 +61,8 @@ def _create_temp(dst: Path, suffix: str) -> tuple[Path, int | None]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
         | getattr(os, "O_CLOEXEC", 0)
     while True:
-        temp = dst.with_name(f"{_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.tmp{suffix}")
+        # os.urandom, as secrets.token_hex uses, without secrets' 5 ms import (hashlib, hmac)
+        temp = dst.with_name(f"{_PREFIX}{os.getpid()}-{os.urandom(6).hex()}.tmp{suffix}")
         try:
             # the umask can only narrow this mode; for a replacement it is set exactly below
             fd = os.open(temp, flags, mode & 0o777)

@@ -25,7 +25,6 @@ line exits with 128 + its number (130, 143). ``skip_existing`` then resumes the 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import signal
 import stat
@@ -123,6 +122,8 @@ class Summary:
         return d
 
     def to_json(self) -> str:
+        import json  # (1 ms of every start-up otherwise)
+
         return json.dumps(self.to_dict())
 
 

@@ -255,20 +255,20 @@ def _units(x: Any, out_dtype: Any) -> tuple[list, Any, list, tuple | None]:
     # (madvise) where torch.empty does not: a fresh (2, 3, 1080, 1920) float32 result is
     # written in 4.7 ms instead of 10.2 (its page faults, which two workers writing at once
     # also wait on each other for).
+    # (views are cut from NumPy arrays: indexing a tensor costs microseconds a plane)
     name = dtype_name(out_dtype)
     b, c, h, w = x.shape
     if not (x.stride(-1) == 1 and x.stride(-2) == w):
         if c in (3, 4) and x.is_contiguous(memory_format=torch.channels_last):
             hwc = np.empty((b, h, w, c), dtype=name)
             out = torch.from_numpy(hwc).permute(0, 3, 1, 2)  # channels_last (B, C, H, W)
-            return ([x[i].permute(1, 2, 0).numpy() for i in range(b)], out,
-                    [hwc[i] for i in range(b)], None)
+            src = x.numpy().transpose(0, 2, 3, 1)
+            return [src[i] for i in range(b)], out, [hwc[i] for i in range(b)], None
         x = x.contiguous()
-    out = torch.from_numpy(np.empty(x.shape, dtype=name))
-    srcs = [x[i, j].numpy() for i in range(b) for j in range(c)]
-    block = (x.numpy().reshape(b * c, h, w), out.numpy().reshape(b * c, h, w)) \
-        if x.is_contiguous() else None
-    return srcs, out, [out[i, j].numpy() for i in range(b) for j in range(c)], block
+    xn, on = x.numpy(), np.empty(x.shape, dtype=name)
+    block = (xn.reshape(b * c, h, w), on.reshape(b * c, h, w)) if x.is_contiguous() else None
+    return ([xn[i, j] for i in range(b) for j in range(c)], torch.from_numpy(on),
+            [on[i, j] for i in range(b) for j in range(c)], block)
 
 
 # --- linear kernels ---------------------------------------------------------------------------

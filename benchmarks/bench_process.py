@@ -17,10 +17,12 @@ on every photo, written as JPEG quality 95 with 4:4:4 chroma.
 * ImageMagick  ``convert IN -morphology Convolve 3x3:... -quality 95 -sampling-factor 1x1
                OUT`` per image, ``mogrify`` for the folder; skipped where not installed.
 
-Rounds alternate the tools (10 on one photo, 3 on the folder); each keeps its best wall time (the run least disturbed on a shared
-machine) and its largest RSS. "x convkit" is a tool's time over convkit's: above 1, convkit is
-faster. The engine issue's targets: one image at most 1.5x the OpenCV script's time and at most
-150 MB; the folder at least as fast as the OpenCV and libvips scripts.
+Rounds alternate the tools (10 on one photo, 3 on the folder); each keeps its best wall time
+(the run least disturbed on a shared machine) and its largest RSS. "x convkit" is a tool's time
+over convkit's: above 1, convkit is faster. The engine issue's targets: one image at most 1.5x
+the OpenCV script's time and at most 150 MB; the folder at least as fast as the OpenCV and
+libvips scripts. Every tool starts in the temporary folder, so that ``python -m convkit`` runs
+the installed package, not a checkout in the current folder.
 """
 
 from __future__ import annotations

@@ -486,3 +486,48 @@ def test_cpu_command_line_never_imports_torch(tmp_path, args):
         a = np.asarray(Image.open(src))
         ref = cv2.filter2D(a, -1, k, borderType=cv2.BORDER_REFLECT_101)
         assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), ref)
+
+
+def test_large_kernels_run_on_opencv_without_torch(tmp_path):
+    """Kernels that the cost rule would give to torch's FFT run on OpenCV (its DFT on float32,
+    or separable passes) in a process without torch: the command line does not import it for
+    them, and the results equal OpenCV's gaussian and the dense definition within a level."""
+    import torch
+    from PIL import Image
+
+    from convkit.nn.chains import chain
+    from convkit.nn.modules import reference
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    src = tmp_path / "in.png"
+    Image.fromarray(img).save(src)
+    specs = {"g.png": "gaussian(sigma=16)", "u.png": "unsharp(sigma=2) | laplacian"}
+    code = ("import sys\nfrom convkit.cli.main import main\n"
+            "for name, spec in " + repr(list(specs.items())) + ":\n"
+            "    try:\n"
+            f"        main(['apply', spec, '-q', {str(src)!r}, '-o', {str(tmp_path)!r} + '/' "
+            "+ name])\n"
+            "    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+            "print('torch' in sys.modules)\n")
+    res = run_python(code, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert res.stdout.split() == ["False"], res.stderr
+    k = int(convkit_ksize(16))
+    # (on float32: OpenCV's 8-bit gaussian is a fixed-point approximation)
+    ref = cv2.GaussianBlur(img.astype(np.float32), (k, k), 16,
+                           borderType=cv2.BORDER_REFLECT_101).round()
+    got = np.asarray(Image.open(tmp_path / "g.png")).astype(np.float32)
+    assert max_diff(got, ref) <= 1
+    m = chain(specs["u.png"])
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None].float() / 255
+    response = reference(m, x)[0].permute(1, 2, 0).numpy() * 255
+    assert m.negative == "abs"  # laplacian's mapping of signed responses
+    dense = np.abs(response).round().clip(0, 255)
+    got = np.asarray(Image.open(tmp_path / "u.png")).astype(float)
+    assert np.abs(got - dense).max() <= 1
+
+
+def convkit_ksize(sigma: float) -> int:
+    from convkit.nn.functional import gaussian_ksize
+
+    return gaussian_ksize(sigma)

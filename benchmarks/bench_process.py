@@ -166,6 +166,7 @@ def main() -> None:
                     default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "convkit" / "bench_cli")
     args = ap.parse_args()
+    args.data = args.data.resolve()  # (the tools start in another folder)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, OpenCV {cv2.__version__}; load average "
           f"{os.getloadavg()[0]:.2f}")

@@ -2,7 +2,9 @@
 
 A NumPy array or PIL image filtered on the CPU by a spec of fixed filters runs without torch:
 the spec is planned (:func:`convkit.plan.specs.plan_spec`) and run on OpenCV
-(:func:`convkit.backends.opencv.run_plan`), the same plan and backend the engine picks for modules.
+(:func:`convkit.backends.opencv.run_plan`), the same plan and backend the engine picks for modules
+(except that a kernel the engine would give to torch's FFT runs on OpenCV's DFT or separable
+passes: equal within float rounding, without importing torch).
 Tensors, modules, pooling, learned filters, float64 images and CUDA devices go through torch.
 """
 
@@ -106,7 +108,7 @@ def _plan(image: Any, spec: Any, device: Any):
     plan = cpu_plan(spec, device)
     dtype = image.dtype if isinstance(image, np.ndarray) else \
         ("uint16" if image.mode.startswith("I;16") else "uint8")
-    if plan is None or not opencv.runs_plan(plan, dtype, current()):
+    if plan is None or not opencv.runs_plan(plan, dtype, current(), torch_fft=False):
         return None
     return plan
 

@@ -410,7 +410,7 @@ def _run(plan: Plan, x: Tensor, opts: Options, trace: list | None = None) -> Ten
                 trace.append(_Step(op.name, "opencv", "autograd"))
             cur = _OpenCVOp.apply(cur, op, opts)
         return cur
-    if cpu and not x.requires_grad and opencv.runs_plan(plan, x.dtype, opts):
+    if cpu and not x.requires_grad and opencv.runs_plan(plan, x.dtype, opts, torch_fft=True):
         steps: list | None = [] if trace is not None else None
         out = opencv.run_plan(plan, x, opts, steps)
         if trace is not None:

@@ -323,7 +323,8 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
         return out
     if block is not None and _OWN_THREADS is None and workers() > 1 and \
-            method in OPENCV_THREADED and _stackable(block[0], op, any_planes=True):
+            method in OPENCV_THREADED and _stackable(block[0], op, any_planes=True) and \
+            _straight(block[0].dtype, block[1].dtype, op, negative):
         # OpenCV's threads on (a library caller's default): filter2D on the planes stacked
         # into one tall plane, shared among OpenCV's threads, instead of convkit's workers
         # each calling a threaded filter2D (three threads on two cores). Measured 2026-12-06
@@ -358,6 +359,15 @@ STACK_MIN_PLANES = 4
 
 # The methods run on stacked planes by OpenCV's own threads when those are on (see linear)
 OPENCV_THREADED = ("direct",)
+
+
+def _straight(src: Any, dst: Any, op: LinearOp, negative: str | None) -> bool:
+    """Whether :func:`_linear_unit` filters planes of ``src`` dtype straight into ``dst``
+    (no float32 copy of the input, no intermediate result): stacked planes then cost no memory
+    beyond the output, where a copy of a whole batch would."""
+    small = op.shape[0] * op.shape[1] < FLOAT_DIRECT_MIN_TAPS
+    return small and src == dst and (negative in ("clip", "offset") or (
+        negative is None and src == np.float32))
 
 
 def _stackable(src3: np.ndarray, op: LinearOp, any_planes: bool = False) -> bool:
@@ -717,18 +727,25 @@ def past_int32(plan: Plan, dtype: Any) -> bool:
     return (gain + bias + 1.0) * top >= 2**30
 
 
-def runs_plan(plan: Plan, dtype: Any, opts: Options) -> bool:
+def runs_plan(plan: Plan, dtype: Any, opts: Options, *, torch_fft: bool) -> bool:
     """Whether :func:`run_plan` runs the whole of ``plan`` on images of ``dtype`` as the
-    engine's automatic choice would: every operation on OpenCV (none needs torch's FFT, a
-    module, or a response past int32), the backend not forced to torch."""
+    engine's automatic choice would: every operation on OpenCV (none needs a module, or a
+    response past int32, or torch's FFT by name), the backend not forced to torch.
+
+    ``torch_fft``: whether a kernel that the cost rule gives to torch's FFT leaves OpenCV
+    (tensors, torch loaded: True). NumPy images (the command line, ``process`` on arrays) pass
+    False and run such kernels on OpenCV's best method (filter2D's own DFT on float32 from
+    11x11, or separable passes): importing torch for them cost about 2 s and 650 MB, more than
+    the FFT saves on a photo (1080p RGB, 2026-12-06: gaussian sigma 16 38.5 ms on OpenCV
+    against 35.5 ms by torch's FFT, sigma 32 112 against 54 ms)."""
     if opts.backend == "torch" or not plan.ops or (opts.backend == "auto"
                                                    and past_int32(plan, dtype)):
         return False
     for op in plan.ops:
         if not supports(op, dtype):
             return False
-        if isinstance(op, LinearOp) and (cpu_fft(op, opts) or (op.method or opts.method)
-                                         == "fft"):
+        if isinstance(op, LinearOp) and ((torch_fft and cpu_fft(op, opts))
+                                         or (op.method or opts.method) == "fft"):
             return False
     return True
 
@@ -825,7 +842,8 @@ def differentiable(plan: Plan, opts: Options) -> bool:
     """Whether :func:`run_plan` and its adjoints give ``plan``'s gradient on float32 planes:
     linear kernels and gradient magnitudes, automatic backend."""
     return opts.backend == "auto" and all(isinstance(op, (LinearOp, GradientOp))
-                                          for op in plan.ops) and runs_plan(plan, "float32", opts)
+                                          for op in plan.ops) and runs_plan(plan, "float32", opts,
+                                                                            torch_fft=True)
 
 
 def morphology_cv(planes: np.ndarray, op: str, fp: np.ndarray, iterations: int, border: str,

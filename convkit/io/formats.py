@@ -32,7 +32,7 @@ def png_header(head: bytes) -> tuple[int, int, int, int] | None:
 JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
                       0xCF))
 _SOS, _EOI = 0xDA, 0xD9
-_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8)))  # TEM, RST0-7: no length field
+_STANDALONE = frozenset(range(0xD0, 0xD8))  # RST0-7: no length field (Pillow refuses TEM)
 
 
 def jpeg_segments(data: bytes):
@@ -52,7 +52,7 @@ def jpeg_segments(data: bytes):
         if marker in _STANDALONE:
             i += 2
             continue
-        if marker == _EOI or i + 4 > n:
+        if marker in (_EOI, 0x01) or i + 4 > n:
             return
         length = int.from_bytes(data[i + 2:i + 4], "big")
         if length < 2 or i + 2 + length > n:

@@ -961,10 +961,16 @@ def _exif_from_raw(raw: object, *, reset_orientation: bool) -> bytes | None:
     return _set_orientation_1(raw) if reset_orientation else raw
 
 
+# Bytes per value of each TIFF field type (BYTE ... IFD8).
+_TIFF_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+               16: 8}
+
+
 def _orientation_entry(exif: bytes) -> tuple[int | None, int] | None:
     """(offset in ``exif`` of the Orientation value, the value) when IFD0 holds it as one
     SHORT; (None, 1) when IFD0 has no Orientation tag; None for any other layout, or a
-    directory that runs past the block."""
+    directory that runs past the block, or an entry before Orientation whose data does (Pillow
+    stops reading the directory there, and never sees the Orientation)."""
     tiff = exif[6:]
     if tiff[:4] not in (b"II*\x00", b"MM\x00*"):
         return None
@@ -975,6 +981,10 @@ def _orientation_entry(exif: bytes) -> tuple[int | None, int] | None:
         found: tuple[int | None, int] = (None, 1)
         for entry in range(ifd0 + 2, ifd0 + 2 + 12 * count, 12):
             tag, kind, n = struct.unpack_from(order + "HHI", tiff, entry)
+            size = n * _TIFF_SIZES.get(kind, 0)
+            if size > 4 and struct.unpack_from(order + "I", tiff, entry + 8)[0] + size > len(
+                    tiff) and found[0] is None:
+                return None
             if tag == _EXIF_ORIENTATION:
                 if kind != 3 or n != 1 or found[0] is not None:  # not one SHORT, or twice
                     return None

@@ -699,7 +699,9 @@ class _Runner:
     :func:`convkit.backends.device.cuda_may_be_present` finds no trace of a GPU. Anything else, and
     any image the plan does not run as the engine would (a huge image filtered in tiles, a response
     past int32), goes through the torch modules, built on first need; the results are the same
-    (:func:`convkit.backends.opencv.runs_plan` is the engine's own rule).
+    (:func:`convkit.backends.opencv.runs_plan` is the engine's own rule) within float rounding:
+    a kernel large enough for torch's FFT runs on it there and on OpenCV's DFT or separable
+    passes here.
     """
 
     def __init__(self, spec: Any, device: str | None, rank: int, gpu_decode: bool = False):
@@ -759,7 +761,7 @@ class _Runner:
 
         return (self.plan is not None and isinstance(image, np.ndarray)
                 and image.shape[1] * image.shape[2] <= HUGE_PIXELS
-                and opencv.runs_plan(self.plan, image.dtype.name, self.opts))
+                and opencv.runs_plan(self.plan, image.dtype.name, self.opts, torch_fft=False))
 
     def run_plan(self, image: np.ndarray, alpha: bool, trace: list | None = None) -> np.ndarray:
         """The plan on one (C, H, W) image; an alpha channel (the last) passes through, as in

@@ -107,7 +107,7 @@ def stream_png(plan: Plan, src: str | Path, dst: str | Path, *, max_memory: Any 
                    for op in plan.ops)):
         return None
     dtype = "uint16" if info.bit_depth == 16 else "uint8"
-    if not opencv.runs_plan(plan, dtype, opts):
+    if not opencv.runs_plan(plan, dtype, opts, torch_fft=False):
         return None
     top = sum(r[0] for r in reaches)
     bottom = sum(r[1] for r in reaches)

@@ -13,9 +13,8 @@ Method rule (``method=None``). ``taps`` is kh*kw, ``r`` the SVD rank, ``n`` = kh
   ``python benchmarks/bench_filters.py --methods`` on the 2-core machine class (OpenCV's
   direct, separable, lowrank and box, and torch's fft, which is flat in the kernel size and
   wins from about 63x63 for separable kernels and 13x13 for dense ones). torch's fft is
-  chosen only in a process that has imported torch already (:func:`cpu_fft`); without torch,
-  OpenCV's cheapest method runs instead. An explicit ``backend="opencv"`` keeps to OpenCV's
-  methods.
+  chosen for tensors only (:func:`cpu_fft`); NumPy images, the command line's, run OpenCV's
+  cheapest method instead. An explicit ``backend="opencv"`` keeps to OpenCV's methods.
 * torch backend (CUDA, and the CPU fallback), a threshold rule: box kernels -> ``box`` from
   121 taps on the CPU and from n >= 146 on CUDA (measured on an H100), else ``separable``;
   otherwise rank 1 with taps >= 9 -> ``separable``; taps <= 25 -> ``direct``;
@@ -31,7 +30,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -159,20 +157,11 @@ def merged(method: str | None, backend: str | None, fuse: bool | None) -> Option
 
 
 def cpu_fft(op: LinearOp, opts: Options) -> bool:
-    """Whether an op that OpenCV could run goes to torch's fft instead (automatic backend):
-    asked for by name, or preferred by the cost rule in a process that has imported torch
-    already. A process without torch (the command line on fixed filters, NumPy images) runs
-    such kernels on OpenCV's best method instead (filter2D's own DFT on float32 from 11x11, or
-    separable passes): importing torch would cost about 2 s and 650 MB, more than the FFT saves
-    on a photo (1080p RGB, 2026-12-06: gaussian sigma 16 38.5 ms by OpenCV's separable passes
-    against 35.5 ms by torch's FFT, sigma 32 112 ms by its DFT against 54 ms).
-    ``method="fft"`` still takes torch's."""
-    if opts.backend != "auto":
-        return False
-    named = op.method or opts.method
-    if named is not None:
-        return named == "fft"
-    return "torch" in sys.modules and choose_method(op, "cpu") == "fft"
+    """Whether an op that OpenCV could run goes to torch's fft instead (automatic backend) when
+    its image is a tensor. NumPy images do not (see :func:`convkit.backends.opencv.runs_plan`):
+    such kernels run on OpenCV's best method there."""
+    return opts.backend == "auto" and (op.method or opts.method or choose_method(op, "cpu")) \
+        == "fft"
 
 
 def method_for(op: LinearOp, backend: str, opts: Options, device: str = "cpu") -> str:

@@ -227,3 +227,47 @@ def test_command_line_reads_and_writes_jpegs_without_pillow(tmp_path):
     with Image.open(tmp_path / "o.png") as out:
         assert np.array_equal(np.asarray(out), ref)
         assert out.info.get("icc_profile") == Image.open(src).info.get("icc_profile")
+
+
+def with_exif(data: bytes, tiff: bytes) -> bytes:
+    """``data`` (a JPEG) with an APP1 EXIF block holding ``tiff`` right after SOI."""
+    body = b"Exif\x00\x00" + tiff
+    return data[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + data[2:]
+
+
+def ifd0(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """Little-endian TIFF data with one directory of (tag, type, count, 4-byte value)."""
+    import struct
+
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        out += struct.pack("<HHI", tag, kind, count) + value
+    return out + struct.pack("<I", 0)
+
+
+@pytest.mark.parametrize("first", ["bad make", "orientation"])
+def test_exif_that_pillow_stops_reading_is_read_as_pillow_reads_it(tmp_path, first):
+    """A Make tag whose text lies past the EXIF block: Pillow stops reading the directory
+    there, so an Orientation after it is never applied; one before it is. Both routes agree."""
+    import struct
+
+    make = (0x010F, 2, 32, struct.pack("<I", 5000))
+    orientation = (0x0112, 3, 1, struct.pack("<HH", 6, 0))
+    entries = [make, orientation] if first == "bad make" else [orientation, make]
+    path = tmp_path / "x.jpg"
+    path.write_bytes(with_exif(save(photo()), ifd0(entries)))
+    with Image.open(path) as im:
+        turned = im.getexif().get(0x0112, 1) == 6
+    chw, _ = read_array_with_info(path)
+    assert chw.shape == ((3, W, H) if turned else (3, H, W))
+    assert turned == (first == "orientation")
+
+
+def test_markers_pillow_refuses_are_refused(tmp_path):
+    """A TEM marker between segments: Pillow finds no marker there, and so does the reader
+    (the plain route does not skip it)."""
+    data = save(photo())
+    (tmp_path / "tem.jpg").write_bytes(data[:2] + b"\xff\x01" + data[2:])
+    assert jpeg_header((tmp_path / "tem.jpg").read_bytes()) is None
+    with pytest.raises(ImageFileError, match="tem.jpg: "):
+        read_array_with_info(tmp_path / "tem.jpg")

@@ -495,6 +495,29 @@ def test_huge_png_streams_without_importing_torch(tmp_path):
     assert np.abs(out.astype(float) - np.clip(np.round(ref), 0, 255)).max() <= 1
 
 
+def test_huge_jpeg_fitting_the_budget_is_filtered_whole_without_torch(tmp_path):
+    """A huge image that is not a streamable PNG (a JPEG from a 48 MP camera) is filtered
+    whole by the torch-free plan where four times its bytes fit --max-memory, in tiles through
+    torch where they do not; both equal OpenCV's sharpen (HUGE_PIXELS lowered in the child)."""
+    img = photo(120, 90, seed=5)
+    src = tmp_path / "big.jpg"
+    assert cv2.imwrite(str(src), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    ref = sharpened(cv2.imread(str(src)))
+    code = ("import sys\nfrom convkit.pipeline import batches\nbatches.HUGE_PIXELS = 100\n"
+            "from convkit.cli.main import main\n"
+            "try:\n    main(['sharpen', sys.argv[1], '-o', sys.argv[2], '-q', '--max-memory', "
+            "sys.argv[3]])\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('torch' in sys.modules)\n")
+    # 4 x 32 400 bytes fit 256K; they do not fit 64K
+    for budget, torch_loaded in (("256K", "False"), ("64K", "True")):
+        out = tmp_path / f"out-{budget}.png"
+        res = run_python(code, str(src), str(out), budget)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().splitlines()[-1] == torch_loaded, budget
+        assert np.abs(cv2.imread(str(out)).astype(int) - ref.astype(int)).max() <= 1, budget
+
+
 def _flight_spy(monkeypatch) -> list[int]:
     """Counts the images between the start of their decode and the end of their write; returns
     the list of counts seen at each decode's start."""

@@ -167,6 +167,30 @@ def test_planes_stacked_for_opencv_threads_equal_opencv(dtype, border, cv_border
                 assert np.abs(got.astype(int) - ref).max() <= 1
 
 
+def test_stacked_route_makes_no_copy_of_the_batch(monkeypatch, worker_threads):
+    """A kernel that OpenCV filters through a float32 copy of each plane (11x11 on uint8: its
+    DFT) stays with the workers, a plane at a time, when OpenCV's threads are on: planes too
+    large for the many-small-planes stacking are not stacked into a float32 copy of the whole
+    batch (which took 12 float planes here; the workers hold at most 4 at once)."""
+    import tracemalloc
+
+    monkeypatch.setattr(opencv_backend, "workers", lambda: 2)
+    rng = np.random.default_rng(0)
+    k = np.round(rng.normal(size=(11, 11)), 2).tolist()
+    h, w = 1024, 1100  # over STACK_MAX_PIXELS
+    assert h * w > opencv_backend.STACK_MAX_PIXELS
+    x = torch.from_numpy(rng.integers(0, 256, (2, 3, h, w), dtype=np.uint8))
+    spec = f"kernel({k}, scale=1, border=reflect)"
+    convkit.process(x[:, :, :64], spec)  # plans and kernels made
+    tracemalloc.start()
+    try:
+        out = convkit.process(x, spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= out.numel() + 6 * (h * w * 4), peak
+
+
 @pytest.mark.parametrize("kname,method,backend", CASES)
 def test_method_equals_reference(kname, method, backend, worker_threads):
     k = KERNELS[kname]

@@ -383,7 +383,7 @@ def _read_plain_jpeg(data: bytes, name: str, limit: int | None, allow_truncated:
     file, which the Pillow route reads (the same pixels and metadata, and its messages for
     damaged headers)."""
     header = jpeg_header(data)
-    if header is None or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if header is None or not _ends_complete(data):
         return None
     orientation = _jpeg_orientation(header)
     if orientation is None:
@@ -712,10 +712,16 @@ _CONVERT = {
 _KEEP = {"L", "LA", "RGB", "RGBA", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
+def _ends_complete(data: bytes) -> bool:
+    """Whether a JPEG ends with its EOI marker (zero padding after it allowed): a file cut
+    short does not, and Pillow reports it as truncated."""
+    return data.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
 def _plain_jpeg(im: Image.Image, data: bytes, formats: tuple[str, ...] = ("JPEG",)) -> bool:
     """A grey or RGB JPEG that ends with its EOI marker (a file cut short does not)."""
     return (im.format in formats and im.mode in ("L", "RGB") and "transparency" not in im.info
-            and data.rstrip(b"\x00").endswith(b"\xff\xd9"))
+            and _ends_complete(data))
 
 
 def _decode_jpeg(data: bytes, grey: bool, size: tuple[int, int], name: str,
@@ -763,7 +769,7 @@ def _check_jpeg_data(im: Image.Image, data: bytes, name: str, allow_truncated: b
     simplejpeg, decide. Files simplejpeg cannot decode at all are left to Pillow."""
     if allow_truncated or _plain_jpeg(im, data, ("JPEG", "MPO")):
         return  # the fast path decodes strictly itself
-    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if not _ends_complete(data):
         return  # cut short: Pillow reports it as truncated
     import simplejpeg
 

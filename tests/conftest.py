@@ -98,6 +98,21 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 12
                           timeout=timeout, env=env)
 
 
+def run_cli(*argvs: list[str], report: str, before: str = "", env: dict | None = None,
+            timeout: int = 120) -> str:
+    """Each ``argv`` through convkit's command line, one after the other, in one fresh
+    interpreter (see :func:`run_python`), after the statements ``before`` (a lowered limit);
+    each must exit 0. Returns the last line that ``print(report)`` gives there afterwards
+    (``report``: the arguments, as source; what the process imported, its peak memory)."""
+    code = f"import sys\n{before}\nfrom convkit.cli.main import main\n"
+    for argv in argvs:
+        code += (f"try:\n    main({list(argv)!r})\n"
+                 f"except SystemExit as e:\n    assert e.code == 0, ({argv!r}, e.code)\n")
+    res = run_python(code + f"print({report})\n", env=env, timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1]
+
+
 def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     """The largest absolute difference of two arrays of the same shape; two integer arrays
     must have the same dtype too (an image read back at another depth is a failure)."""

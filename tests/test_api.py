@@ -80,8 +80,6 @@ def test_bad_types():
 def test_public_names_resolve_in_a_fresh_interpreter():
     """Every name of convkit.__all__, and convkit.engine (README: convkit.engine.options), is
     reachable right after `import convkit`, without importing a submodule first."""
-    import subprocess
-    import sys
 
     code = ("import convkit\n"
             "with convkit.engine.options(method='direct'):\n"
@@ -92,8 +90,7 @@ def test_public_names_resolve_in_a_fresh_interpreter():
             "from convkit.engine import options\n"
             "import convkit.functional, convkit.nn.functional\n"
             "assert convkit.functional is convkit.nn.functional\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    res = run_python(code, timeout=120)
     assert res.returncode == 0, res.stderr
 
 

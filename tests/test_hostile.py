@@ -22,11 +22,15 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run_python
+from conftest import run_cli
 from PIL import Image
 
 import convkit
 from convkit.cli.main import cli
+
+# A child process's peak RSS in kB (VmHWM, not getrusage: a child's ru_maxrss keeps the peak of
+# the process it was forked from)
+VMHWM = "[ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]"
 
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
 
@@ -402,15 +406,9 @@ def test_huge_separable_kernels_are_planned_as_two_vectors(tmp_path):
     src = tmp_path / "a.png"
     Image.fromarray(photo()).save(src)
     # (VmHWM, not getrusage: a child's ru_maxrss keeps its parent's peak from before exec)
-    code = (f"import sys; from convkit.cli.main import main; sys.argv = ['convkit', 'apply', "
-            f"{spec!r}, {str(src)!r}, '-o', {str(tmp_path / 'o.png')!r}, '--dry-run']\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')]"
-            "[0])")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert int(res.stdout.split()[-1]) < 120 << 10, res.stdout  # kB; the dense kernel is 128 MB
+    peak = run_cli(["apply", spec, str(src), "-o", str(tmp_path / "o.png"), "--dry-run"],
+                   report=VMHWM, timeout=60)
+    assert int(peak) < 120 << 10, peak  # kB; the dense kernel is 128 MB
 
 
 def test_dense_kernel_side_limit():
@@ -481,14 +479,9 @@ def test_pooling_with_gaps_between_windows(border, cv_border, size, stride):
 def test_pooling_far_apart_windows_uses_little_memory(tmp_path):
     Image.fromarray(photo(52, 36)).save(tmp_path / "small.png")
     # (VmHWM: a child's ru_maxrss keeps the peak of the test process it was forked from)
-    code = ("import sys\nfrom convkit.cli.main import main\n"
-            "try:\n    main(['maxpool', '--size', '2', '--stride', '18000', '-q', sys.argv[1], "
-            "'-o', sys.argv[2]])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')]"
-            "[0])\n")
-    res = run_python(code, str(tmp_path / "small.png"), str(tmp_path / "out.png"))
-    assert res.returncode == 0, res.stderr
-    assert int(res.stdout.split()[-1]) < 1500 << 10  # kB; padding the image took 4.2 GB
+    peak = run_cli(["maxpool", "--size", "2", "--stride", "18000", "-q",
+                    str(tmp_path / "small.png"), "-o", str(tmp_path / "out.png")], report=VMHWM)
+    assert int(peak) < 1500 << 10  # kB; padding the image took 4.2 GB
     assert Image.open(tmp_path / "out.png").size == (2, 2)
 
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import max_diff, run_python
+from conftest import max_diff, run_cli
 
 import convkit
 from convkit.cli.main import cli
@@ -93,20 +93,9 @@ def test_python_dash_m_convkit_runs(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--help"], ["list"], ["sharpen", "--help"]])
 def test_help_and_list_do_not_import_torch(argv):
-    code = (
-        "import sys\n"
-        "from convkit.cli.main import main\n"
-        "try:\n"
-        f"    main({argv!r})\n"
-        "except SystemExit as e:\n"
-        "    assert e.code in (0, None), e.code\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'torchvision', 'cv2', 'numpy'))\n"
-        "print('HEAVY', loaded, file=sys.stderr)\n"
-    )
-    res = run_python(code, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert "HEAVY []" in res.stderr, res.stderr
+    loaded = run_cli(argv, report="sorted(m for m in sys.modules if m.split('.')[0] in "
+                                  "('torch', 'torchvision', 'cv2', 'numpy'))", timeout=60)
+    assert loaded == "[]", loaded
 
 
 def test_list_shows_every_filter_its_description_and_parameters():
@@ -476,12 +465,10 @@ def test_cpu_command_line_never_imports_torch(tmp_path, args):
     src = tmp_path / "in.png"
     Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(src)
     argv = [a.format(src=src, out=tmp_path) for a in args]
-    code = ("import sys\nfrom convkit.cli.main import main\n"
-            f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
-            "print(code, 'torch' in sys.modules, 'torchvision' in sys.modules)\n")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # "auto" must find no GPU, even here
-    res = run_python(code, env=env)
-    assert res.stdout.split() == ["0", "False", "False"], res.stderr
+    loaded = run_cli(argv, report="'torch' in sys.modules, 'torchvision' in sys.modules",
+                     env=env)
+    assert loaded == "False False", loaded
     if args[0] == "sharpen":
         k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
         a = np.asarray(Image.open(src))
@@ -504,15 +491,11 @@ def test_large_kernels_run_on_opencv_without_torch(tmp_path):
     src = tmp_path / "in.png"
     Image.fromarray(img).save(src)
     specs = {"g.png": "gaussian(sigma=16)", "u.png": "unsharp(sigma=2) | laplacian"}
-    code = ("import sys\nfrom convkit.cli.main import main\n"
-            "for name, spec in " + repr(list(specs.items())) + ":\n"
-            "    try:\n"
-            f"        main(['apply', spec, '-q', {str(src)!r}, '-o', {str(tmp_path)!r} + '/' "
-            "+ name])\n"
-            "    except SystemExit as e:\n        assert e.code == 0, e.code\n"
-            "print('torch' in sys.modules)\n")
-    res = run_python(code, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert res.stdout.split() == ["False"], res.stderr
+    argvs = [["apply", spec, "-q", str(src), "-o", str(tmp_path / name)]
+             for name, spec in specs.items()]
+    loaded = run_cli(*argvs, report="'torch' in sys.modules",
+                     env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert loaded == "False", loaded
     k = int(convkit_ksize(16))
     # (on float32: OpenCV's 8-bit gaussian is a fixed-point approximation)
     ref = cv2.GaussianBlur(img.astype(np.float32), (k, k), 16,

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli, run_python
 from PIL import Image, ImageCms, ImageOps
 
 import convkit.io.images as cio
@@ -176,8 +175,7 @@ def test_pillow_default_pixel_limit_is_pillows():
     """The limit the reader assumes before Pillow is imported is Pillow's own default."""
     code = "import PIL.Image as I, convkit.io.images as c; " \
            "print(I.MAX_IMAGE_PIXELS == c.PILLOW_DEFAULT_PIXEL_LIMIT)"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    res = run_python(code, timeout=60)
     assert res.stdout.strip() == "True", res.stderr
 
 
@@ -214,14 +212,10 @@ def test_command_line_reads_and_writes_jpegs_without_pillow(tmp_path):
 
     src = tmp_path / "in.jpg"
     src.write_bytes(save(photo(), quality=95, exif=exif_bytes(1), icc_profile=srgb()))
-    code = ("import sys\nfrom convkit.cli.main import main\n"
-            f"try:\n    main(['sharpen', '-q', {str(src)!r}, '-o', {str(tmp_path / 'o.png')!r}])"
-            "\nexcept SystemExit as e:\n    code = e.code\n"
-            "print(code, 'PIL' in sys.modules, 'torch' in sys.modules)\n")
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert res.stdout.split() == ["0", "False", "False"], res.stderr
+    loaded = run_cli(["sharpen", "-q", str(src), "-o", str(tmp_path / "o.png")],
+                     report="'PIL' in sys.modules, 'torch' in sys.modules",
+                     env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert loaded == "False False", loaded
     k = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
     ref = cv2.filter2D(pillow_reads(src)[0], -1, k, borderType=cv2.BORDER_REFLECT_101)
     with Image.open(tmp_path / "o.png") as out:

@@ -12,11 +12,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import run_python
+from conftest import run_cli
 
 import convkit
 from convkit.pipeline import batches as pipeline
 from convkit.pipeline.batches import UsageError, plan
+
+# Run before the command line in a child: "huge" from 100 pixels up
+HUGE_FROM_100 = "from convkit.pipeline import batches\nbatches.HUGE_PIXELS = 100"
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
@@ -480,15 +483,11 @@ def test_huge_png_streams_without_importing_torch(tmp_path):
 
     img = np.random.default_rng(2).integers(0, 256, (120, 90, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "big.png"), img)
-    code = ("import sys\nfrom convkit.pipeline import batches\nbatches.HUGE_PIXELS = 100\n"
-            "from convkit.cli.main import main\n"
-            "try:\n    main(['apply', 'gaussian(sigma=3) | sharpen', sys.argv[1], '-o', "
-            "sys.argv[2], '-q', '--max-memory', '64K'])\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")
-    res = run_python(code, str(tmp_path / "big.png"), str(tmp_path / "out.png"))
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().splitlines()[-1] == "[]"
+    loaded = run_cli(["apply", "gaussian(sigma=3) | sharpen", str(tmp_path / "big.png"), "-o",
+                      str(tmp_path / "out.png"), "-q", "--max-memory", "64K"],
+                     before=HUGE_FROM_100,
+                     report="sorted(m for m in ('torch', 'torchvision') if m in sys.modules)")
+    assert loaded == "[]"
     out = cv2.imread(str(tmp_path / "out.png"))
     blur = cv2.GaussianBlur(img.astype(np.float32), (19, 19), 3)
     ref = cv2.filter2D(blur, -1, np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32))
@@ -503,18 +502,12 @@ def test_huge_jpeg_fitting_the_budget_is_filtered_whole_without_torch(tmp_path):
     src = tmp_path / "big.jpg"
     assert cv2.imwrite(str(src), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
     ref = sharpened(cv2.imread(str(src)))
-    code = ("import sys\nfrom convkit.pipeline import batches\nbatches.HUGE_PIXELS = 100\n"
-            "from convkit.cli.main import main\n"
-            "try:\n    main(['sharpen', sys.argv[1], '-o', sys.argv[2], '-q', '--max-memory', "
-            "sys.argv[3]])\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "print('torch' in sys.modules)\n")
     # 4 x 32 400 bytes fit 256K; they do not fit 64K
     for budget, torch_loaded in (("256K", "False"), ("64K", "True")):
         out = tmp_path / f"out-{budget}.png"
-        res = run_python(code, str(src), str(out), budget)
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.strip().splitlines()[-1] == torch_loaded, budget
+        loaded = run_cli(["sharpen", str(src), "-o", str(out), "-q", "--max-memory", budget],
+                         before=HUGE_FROM_100, report="'torch' in sys.modules")
+        assert loaded == torch_loaded, budget
         assert np.abs(cv2.imread(str(out)).astype(int) - ref.astype(int)).max() <= 1, budget
 
 

@@ -3,12 +3,10 @@ planning imports no torch."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 
 import convkit
 from convkit.backends import module_plans as fusion
@@ -98,8 +96,7 @@ def test_planning_imports_no_torch():
             "assert len(p.ops) >= 3; "
             "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
             "assert not bad, bad")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    res = run_python(code, timeout=120)
     assert res.returncode == 0, res.stderr
 
 

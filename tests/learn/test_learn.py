@@ -63,6 +63,19 @@ def _folder(tmp_path: Path, n: int = 3, size: tuple[int, int] = (40, 56), grey=F
     return d
 
 
+def _pairs(tmp_path: Path, crop, target) -> Path:
+    """A pairs folder (input/, target/) of crops of the three sample photos: ``crop(i)`` gives
+    the i-th photo's (rows, cols) slices, ``target`` maps an input crop to its target."""
+    d = tmp_path / "pairs"
+    (d / "input").mkdir(parents=True)
+    (d / "target").mkdir()
+    for i, name in enumerate(("astronaut.png", "chelsea.png", "coffee.png")):
+        img = _photo(name)[crop(i)]
+        Image.fromarray(img).save(d / "input" / f"p{i}.png")
+        Image.fromarray(np.ascontiguousarray(target(img))).save(d / "target" / f"p{i}.png")
+    return d
+
+
 def _quick(**kw):
     """Small, fast training settings."""
     base = dict(patch=16, batch_size=4, steps=6, epoch_steps=3, val=1, val_size=32,
@@ -562,14 +575,8 @@ def test_linear_model_recovers_a_kernel_exactly(tmp_path):
 
 
 def test_pairs_from_opencv_teach_the_gaussian(tmp_path):
-    d = tmp_path / "pairs"
-    (d / "input").mkdir(parents=True)
-    (d / "target").mkdir()
-    for i, name in enumerate(("astronaut.png", "chelsea.png", "coffee.png")):
-        img = _photo(name)[50 + 10 * i : 130 + 10 * i, 60:160]
-        Image.fromarray(img).save(d / "input" / f"p{i}.png")
-        blur = cv2.GaussianBlur(img, (5, 5), 1.2, borderType=cv2.BORDER_REFLECT_101)
-        Image.fromarray(blur).save(d / "target" / f"p{i}.png")
+    d = _pairs(tmp_path, lambda i: np.s_[50 + 10 * i : 130 + 10 * i, 60:160],
+               lambda img: cv2.GaussianBlur(img, (5, 5), 1.2, borderType=cv2.BORDER_REFLECT_101))
     out = tmp_path / "g.pt"
     train(d, out, arch="linear", kernel=5, **_quick(steps=6, patch=32))
     g = cv2.getGaussianKernel(5, 1.2)
@@ -581,13 +588,8 @@ def test_pairs_from_opencv_teach_the_gaussian(tmp_path):
 def test_rgb_model_learns_what_a_per_channel_model_cannot(tmp_path):
     """Swapping red and blue mixes channels: the joint RGB model (channels=3) learns it exactly,
     the default per-channel model cannot."""
-    d = tmp_path / "pairs"
-    (d / "input").mkdir(parents=True)
-    (d / "target").mkdir()
-    for i, name in enumerate(("astronaut.png", "chelsea.png", "coffee.png")):
-        img = _photo(name)[60 + 9 * i : 108 + 9 * i, 150:214]
-        Image.fromarray(img).save(d / "input" / f"p{i}.png")
-        Image.fromarray(np.ascontiguousarray(img[..., ::-1])).save(d / "target" / f"p{i}.png")
+    d = _pairs(tmp_path, lambda i: np.s_[60 + 9 * i : 108 + 9 * i, 150:214],
+               lambda img: img[..., ::-1])
     joint = train(d, tmp_path / "rgb.pt", arch="linear", kernel=1, channels=3, **_quick())
     w = convkit.load_model(tmp_path / "rgb.pt").conv.weight[:, :, 0, 0]
     torch.testing.assert_close(w, torch.eye(3).flip(0), atol=1e-3, rtol=0)

@@ -167,6 +167,41 @@ def test_planes_stacked_for_opencv_threads_equal_opencv(dtype, border, cv_border
                 assert np.abs(got.astype(int) - ref).max() <= 1
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("spec,whole", [("sharpen", True), ("gaussian(sigma=2)", True),
+                                        ("erode(size=5)", True), ("box(size=9)", False)])
+def test_interleaved_images_run_whole_on_opencv_threads(dtype, spec, whole, monkeypatch,
+                                                         worker_threads):
+    """With OpenCV's threads on, an interleaved (H, W, C) image through a direct or separable
+    kernel or a morphology is one OpenCV call in the calling thread, which OpenCV shares among
+    its threads; a box filter (which OpenCV runs on one thread) goes to the workers (one
+    image cut into a band per worker). Either way the result is the module's definition on
+    the whole image."""
+    import threading
+
+    monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
+    calls = []
+
+    def spy(fn):
+        def call(src, *args, **kwargs):
+            calls.append((threading.current_thread().name, src.shape))
+            return fn(src, *args, **kwargs)
+        return call
+
+    for name in ("filter2D", "sepFilter2D", "boxFilter", "morphologyEx"):
+        monkeypatch.setattr(opencv_backend.cv2, name, spy(getattr(cv2, name)))
+    m = convkit.chain(spec)
+    for b in (1, 2):
+        x = _image((64, 90), dtype, b=b).contiguous(memory_format=torch.channels_last)
+        calls.clear()
+        out = engine.apply(m, x)
+        assert_close(out, module_reference(m, x), what=f"{spec} {dtype} b={b}")
+        here = {name for name, _ in calls} == {threading.current_thread().name}
+        assert here == whole, (spec, calls)
+        if whole:
+            assert [shape for _, shape in calls] == [(64, 90, 3)] * b, (spec, calls)
+
+
 def test_stacked_route_makes_no_copy_of_the_batch(monkeypatch, worker_threads):
     """A kernel that OpenCV filters through a float32 copy of each plane (11x11 on uint8: its
     DFT) stays with the workers, a plane at a time, when OpenCV's threads are on: planes too

@@ -71,11 +71,12 @@ def test_every_operation_equals_opencv(name, dtype):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_images_filtered_in_bands_equal_opencv(dtype):
-    """Images large enough to be shared out: an interleaved (H, W, C) image cut into one band
-    of rows per worker (each with the rows it reaches above and below), a planar (1, C, H, W)
-    tensor stacked into one tall plane for OpenCV's threads (the rows next to each plane's
-    edges redone from the plane alone) or, with own_threads, its planes shared among the
-    workers: the same result as OpenCV on the whole image."""
+    """Images large enough to be shared out. With own_threads: an interleaved (H, W, C) image
+    cut into one band of rows per worker (each with the rows it reaches above and below), the
+    planes of a planar (1, C, H, W) tensor shared among the workers. With OpenCV's threads on:
+    the interleaved image in one call, the planes stacked into one tall plane (the rows next
+    to each plane's edges redone from the plane alone). Each the same as OpenCV on the whole
+    image."""
     a = image(dtype, h=261, w=203)
     planar = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
     for name in ("erode", "opening", "blackhat"):
@@ -88,9 +89,10 @@ def test_images_filtered_in_bands_equal_opencv(dtype):
                 ref = reference(a, name, fp, iterations, border, value)
                 cv2.setNumThreads(2)
                 opencv.own_threads(2)
-                by_workers = convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()
+                by_workers = (convkit.process(a, spec),
+                              convkit.process(planar, spec)[0].permute(1, 2, 0).numpy())
                 opencv.own_threads(0)  # OpenCV's two threads again: the planes stacked
-                for got in (convkit.process(a, spec), by_workers,
+                for got in (*by_workers, convkit.process(a, spec),
                             convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()):
                     if dtype == np.float32:
                         np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=spec)

@@ -5,7 +5,8 @@
     python benchmarks/bench_filters.py --device cuda   # convkit and kornia on a GPU
 
 Every column gets the same image in its own native layout (convkit and kornia: a (1, 3, H, W)
-tensor; OpenCV: an (H, W, 3) array; Pillow: an RGB image) and returns uint8; kornia and
+tensor; OpenCV: an (H, W, 3) array; Pillow: an RGB image) and returns uint8; the column
+"convkit array" is convkit.process on OpenCV's (H, W, 3) array; kornia and
 torchvision are timed with their uint8 -> float -> uint8 conversions, as a user would run them.
 Peers are called with the closest filter they have (noted under the table; Pillow's
 GaussianBlur is an approximation by box blurs, so it is not the same filter). Timings are
@@ -210,7 +211,7 @@ def table(rounds: int, device: str) -> list[dict]:
     img = photo()
     x = as_batch(img, device)
     results = []
-    cols = ["convkit", "OpenCV", "Pillow", "kornia", "torchvision"]
+    cols = ["convkit", "convkit array", "OpenCV", "Pillow", "kornia", "torchvision"]
     for name, spec, peers in rows(img, device):
         m = convkit.chain(spec).to(device)
         fns: dict[str, Callable[[], object]] = {}
@@ -220,6 +221,9 @@ def table(rounds: int, device: str) -> list[dict]:
             _sync(device)
 
         fns["convkit"] = ck
+        if device == "cpu":
+            # the (H, W, 3) array OpenCV gets, through convkit.process
+            fns["convkit array"] = lambda m=m: convkit.process(img, m)
         for col, f in peers.items():
             if f is None:
                 continue
@@ -296,11 +300,12 @@ def targets(results: list[dict], sizes: dict[str, float]) -> None:
     print("\nTargets (CPU): every row <= 1.5x OpenCV's time, >= 5x faster than kornia; fused "
           "chain of 4 <= 1.3x a single filter; gaussian and box flat in kernel size.")
     for r in results:
-        cv, ko, ck = r.get("OpenCV"), r.get("kornia"), r["convkit"]
+        cv, ko, ck, arr = r.get("OpenCV"), r.get("kornia"), r["convkit"], r.get("convkit array")
         vs_cv = f"{ck / cv:.2f}x OpenCV ({'ok' if ck <= 1.5 * cv else 'MISSED'})" if cv else ""
         vs_ko = f"kornia/convkit {ko / ck:.1f} ({'ok' if ko >= 5 * ck else 'MISSED'})" if ko \
             else ""
-        print(f"  {r['row']:28s} {vs_cv:28s} {vs_ko}")
+        on_array = f"array {arr / cv:.2f}x OpenCV" if arr and cv else ""
+        print(f"  {r['row']:28s} {vs_cv:28s} {vs_ko:26s} {on_array}")
     by = {r["row"]: r["convkit"] for r in results}
     g2 = by.get("gaussian sigma 2 (13x13)")
     g8 = by.get("gaussian sigma 8 (49x49)")

@@ -4,12 +4,14 @@ A NumPy array or PIL image filtered on the CPU by a spec of fixed filters runs w
 the spec is planned (:func:`convkit.plan.specs.plan_spec`) and run on OpenCV
 (:func:`convkit.backends.opencv.run_plan`), the same plan and backend the engine picks for modules
 (except that a kernel the engine would give to torch's FFT runs on OpenCV's DFT or separable
-passes: equal within float rounding, without importing torch).
-Tensors, modules, pooling, learned filters, float64 images and CUDA devices go through torch.
+passes: equal within float rounding, without importing torch). A filter module on such an
+image runs its cached plan the same way, on the array as it lies.
+Tensors, pooling, learned filters, float64 images and CUDA devices go through torch.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,12 +107,32 @@ def _plan(image: Any, spec: Any, device: Any):
     from .pipeline.batches import cpu_plan
     from .plan.rules import current
 
-    plan = cpu_plan(spec, device)
+    plan = _module_plan(spec, device) if _is_module(spec) else cpu_plan(spec, device)
     dtype = image.dtype if isinstance(image, np.ndarray) else \
         ("uint16" if image.mode.startswith("I;16") else "uint8")
     if plan is None or not opencv.runs_plan(plan, dtype, current(), torch_fft=False):
         return None
     return plan
+
+
+def _is_module(spec: Any) -> bool:
+    torch = sys.modules.get("torch")  # (a module means torch is loaded)
+    return torch is not None and isinstance(spec, torch.nn.Module)
+
+
+def _module_plan(module: nn.Module, device: Any):
+    """The engine's cached plan of ``module`` (the weights it holds now) for a run on the CPU,
+    run on the array as it lies: no tensors, no copy of the module to a device. None where
+    the run goes through torch (a device that may be CUDA; a plan that the caller checks
+    against OpenCV's operations)."""
+    from .backends.device import wants_torch_device
+    from .backends.module_plans import get_plan
+    from .plan.rules import current
+
+    if wants_torch_device(device):
+        return None
+    plan = get_plan(module, current().fuse)
+    return plan if plan.ops else None
 
 
 def _is_pil(image: Any) -> bool:

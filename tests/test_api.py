@@ -362,3 +362,30 @@ def test_process_numpy_spec_runs_without_torch():
     res = run_python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_process_array_with_a_module_runs_its_plan_on_the_array(rng, monkeypatch):
+    """A filter module on a NumPy array runs the module's plan on the array as it lies (no
+    tensors, the module left where it is), with the weights it holds now (edited in place);
+    an alpha channel passes through; a chain that pools still goes through the engine."""
+    from convkit.backends import engine
+
+    img = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    m = convkit.get_filter("sharpen")
+    k = np.array([[1, -2, 0], [0, 3, -1], [2, 0, -2]], np.float32)
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(k))
+    calls = []
+    real = engine.apply
+    monkeypatch.setattr(engine, "apply", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    out = convkit.process(img, m, device="cpu")
+    assert not calls, "the module went through the engine's tensors"
+    ref = cv2.filter2D(img[:, :, :3], -1, k, borderType=cv2.BORDER_REFLECT_101)
+    np.testing.assert_array_equal(out[:, :, :3], ref)
+    np.testing.assert_array_equal(out[:, :, 3], img[:, :, 3])
+    with torch.no_grad():
+        m.weight.mul_(-1)  # edited again: the plan follows
+    ref = cv2.filter2D(img[:, :, :3], -1, -k, borderType=cv2.BORDER_REFLECT_101)
+    np.testing.assert_array_equal(convkit.process(img, m, device="cpu")[:, :, :3], ref)
+    pooled = convkit.process(img, convkit.chain("sharpen | avgpool(size=2)"), device="cpu")
+    assert calls and pooled.shape == (20, 25, 4)

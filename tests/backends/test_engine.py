@@ -117,7 +117,8 @@ def worker_threads(monkeypatch):
 @pytest.mark.parametrize("h", [1, 2, 3, 5, 40])
 @pytest.mark.parametrize("spec", ["box(size=[3, 2])", "kernel(weights=[[1, 2], [3, 4]])",
                                   "erode(size=4)", "opening(size=2, border=reflect)",
-                                  "sharpen(border=symmetric)"])
+                                  "sharpen(border=symmetric)", "median(size=5)",
+                                  "median(size=3, border=constant, value=0.5)"])
 def test_planes_shared_unevenly_equal_the_definition(spec, h, worker_threads):
     """3 planes on 2 workers (and one interleaved image): whole planes go round the workers and
     the plane left over is cut into bands only where they are tall enough; short planes and
@@ -175,8 +176,8 @@ def test_interleaved_images_run_whole_on_opencv_threads(dtype, spec, whole, monk
     """With OpenCV's threads on, an interleaved (H, W, C) image through a direct or separable
     kernel or a morphology is one OpenCV call in the calling thread, which OpenCV shares among
     its threads; a box filter (which OpenCV runs on one thread) goes to the workers (one
-    image cut into a band per worker). Either way the result is the module's definition on
-    the whole image."""
+    image cut into a band per worker), as planes do. Either way the result is the module's
+    definition on the whole image."""
     import threading
 
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
@@ -200,6 +201,11 @@ def test_interleaved_images_run_whole_on_opencv_threads(dtype, spec, whole, monk
         assert here == whole, (spec, calls)
         if whole:
             assert [shape for _, shape in calls] == [(64, 90, 3)] * b, (spec, calls)
+    # planes that are not interleaved (nor one block: a channel slice) stay with the workers
+    x = _image((64, 90), dtype, b=2, c=4)[:, :3]
+    calls.clear()
+    assert_close(engine.apply(m, x), module_reference(m, x), what=f"{spec} {dtype} slice")
+    assert threading.current_thread().name not in {name for name, _ in calls}, (spec, calls)
 
 
 def test_stacked_route_makes_no_copy_of_the_batch(monkeypatch, worker_threads):

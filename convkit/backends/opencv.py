@@ -319,7 +319,7 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
     def run(src: np.ndarray, dst: np.ndarray) -> None:
         _linear_unit(src, dst, *one)
 
-    if small(srcs) or (block is None and _whole_calls(srcs[0], dsts[0], op, method, negative)):
+    if small(srcs):
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
         return out
     if block is not None and _OWN_THREADS is None and workers() > 1 and \
@@ -341,13 +341,22 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
                  list(zip(cuts[:-1], cuts[1:], strict=False)))
         return out
     # planes that do not share out evenly among the workers (3 planes, 2 workers) are cut into
-    # one band per worker, so that no worker is left with a whole plane to do alone
+    # one band per worker, so that no worker is left with a whole plane to do alone; one
+    # interleaved image, which OpenCV's own threads share well, goes to them whole
     n = workers()
-    if bandable(op) and len(srcs) % n != 0 and len(srcs) < 4 * n:
+    if _uneven(srcs, n) and _whole_calls(srcs[0], dsts[0], op, method, negative):
+        parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
+    elif _uneven(srcs, n) and bandable(op):
         _share_out(srcs, dsts, op.pads[0], op.pads[1], lambda a, b: _chain(a, b, [one]))
     else:
         _in_bands(srcs, dsts, [one], 1)
     return out
+
+
+def _uneven(srcs: list, n: int) -> bool:
+    """Whether ``srcs`` (planes or images) share out unevenly among ``n`` workers: a count
+    that is not a multiple of ``n`` and too small for whole ones to even out (under 4 each)."""
+    return len(srcs) % n != 0 and len(srcs) < 4 * n
 
 
 # Many small planes: one OpenCV call on all of them stacked is about twice as fast as one call
@@ -366,7 +375,9 @@ OPENCV_THREADED = ("direct",)
 # the 2-core VM, a 1080p RGB array, one call against two bands: filter2D 3x3 uint8 1.72 /
 # 2.33 ms, float32 1.50 / 2.70; sepFilter2D 13 taps 3.97 / 5.16, 5.66 / 6.05; erode 5
 # 0.89 / 1.40, 2.10 / 5.77. boxFilter and medianBlur run on one thread (3.94 / 2.61 and
-# 7.52 / 3.90 ms), so they stay in bands.
+# 7.52 / 3.90 ms), so they stay in bands. Only where the images would be cut into bands
+# (see _uneven): many images go whole to the workers, faster than one after the other on
+# OpenCV's threads (16 RGB images of 512x512 through sharpen 5.5 against 9.0 ms).
 OPENCV_THREADED_HWC = ("direct", "separable")
 
 
@@ -489,8 +500,7 @@ def median(x: Any, op: MedianOp, in_max: float, out_dtype: Any, out_max: float,
                    negative, alpha=s, delta=delta)
 
     n = workers()
-    if (not small(srcs) and n > 1 and op.border != "circular" and len(srcs) % n != 0
-            and len(srcs) < 4 * n):
+    if not small(srcs) and op.border != "circular" and _uneven(srcs, n):
         # medianBlur runs on one thread: one interleaved image, or 3 planes on 2 workers,
         # is cut into bands so that every worker has a share (a 1080p RGB array 7.5 ->
         # 3.9 ms measured with OpenCV's calls alone); a wrapping border needs whole planes
@@ -553,13 +563,13 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
                 run(src3[i, h - edge:], buf)
                 dst3[i, h - bottom:] = buf[edge - bottom:]
         return out
-    if srcs and srcs[0].ndim == 3 and _OWN_THREADS is None and n > 1:
+    if small(srcs) or op.border == "circular" or not _uneven(srcs, n):
+        parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+        return out
+    if srcs[0].ndim == 3 and _OWN_THREADS is None:
         # interleaved images with OpenCV's threads on: one call each, shared among those
         # threads (see OPENCV_THREADED_HWC; erode 5 on a 1080p RGB array 1.40 -> 0.89 ms)
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
-        return out
-    if small(srcs) or op.border == "circular" or len(srcs) % n == 0 or len(srcs) >= 4 * n:
-        parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
         return out
     # 3 planes on 2 workers left one worker a whole plane alone (1.1 ms against cv2.erode's
     # 0.65 ms for erode 5 on 1080p RGB) (a wrapping border needs the whole plane)

@@ -173,11 +173,12 @@ def test_planes_stacked_for_opencv_threads_equal_opencv(dtype, border, cv_border
                                         ("erode(size=5)", True), ("box(size=9)", False)])
 def test_interleaved_images_run_whole_on_opencv_threads(dtype, spec, whole, monkeypatch,
                                                          worker_threads):
-    """With OpenCV's threads on, an interleaved (H, W, C) image through a direct or separable
-    kernel or a morphology is one OpenCV call in the calling thread, which OpenCV shares among
-    its threads; a box filter (which OpenCV runs on one thread) goes to the workers (one
-    image cut into a band per worker), as planes do. Either way the result is the module's
-    definition on the whole image."""
+    """With OpenCV's threads on, interleaved (H, W, C) images that the workers cannot share
+    evenly (1 or 3 on 2 workers) through a direct or separable kernel or a morphology are one
+    OpenCV call each in the calling thread, which OpenCV shares among its threads; a box
+    filter (which OpenCV runs on one thread) cuts them into bands for the workers, as planes
+    are; images that share out evenly go whole to the workers. Either way the result is the
+    module's definition on the whole image."""
     import threading
 
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
@@ -192,15 +193,17 @@ def test_interleaved_images_run_whole_on_opencv_threads(dtype, spec, whole, monk
     for name in ("filter2D", "sepFilter2D", "boxFilter", "morphologyEx"):
         monkeypatch.setattr(opencv_backend.cv2, name, spy(getattr(cv2, name)))
     m = convkit.chain(spec)
-    for b in (1, 2):
+    for b in (1, 2, 3, 8):
+        # images that share out evenly (2, or 8 on 2 workers) go whole to the workers
+        uneven = b in (1, 3)
         x = _image((64, 90), dtype, b=b).contiguous(memory_format=torch.channels_last)
         calls.clear()
         out = engine.apply(m, x)
         assert_close(out, module_reference(m, x), what=f"{spec} {dtype} b={b}")
         here = {name for name, _ in calls} == {threading.current_thread().name}
-        assert here == whole, (spec, calls)
-        if whole:
-            assert [shape for _, shape in calls] == [(64, 90, 3)] * b, (spec, calls)
+        assert here == (whole and uneven), (spec, b, calls)
+        if whole or not uneven:
+            assert [shape for _, shape in calls] == [(64, 90, 3)] * b, (spec, b, calls)
     # planes that are not interleaved (nor one block: a channel slice) stay with the workers
     x = _image((64, 90), dtype, b=2, c=4)[:, :3]
     calls.clear()

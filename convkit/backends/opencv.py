@@ -334,9 +334,14 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
         _stacked(block[0], block[1], op, run)
         return out
     if block is not None and _stackable(block[0], op):
-        # one tall plane per worker, each a run of whole planes
-        n = block[0].shape[0]
-        cuts = np.linspace(0, n, min(workers(), n // STACK_MIN_PLANES) + 1).astype(int)
+        # one tall plane per worker, each a run of whole planes; where the run is filtered
+        # through a float32 copy (see _straight), runs of at most STACK_MAX_PIXELS, so that
+        # the copies stay the size of one large plane instead of half the batch
+        n, h, w = block[0].shape
+        runs = min(workers(), n // STACK_MIN_PLANES)
+        if not _straight(block[0].dtype, block[1].dtype, op, negative, method):
+            runs = max(runs, -(-n // max(1, STACK_MAX_PIXELS // (h * w))))
+        cuts = np.linspace(0, n, runs + 1).astype(int)
         parallel(lambda a, b: _stacked(block[0][a:b], block[1][a:b], op, run),
                  list(zip(cuts[:-1], cuts[1:], strict=False)))
         return out

@@ -389,3 +389,16 @@ def test_process_array_with_a_module_runs_its_plan_on_the_array(rng, monkeypatch
     np.testing.assert_array_equal(convkit.process(img, m, device="cpu")[:, :, :3], ref)
     pooled = convkit.process(img, convkit.chain("sharpen | avgpool(size=2)"), device="cpu")
     assert calls and pooled.shape == (20, 25, 4)
+    # every dtype and a PIL image: what the engine gives on the same pixels as a tensor
+    calls.clear()
+    g = convkit.chain("gaussian(sigma=1.5) | emboss")
+    for a in (img[:, :, :3], (img[:, :, :3].astype(np.uint16) * 257),
+              img[:, :, :3].astype(np.float32) / 255):
+        got = convkit.process(a, g, device="cpu")
+        n = len(calls)
+        ref = real(g, torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None])
+        assert got.dtype == a.dtype and len(calls) == n
+        assert max_diff(got, ref[0].permute(1, 2, 0).numpy()) <= (1e-5 if a.dtype == np.float32
+                                                                   else 1), a.dtype
+    pil = convkit.process(Image.fromarray(img[:, :, :3]), g, device="cpu")
+    np.testing.assert_array_equal(np.asarray(pil), convkit.process(img[:, :, :3], g))

@@ -400,9 +400,14 @@ def _straight(src: Any, dst: Any, op: LinearOp, negative: str | None,
               method: str = "direct") -> bool:
     """Whether :func:`_linear_unit` filters planes of ``src`` dtype straight into ``dst``
     (no float32 copy of the input, no intermediate result): stacked planes or whole images
-    then cost no memory beyond the output, where a copy of a whole batch would."""
-    small = method != "direct" or op.shape[0] * op.shape[1] < FLOAT_DIRECT_MIN_TAPS
-    return small and src == dst and (negative in ("clip", "offset") or (
+    then cost no memory beyond the output, where a copy of a whole batch would. Only direct
+    kernels under FLOAT_DIRECT_MIN_TAPS and separable passes, on a border OpenCV reads itself
+    (no padded copy), write so; low-rank sums, box gains and padded borders go through
+    float32."""
+    small = method == "separable" or (
+        method == "direct" and op.shape[0] * op.shape[1] < FLOAT_DIRECT_MIN_TAPS)
+    padded = op.border == "circular" or (op.border == "constant" and op.value != 0)
+    return small and not padded and src == dst and (negative in ("clip", "offset") or (
         negative is None and src == np.float32))
 
 

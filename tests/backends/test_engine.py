@@ -211,6 +211,42 @@ def test_interleaved_images_run_whole_on_opencv_threads(dtype, spec, whole, monk
     assert threading.current_thread().name not in {name for name, _ in calls}, (spec, calls)
 
 
+@pytest.mark.parametrize("own", [False, True])
+def test_float_planes_through_separable_passes_go_in_bands(own, monkeypatch, worker_threads):
+    """float32 planes that share out evenly, through separable passes, with OpenCV's threads
+    on: the workers filter them in bands of rows (OpenCV runs such a call on the worker alone
+    instead of sharing it with its own threads); with own_threads, whole planes. Either way
+    the result is the module's definition."""
+    import threading
+
+    monkeypatch.setattr(opencv_backend, "workers", lambda: 2)
+    if own:
+        monkeypatch.setattr(opencv_backend, "_OWN_THREADS", 2)
+    monkeypatch.setattr(opencv_backend, "BAND_FLOATS", 90 * 40)  # 40 rows of 90
+    monkeypatch.setattr(opencv_backend, "STACK_MAX_PIXELS", 0)  # planes as large as 1080p's
+    calls = []
+    real = cv2.sepFilter2D
+
+    def spy(src, *args, **kwargs):
+        calls.append((threading.current_thread().name, src.shape))
+        return real(src, *args, **kwargs)
+
+    monkeypatch.setattr(opencv_backend.cv2, "sepFilter2D", spy)
+    m = convkit.chain("gaussian(sigma=2)")
+    x = _image((200, 90), torch.float32, b=2)  # 6 planes
+    out = engine.apply(m, x)
+    assert_close(out, module_reference(m, x), what=f"own={own}")
+    rows = {shape[0] for _, shape in calls}
+    if own:
+        assert rows == {200}, rows
+    else:
+        assert max(rows) < 200 and len(calls) > 6, rows
+    assert threading.current_thread().name not in {name for name, _ in calls}
+    calls.clear()
+    engine.apply(m, (x * 255).to(torch.uint8))  # uint8 planes stay whole
+    assert {shape[0] for _, shape in calls} == {200}
+
+
 def test_stacked_route_makes_no_copy_of_the_batch(monkeypatch, worker_threads):
     """A kernel that OpenCV filters through a float32 copy of each plane (11x11 on uint8: its
     DFT) stays with the workers, a plane at a time, when OpenCV's threads are on: planes too

@@ -113,6 +113,19 @@ def run_cli(*argvs: list[str], report: str, before: str = "", env: dict | None =
     return res.stdout.strip().splitlines()[-1]
 
 
+def traced_peak(fn):
+    """``fn()`` and the peak of the memory Python's allocators traced while it ran (NumPy's
+    arrays included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     """The largest absolute difference of two arrays of the same shape; two integer arrays
     must have the same dtype too (an image read back at another depth is a failure)."""

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli
+from conftest import run_cli, traced_peak
 from PIL import Image
 
 import convkit
@@ -391,17 +391,10 @@ def test_huge_separable_kernels_are_planned_as_two_vectors(tmp_path):
     """``gaussian(ksize=4095)`` is two 4095-tap vectors: planning it, fused with a box, and a
     dry run of the command allocate no 4095x4095 array (128 MB in float64; the issue measured
     14 s building it)."""
-    import tracemalloc
-
     from convkit.plan.specs import plan_spec
 
     spec = "gaussian(ksize=4095) | box(size=[4095, 3])"
-    tracemalloc.start()
-    try:
-        plan = plan_spec(spec)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    plan, peak = traced_peak(lambda: plan_spec(spec))
     assert plan is not None and len(plan.ops) == 1 and peak < 4 << 20, peak
     src = tmp_path / "a.png"
     Image.fromarray(photo()).save(src)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import traced_peak
 
 import convkit
 from convkit.backends import engine, stencil
@@ -252,8 +253,6 @@ def test_stacked_route_makes_no_copy_of_the_batch(monkeypatch, worker_threads):
     DFT) stays with the workers, a plane at a time, when OpenCV's threads are on: planes too
     large for the many-small-planes stacking are not stacked into a float32 copy of the whole
     batch (which took 12 float planes here; the workers hold at most 4 at once)."""
-    import tracemalloc
-
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)
     rng = np.random.default_rng(0)
     k = np.round(rng.normal(size=(11, 11)), 2).tolist()
@@ -262,12 +261,7 @@ def test_stacked_route_makes_no_copy_of_the_batch(monkeypatch, worker_threads):
     x = torch.from_numpy(rng.integers(0, 256, (2, 3, h, w), dtype=np.uint8))
     spec = f"kernel({k}, scale=1, border=reflect)"
     convkit.process(x[:, :, :64], spec)  # plans and kernels made
-    tracemalloc.start()
-    try:
-        out = convkit.process(x, spec)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    out, peak = traced_peak(lambda: convkit.process(x, spec))
     assert peak <= out.numel() + 6 * (h * w * 4), peak
 
 
@@ -277,8 +271,6 @@ def test_many_small_planes_stacked_in_runs_of_bounded_size(monkeypatch, worker_t
     so the copies stay the size of one large plane: 29 MB at the peak for this 12.6 MB batch,
     113 MB when each worker stacked half the batch. The result equals cv2.filter2D on each
     plane."""
-    import tracemalloc
-
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)
     monkeypatch.setattr(opencv_backend, "_OWN_THREADS", 2)  # the workers' stacking
     rng = np.random.default_rng(1)
@@ -288,12 +280,7 @@ def test_many_small_planes_stacked_in_runs_of_bounded_size(monkeypatch, worker_t
                                      opencv_backend.LinearOp(k.astype(np.float64)))
     spec = f"kernel({k.tolist()}, scale=1, border=reflect)"
     convkit.process(x[:1], spec)  # plans and kernels made
-    tracemalloc.start()
-    try:
-        out = convkit.process(x, spec)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    out, peak = traced_peak(lambda: convkit.process(x, spec))
     # the output, and per worker a float32 copy and result of one run of about 1 MP
     assert peak <= out.numel() + 2 * 2 * 4 * opencv_backend.STACK_MAX_PIXELS * 1.3, peak
     for i in (0, 31, 63):

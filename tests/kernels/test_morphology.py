@@ -70,13 +70,18 @@ def test_every_operation_equals_opencv(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_images_filtered_in_bands_equal_opencv(dtype):
+def test_images_filtered_in_bands_equal_opencv(dtype, monkeypatch):
     """Images large enough to be shared out. With own_threads: an interleaved (H, W, C) image
     cut into one band of rows per worker (each with the rows it reaches above and below), the
     planes of a planar (1, C, H, W) tensor shared among the workers. With OpenCV's threads on:
-    the interleaved image in one call, the planes stacked into one tall plane (the rows next
-    to each plane's edges redone from the plane alone). Each the same as OpenCV on the whole
+    the interleaved image in one call, the planes cut into bands (here of 40 rows, so that a
+    composite operation's reach crosses band edges). Each the same as OpenCV on the whole
     image."""
+    monkeypatch.setattr(opencv, "MORPH_BAND_PIXELS", 203 * 40)
+    rows = []
+    real = cv2.morphologyEx
+    monkeypatch.setattr(opencv.cv2, "morphologyEx",
+                        lambda src, *a, **kw: (rows.append(src.shape[0]), real(src, *a, **kw))[1])
     a = image(dtype, h=261, w=203)
     planar = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
     for name in ("erode", "opening", "blackhat"):
@@ -91,9 +96,11 @@ def test_images_filtered_in_bands_equal_opencv(dtype):
                 opencv.own_threads(2)
                 by_workers = (convkit.process(a, spec),
                               convkit.process(planar, spec)[0].permute(1, 2, 0).numpy())
-                opencv.own_threads(0)  # OpenCV's two threads again: the planes stacked
-                for got in (*by_workers, convkit.process(a, spec),
-                            convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()):
+                opencv.own_threads(0)  # OpenCV's two threads again: the planes in bands
+                rows.clear()
+                in_bands = convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()
+                assert (max(rows) < 261) == (border != "circular"), (spec, rows)
+                for got in (*by_workers, convkit.process(a, spec), in_bands):
                     if dtype == np.float32:
                         np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=spec)
                     else:

@@ -354,13 +354,16 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
     elif _uneven(srcs, n) and bandable(op):
         _share_out(srcs, dsts, op.pads[0], op.pads[1], lambda a, b: _chain(a, b, [one]))
     else:
-        _in_bands(srcs, dsts, [one], None if _contended(srcs[0], method) else 1)
+        _in_bands(srcs, dsts, [one], None if _contended(srcs[0], op, method) else 1)
     return out
 
 
-def _contended(src: np.ndarray, method: str) -> bool:
-    """Whether whole planes of ``src`` through ``method`` on the workers contend with OpenCV's
-    own threads: float32 planes through separable passes while those threads are on. OpenCV
+def _contended(src: np.ndarray, op: LinearOp, method: str) -> bool:
+    """Whether whole planes of ``src`` through ``op`` by ``method`` on the workers contend with
+    OpenCV's own threads, and bands would do: float32 planes through separable passes while
+    those threads are on, on a border that a band can keep (not ``circular``: a band pre-padded
+    on its own would wrap round itself instead of the plane; a constant fill is right, since
+    the rows it reaches at a cut are the band's halo, dropped afterwards). OpenCV
     shares a whole-plane sepFilter2D among its threads (a 1080p float32 plane, 19 taps: 3.99 ms
     on one thread, 2.20 on two) but runs a band of 154 rows on the calling thread alone (0.56
     ms either way), so bands of BAND_FLOATS keep each worker's calls to itself. Measured
@@ -369,7 +372,7 @@ def _contended(src: np.ndarray, method: str) -> bool:
     uint8 planes and interleaved images were slower in bands (7.7 / 9.9 ms, gaussian sigma 2),
     as was everything with own_threads."""
     return (src.ndim == 2 and src.dtype == np.float32 and method == "separable"
-            and _OWN_THREADS is None and workers() > 1)
+            and op.border != "circular" and _OWN_THREADS is None and workers() > 1)
 
 
 def _uneven(srcs: list, n: int) -> bool:

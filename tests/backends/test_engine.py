@@ -1126,3 +1126,53 @@ def test_triton_stencil_gradient_ignores_method(stencil_device):
     with engine.options(triton=True, backend="torch", method="separable"):
         steps = engine.explain(m, x)
     assert steps == [(steps[0][0], "triton", "gradient")]
+
+
+# --- every route of the OpenCV backend, every border ------------------------------------------
+ROUTE_SPECS = ["sharpen", "gaussian(sigma=2)", "box(size=[5, 3])",
+               "kernel([[1, 2, 0], [0, 1, -3]])", "erode(size=5)",
+               "opening(size=[3, 5], iterations=2)", "median(size=5)", "sobel",
+               "gaussian(sigma=1) | emboss"]
+ROUTE_BORDERS = ["reflect", "symmetric", "replicate", "constant", "constant, value=0.3",
+                 "circular"]
+
+
+def _with_border(spec: str, border: str) -> str:
+    return " | ".join(f"{p[:-1]}, border={border})" if p.endswith(")") else f"{p}(border={border})"
+                      for p in (q.strip() for q in spec.split("|")))
+
+
+@pytest.mark.parametrize("border", ROUTE_BORDERS)
+@pytest.mark.parametrize("spec", ROUTE_SPECS)
+def test_every_route_every_border_equals_the_definition(spec, border, monkeypatch,
+                                                        worker_threads):
+    """The OpenCV backend picks its route by layout, count, dtype, method and thread setting:
+    whole planes or images on the workers, bands of rows (per worker, of BAND_FLOATS, of
+    MORPH_BAND_PIXELS), one call in the calling thread, planes stacked. With every band size
+    forced small, each route and border gives the module's definition (float64, the whole
+    image padded by torch), the image's edge rows included: a route that pads a band by the
+    border rule (wrapping a band round itself) is caught here."""
+    monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
+    monkeypatch.setattr(opencv_backend, "BAND_FLOATS", 47 * 24)
+    monkeypatch.setattr(opencv_backend, "MORPH_BAND_PIXELS", 47 * 24)
+    m = convkit.chain(_with_border(spec, border))
+    for own in (False, True):
+        if own:
+            monkeypatch.setattr(opencv_backend, "_OWN_THREADS", 2)
+        for dtype in (torch.uint8, torch.uint16, torch.float32):
+            for b, c, layout in [(1, 3, "planar"), (2, 3, "planar"), (1, 1, "planar"),
+                                 (1, 3, "hwc"), (3, 3, "hwc"), (2, 3, "slice")]:
+                x = _image((130, 47), dtype, b=b, c=c + (layout == "slice"))
+                if layout == "hwc":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                elif layout == "slice":
+                    x = x[:, 1:]
+                what = f"{spec} {border} own={own} {dtype} {b}x{c} {layout}"
+                ref = module_reference(m, x)
+                assert_close(engine.apply(m, x, backend="opencv"), ref, what=what)
+                if b == 1 and layout != "slice":  # NumPy arrays: (H, W, C), or (H, W)
+                    a = x[0].permute(1, 2, 0).numpy()
+                    a = a[:, :, 0] if c == 1 else a
+                    got = torch.from_numpy(np.ascontiguousarray(convkit.process(a, m)))
+                    got = got[None, None] if c == 1 else got.permute(2, 0, 1)[None]
+                    assert_close(got, ref, what=f"{what} array")

@@ -52,7 +52,8 @@ def as_batch(img: np.ndarray, device: str) -> torch.Tensor:
 
 
 def timeit_rounds(fns: dict[str, Callable[[], object]], rounds: int,
-                  slow: dict[str, int] | None = None, fill: float = 0.02) -> dict[str, float]:
+                  slow: dict[str, int] | None = None, fill: float = 0.02,
+                  strict: bool = False) -> dict[str, float]:
     """Fastest seconds per call of each function, measured round-robin after one warm-up (the
     least disturbed run: other processes on a shared machine only ever add time).
 
@@ -60,13 +61,16 @@ def timeit_rounds(fns: dict[str, Callable[[], object]], rounds: int,
     round lasts about ``fill``, and the round's mean is its time, as ``timeit`` does: a single
     call of a millisecond is mostly the scheduler's wake-up latency, which nine samples do not
     average out (erode 5 measured 0.9 to 1.6 ms per call from run to run). Every column is
-    timed this way, peers alike."""
+    timed this way, peers alike. A function that raises is left out of the result, with a
+    line saying why; with ``strict``, its error is raised instead."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     number: dict[str, int] = {}
     for k, f in list(fns.items()):
         try:
             f()
         except Exception as e:  # a peer that fails is left out of the row, not the table
+            if strict:
+                raise
             print(f"  ({k} failed and is left out: {type(e).__name__}: {e})", flush=True)
             del fns[k], times[k]
             continue

@@ -83,7 +83,7 @@ def main() -> None:
         # the other, the first row's module(x) once took 54 ms against 24 ms in the next run
         t = timeit_rounds({"module": no_grad(lambda m=mod: m(x)),
                            "process": no_grad(lambda m=mod: convkit.process(x, m)),
-                           "kornia": no_grad(lambda f=km: f(x))}, args.rounds)
+                           "kornia": no_grad(lambda f=km: f(x))}, args.rounds, strict=True)
         t_mod, t_proc, t_k = (t[k] * 1e3 for k in ("module", "process", "kornia"))
         xg = x.clone().requires_grad_()
 
@@ -93,7 +93,7 @@ def main() -> None:
             _sync(args.device)
 
         t = timeit_rounds({"module": lambda m=mod: fb(m), "kornia": lambda f=km: fb(f)},
-                          max(1, args.rounds // 2))
+                          max(1, args.rounds // 2), strict=True)
         t_gm, t_gk = t["module"] * 1e3, t["kornia"] * 1e3
         crop = x[:1, :, :64, :80].double().requires_grad_()
         m64 = mod.double()

@@ -96,8 +96,10 @@ def process(image: Any, spec_or_module: str | nn.Module | list, *, device=None,
 
 
 def _plan(image: Any, spec: Any, device: Any):
-    """The torch-free plan for this call (:func:`convkit.pipeline.batches.cpu_plan`, for an image
-    whose dtype it runs as the engine would), or None when it goes through torch."""
+    """The plan that runs this call on the array itself, on OpenCV, or None when it goes
+    through tensors: a spec's torch-free plan (:func:`convkit.pipeline.batches.cpu_plan`) or a
+    filter module's cached plan (:func:`_module_plan`), where OpenCV runs it for this dtype
+    as the engine would."""
     if isinstance(image, np.ndarray):
         if image.dtype.name not in ("uint8", "uint16", "float32"):
             return None

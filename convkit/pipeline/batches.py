@@ -151,7 +151,8 @@ def cpu_plan(spec: Any, device: Any):
     ``device``, or None when the run goes through torch: a module, a chain holding something
     other than fixed filters (pooling, a rank filter, a learned filter), or a device that
     needs torch to decide or to run (see :func:`convkit.backends.device.wants_torch_device`). The
-    one rule of both :func:`convkit.process` and the command line."""
+    rule of the command line, and of :func:`convkit.process` for spec strings (a module's plan
+    comes from the engine's cache instead)."""
     from ..backends.device import wants_torch_device
 
     if isinstance(spec, list) and spec and all(isinstance(p, str) for p in spec):

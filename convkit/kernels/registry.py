@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -346,13 +346,17 @@ _BUILTINS: tuple[FilterInfo, ...] = (
 
 
 def _from_spec(spec: KernelSpec) -> FilterInfo:
-    """Registry entry for a kernel file; a few built-ins add their own parameters."""
+    """Registry entry for a kernel file; a few built-ins add their own parameters. The border
+    parameter's default is the file's own (``border = "symmetric"`` in roberts.toml), so that
+    ``--help``, ``convkit list --json`` and ``spec()`` say what runs."""
+    linear = LINEAR if spec.border == BORDER.default else \
+        (STRENGTH, replace(BORDER, default=spec.border), VALUE)
     if spec.type == "gradient":
         params = (
             Param("dx", "int", 0, "order of the x derivative (0 or 1); 0 and dy 0 = magnitude",
                   low=0, high=1),
             Param("dy", "int", 0, "order of the y derivative (0 or 1)", low=0, high=1),
-            NEGATIVE, *LINEAR,
+            NEGATIVE, *linear,
         )
         if spec.name == "sobel":  # OpenCV's apertures (a file's kernel is its own)
             params = (*params, Param("ksize", "int", 3, "aperture: 1, 3, 5 or 7, as cv2.Sobel's "
@@ -360,10 +364,10 @@ def _from_spec(spec: KernelSpec) -> FilterInfo:
         return FilterInfo(spec.name, spec.description, params, _L + "gradient", spec,
                           example=f"convkit {spec.name} --dx 1 photo.jpg")
     if spec.name == "sharpen":
-        params = (Param("amount", "float", 1.0, "strength of the high-pass"), *LINEAR)
+        params = (Param("amount", "float", 1.0, "strength of the high-pass"), *linear)
         return FilterInfo(spec.name, spec.description, params, _L + "sharpen", spec,
                           example="convkit sharpen --amount 1.5 photo.jpg")
-    params = (NEGATIVE, *LINEAR) if spec.signed else LINEAR
+    params = (NEGATIVE, *linear) if spec.signed else linear
     return FilterInfo(spec.name, spec.description, params, _L + "named_kernel", spec,
                       example=f"convkit {spec.name} photo.jpg")
 

@@ -232,3 +232,35 @@ def test_show_prints_the_structuring_element():
     assert [[int(v) for v in ln.split()] for ln in lines[1:6]] == fp.tolist()
     rank = run("show", "percentile", "size=3", "q=25")
     assert "value number 3 (from the smallest) of the 9" in rank.output
+
+
+def test_every_default_shown_is_the_default_that_runs(tmp_path):
+    """The defaults that --help and `convkit list --json` print are those the filter runs with:
+    roberts and farid, whose files default to border=symmetric, said reflect. Checked on the
+    module built without arguments, and on the command line's output against a spec that
+    spells the border out."""
+    import json
+
+    import convkit
+    from convkit.kernels.registry import get_info
+
+    listed = {f["name"]: f["params"] for f in json.loads(run("list", "--json").output)}
+    for name in convkit.list_filters():
+        border = listed[name].get("border", {}).get("default")
+        if border is None or name in ("kernel", "learned"):
+            continue  # no border, or one that comes with its weights
+        if get_info(name).spec is not None:
+            assert border == get_info(name).spec.border, name
+        module = convkit.get_filter(name)
+        modules = module if isinstance(module, convkit.Chain) else [module]
+        got = {m.border for m in modules if hasattr(m, "border")}
+        assert got <= {border}, (name, border, got)
+    for name in ("roberts", "farid"):
+        assert listed[name]["border"]["default"] == "symmetric"
+        assert "[default: symmetric]" in " ".join(run(name, "--help").output.split())
+    cv2.imwrite(str(tmp_path / "a.png"), photo(24, 31))
+    run("roberts", str(tmp_path / "a.png"), "-o", str(tmp_path / "cli.png"), "-q")
+    run("apply", "roberts(border=symmetric)", str(tmp_path / "a.png"), "-o",
+        str(tmp_path / "spec.png"), "-q")
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "cli.png")),
+                                  cv2.imread(str(tmp_path / "spec.png")))

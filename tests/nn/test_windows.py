@@ -163,3 +163,22 @@ def test_sobel_magnitude_of_aperture_1_reaches_both_ways():
     gy = cv2.Sobel(f, cv2.CV_64F, 0, 1, ksize=1, borderType=cv2.BORDER_REFLECT_101)
     ref = np.clip(np.round(np.hypot(gx, gy)), 0, 255)
     assert np.abs(whole[0].permute(1, 2, 0).numpy() - ref).max() <= 1
+
+
+@pytest.mark.parametrize("border", ["reflect", "replicate", "symmetric"])
+def test_box_of_even_area_is_the_nearest_integer(border):
+    """A uint8 box mean is the exact mean rounded to nearest (within half a level of it; ties
+    either way, as the float32 mean gives them). OpenCV's own 8-bit blur is not, for windows of
+    even area: 1x2 up to a whole level off, 4x4 0.5625; convkit sends those through the float32
+    mean. Tensors and arrays, planes and interleaved images alike."""
+    import torch
+
+    a = np.random.default_rng(7).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    for size in ([1, 2], [2, 1], [2, 2], [4, 2], [4, 4], [8, 8], [6, 6], [5, 2], [16, 16],
+                 [3, 3], [7, 5]):
+        exact = cv2.blur(a.astype(np.float64), tuple(size), borderType=BORDERS[border])
+        spec = f"box(size={size}, border={border})"
+        planar = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+        for got in (convkit.process(a, spec),
+                    convkit.process(planar, spec)[0].permute(1, 2, 0).numpy()):
+            assert np.abs(got - exact).max() <= 0.5 + 1e-6, (size, border)

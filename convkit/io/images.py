@@ -336,10 +336,7 @@ def read_array_with_info(
     try:
         width, height = im.size
         if limit is not None and width * height > limit:
-            raise ImageFileError(
-                f"{name}: image is {width}x{height} = {width * height} pixels, over the limit "
-                f"of {limit}; raise it with max_pixels"
-            )
+            raise _over_limit(name, width, height, limit)
         if im.format == "PNG":
             check_png_size(data, name)
         if defer_jpeg and _plain_jpeg(im, data):
@@ -390,10 +387,7 @@ def _read_plain_jpeg(data: bytes, name: str, limit: int | None, allow_truncated:
         return None
     width, height = header.width, header.height
     if limit is not None and width * height > limit:
-        raise ImageFileError(
-            f"{name}: image is {width}x{height} = {width * height} pixels, over the limit "
-            f"of {limit}; raise it with max_pixels"
-        )
+        raise _over_limit(name, width, height, limit)
     grey = header.components == 1
     chw = _decode_jpeg(data, grey, (width, height), name, allow_truncated, interleaved)
     if chw is None:
@@ -596,6 +590,14 @@ def check_png_chunks(data: bytes, name: str) -> None:
 
 # DEFLATE, PNG's compression, packs at most about 1032 bytes into one (a run of one value).
 _MAX_DEFLATE_RATIO = 1032
+
+
+def _over_limit(name: str, width: int, height: int, limit: int) -> ImageFileError:
+    """The error for an image over the pixel limit, naming the option on both routes."""
+    return ImageFileError(
+        f"{name}: image is {width}x{height} = {width * height} pixels, over the limit of "
+        f"{limit}; raise it with --max-pixels (max_pixels= in Python)"
+    )
 
 
 def check_png_size(data: bytes, name: str, size: int | None = None) -> None:

@@ -51,7 +51,7 @@ def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
     if limit and w * h > limit:
         raise ValueError(
             f"{path}: {w}x{h} = {w * h} pixels is above the limit of {limit} pixels (a guard "
-            "against decompression bombs); raise it with max_pixels (--max-pixels)"
+            "against decompression bombs); raise it with --max-pixels (max_pixels= in Python)"
         )
     return w, h, mode
 

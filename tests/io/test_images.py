@@ -539,7 +539,7 @@ def test_huge_declared_size_is_refused_before_decoding(tmp_path):
         read_image(path, max_pixels=1_000_000)
     assert str(caught.value) == (
         f"{path}: image is 40000x40000 = 1600000000 pixels, over the limit of 1000000; "
-        "raise it with max_pixels"
+        "raise it with --max-pixels (max_pixels= in Python)"
     )
 
 

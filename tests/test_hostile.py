@@ -253,6 +253,27 @@ def test_in_place_through_a_link_updates_the_linked_file(tmp_path):
     assert np.array_equal(np.asarray(Image.open(real)), sharp(photo()))
 
 
+def test_links_in_a_folder_each_get_their_output_and_in_place_filters_once(tmp_path):
+    """A folder mirrored to -o keeps every name, links to one file included (the file itself
+    was left out when a link to it sorted first); in place, the file is filtered once, however
+    many names reach it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo()).save(src / "real.png")
+    (src / "a_link.png").symlink_to("real.png")
+    (src / "z_link.png").symlink_to("real.png")
+    res = invoke(str(src), "-o", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.stderr
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["a_link.png", "real.png", "z_link.png"], names
+    for name in names:
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), sharp(photo()))
+    res = invoke("--in-place", str(src), str(src / "real.png"))
+    assert res.exit_code == 0, res.stderr
+    assert np.array_equal(np.asarray(Image.open(src / "real.png")), sharp(photo()))
+    assert (src / "a_link.png").is_symlink() and (src / "z_link.png").is_symlink()
+
+
 def test_in_place_new_format_does_not_clobber_an_unrelated_file(tmp_path):
     src = tmp_path / "a.png"
     Image.fromarray(photo()).save(src)

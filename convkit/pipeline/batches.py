@@ -366,10 +366,12 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
                          f"Expected one of {', '.join(io.WRITE_EXTENSIONS)}")
     single_file = (out is not None and len(items) == 1 and not many and len(inputs) == 1
                    and _looks_like_file(out))
-    if (out is not None and not single_file and items and Path(out).suffix
+    if (out is not None and not single_file and items and suffix in io.SUPPORTED_EXTENSIONS
             and not os.path.isdir(out) and not out.endswith(("/", os.sep))):
         # several inputs (or a folder, a pattern) and -o out.png: one file cannot hold them
-        n = "a folder or pattern" if many else f"{len(items)} inputs"
+        # (any other name, such as results.v2, is a folder)
+        n = "a folder or pattern" if many else \
+            f"{len(items)} input{'s' if len(items) != 1 else ''}"
         raise UsageError(f"-o {shown(out)} names a file, but {n} were given; name a folder "
                          f"for the outputs (-o {shown(str(Path(out).with_suffix('')))}/)")
     if single_file and format is not None and _same_format(suffix) != _same_format(

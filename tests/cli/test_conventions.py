@@ -37,7 +37,7 @@ def run(*args: str, cwd: Path | None = None):
         os.chdir(old)
 
 
-@pytest.mark.parametrize("out", ["joined.png", "joined.xyz"])
+@pytest.mark.parametrize("out", ["joined.png", "joined.tif"])
 def test_one_file_named_for_several_inputs_is_a_usage_error(tmp_path, out):
     for i in range(2):
         Image.fromarray(photo(seed=i)).save(tmp_path / f"{i}.png")
@@ -46,6 +46,20 @@ def test_one_file_named_for_several_inputs_is_a_usage_error(tmp_path, out):
     assert res.exit_code == 2
     assert "names a file, but 2 inputs were given; name a folder" in res.stderr
     assert not (tmp_path / out).exists()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("out", ["results.v2", "2026.12.06", "out.xyz"])
+def test_output_with_a_suffix_that_is_no_image_format_is_a_folder(tmp_path, out, n):
+    """-o is a file only with an image extension; any other name, dots and all, is a folder
+    (the README's rule): `-o out.xyz` with one input said "names a file, but 1 inputs were
+    given", and a dated folder such as 2026.12.06 was refused for several."""
+    for i in range(n):
+        Image.fromarray(photo(seed=i)).save(tmp_path / f"{i}.png")
+    res = run("sharpen", *(str(tmp_path / f"{i}.png") for i in range(n)), "-q",
+              "-o", str(tmp_path / out))
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / out).iterdir()) == [f"{i}.png" for i in range(n)]
 
 
 @pytest.mark.parametrize("compression,tag", [("deflate", "tiff_adobe_deflate"),

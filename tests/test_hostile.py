@@ -162,6 +162,38 @@ def test_huge_icc_profile_is_left_out_of_a_png_with_a_warning(tmp_path):
     convkit.io.images.read_image(out)
 
 
+def test_metadata_a_format_cannot_hold_is_left_out_with_a_warning(tmp_path):
+    """BMP holds neither an ICC profile nor EXIF, and OpenCV writes none into a 16-bit colour
+    TIFF: the warning says what was left out (both were dropped without a word); a PNG keeps
+    them, and a file without either gets no warning."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "convkit test"  # Make
+    src = tmp_path / "meta.jpg"
+    src.write_bytes(jpeg_bytes(photo(), icc_profile=icc, exif=exif.tobytes()))
+    res = invoke(str(src), "-o", str(tmp_path / "meta.bmp"))
+    assert res.exit_code == 0, res.stderr
+    assert "ICC profile and EXIF left out: BMP files hold neither" in res.stderr, res.stderr
+    res = invoke(str(src), "-o", str(tmp_path / "meta.png"))
+    assert res.exit_code == 0 and "left out" not in res.stderr, res.stderr
+    with Image.open(tmp_path / "meta.png") as im:
+        assert im.info.get("icc_profile") == icc and im.getexif()[0x010F] == "convkit test"
+    wide = tmp_path / "wide.png"
+    Image.fromarray(photo()).save(wide, icc_profile=icc)
+    deep = tmp_path / "deep.png"  # 16-bit RGB with the profile, written by convkit
+    convkit.io.images.write_image(deep, photo().astype(np.uint16) * 257,
+                                  info=convkit.io.images.read_image_with_info(wide)[1])
+    res = invoke(str(deep), "-o", str(tmp_path / "deep.tif"))
+    assert res.exit_code == 0, res.stderr
+    assert "ICC profile left out: 16-bit colour TIFF" in res.stderr, res.stderr
+    plain = tmp_path / "plain.png"
+    Image.fromarray(photo()).save(plain)
+    res = invoke(str(plain), "-o", str(tmp_path / "plain.bmp"))
+    assert res.exit_code == 0 and "left out" not in res.stderr, res.stderr
+
+
 def test_16bit_grey_colour_key_becomes_alpha(tmp_path):
     grey = (np.arange(24 * 30).reshape(24, 30) * 90).astype(np.uint16)
     key = int(grey[5, 7])

@@ -1147,8 +1147,16 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None,
         chw = chw[[0, 0, 0, 1]]  # 16-bit grey + alpha: neither Pillow nor OpenCV write it
 
     icc = matching_icc(info.icc_profile, chw.shape[0]) if info is not None else None
-    exif = info.exif if info is not None and fmt != "BMP" else None
+    exif = info.exif if info is not None else None
     icc, exif = _fit_metadata(fmt, icc, exif, notes)
+    opencv_tiff = fmt == "TIFF" and chw.dtype == np.uint16 and chw.shape[0] > 1
+    if fmt == "BMP" or opencv_tiff:
+        kept = [what for what, data in (("ICC profile", icc), ("EXIF", exif)) if data]
+        if kept:
+            why = "BMP files hold neither" if fmt == "BMP" else \
+                "16-bit colour TIFF is written by OpenCV, which writes no metadata"
+            notes.append(f"{' and '.join(kept)} left out: {why}")
+        icc = exif = None
     if chw.dtype == np.uint16 and chw.shape[0] > 1:
         return _encode_16bit_colour(chw, fmt, icc, exif, compression)
     if chw.dtype == np.uint8 and (fmt == "JPEG" or (fmt == "PNG" and chw.shape[0] != 2)):
@@ -1165,7 +1173,7 @@ def _encode(chw: np.ndarray, fmt: str, quality: int, info: ImageInfo | None,
             "tiff_lzw"
         if chw.dtype.kind == "u":  # horizontal differencing: a photo deflates 25% smaller
             options["tiffinfo"] = {317: 2}  # Predictor
-    if icc is not None and fmt != "BMP":
+    if icc is not None:
         options["icc_profile"] = icc
     if exif is not None:
         # Pillow's TIFF writer takes tiffinfo instead of exif when given both (and cannot

@@ -143,8 +143,19 @@ def _execute(spec: Any, name: str, kw: dict[str, Any]) -> None:
         def on_warning(line: str) -> None:
             click.echo(f"warning: {names(line)}", err=True)
 
-        summary = _run_pipeline(spec, inputs, output, fmt, name, quiet, dry_run, verbose,
-                                on_error, on_warning, kw)
+        try:
+            summary = _run_pipeline(spec, inputs, output, fmt, name, quiet, dry_run, verbose,
+                                    on_error, on_warning, kw)
+        except click.UsageError as e:
+            e.message = names(e.message)
+            raise
+        # --json and --dry-run name "-" too
+        summary.errors = [names(line) for line in summary.errors]
+        summary.warnings = [names(line) for line in summary.warnings]
+        for record in summary.files:
+            for key in ("input", "output", "reason"):
+                if isinstance(record.get(key), str):
+                    record[key] = names(record[key])
         if output is not None and names.stdout and summary.written:
             sys.stdout.buffer.write(Path(output).read_bytes())
             sys.stdout.flush()
@@ -182,6 +193,9 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
                                "would use too")
     if inputs == ["-"] and output is None:
         raise click.UsageError("- reads the image from stdin: give -o FILE, or -o - for stdout")
+    pattern = not os.path.exists(inputs[0]) and any(c in inputs[0] for c in "*?[")
+    if output == "-" and (len(inputs) != 1 or os.path.isdir(inputs[0]) or pattern):
+        raise click.UsageError("-o - writes one image to stdout: give one input file")
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="convkit-") as tmp:

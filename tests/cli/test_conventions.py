@@ -157,10 +157,34 @@ def test_stdin_to_stdout(tmp_path):
     (["-"], "- reads the image from stdin: give -o FILE, or -o - for stdout"),
     (["-", "x.png", "-o", "out/"], "- (stdin) must be the only input"),
     (["x.png", "-o", "-", "--format", "png", "--json"], "--json or --dry-run would use too"),
+    (["x.png", "y.png", "-o", "-", "--format", "png"], "-o - writes one image to stdout"),
+    ([".", "-o", "-", "--format", "png"], "-o - writes one image to stdout"),
+    (["*.png", "-o", "-", "--format", "png"], "-o - writes one image to stdout"),
 ])
 def test_stdin_stdout_usage_errors(args, message):
     res = run("sharpen", *args)
     assert res.exit_code == 2 and message in res.stderr
+    assert "convkit-" not in res.stderr  # never the temporary folder behind - (stdin, stdout)
+
+
+def test_stdin_is_named_dash_in_json_and_errors(tmp_path):
+    """--json and usage errors name stdin "-", not the temporary file behind it."""
+    import json
+
+    src = tmp_path / "a.png"
+    Image.fromarray(photo()).save(src)
+    res = subprocess.run([sys.executable, "-m", "convkit", "sharpen", "-", "-o",
+                          str(tmp_path / "o.png"), "--json"], input=src.read_bytes(),
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["files"][0]["input"] == "-", res.stdout
+    res = subprocess.run([sys.executable, "-m", "convkit", "sharpen", "-", "-o",
+                          str(tmp_path / "o2.png"), "--json"], input=b"not an image",
+                         capture_output=True, timeout=60)
+    assert res.returncode == 1, res.stderr
+    report = json.loads(res.stdout)
+    assert report["errors"][0].startswith("-: ") and report["files"][0]["input"] == "-", report
+    assert b"convkit-" not in res.stdout + res.stderr
 
 
 def test_stdin_that_is_not_an_image_names_stdin():

@@ -327,7 +327,9 @@ def read_array_with_info(
 
     data = _read_bytes(path, name)
     if data.startswith(PNG_SIGNATURE):
-        check_png_chunks(data, name)
+        if check_png_chunks(data, name, allow_truncated):
+            check_png_size(data, name)  # a bomb cut short is still one
+            data = _complete_png(data, name, limit)
     elif not defer_jpeg:
         plain = _read_plain_jpeg(data, name, limit, allow_truncated, interleaved)
         if plain is not None:
@@ -564,28 +566,78 @@ def _jpeg_declared(head: bytes) -> int | None:
     return None  # (a frame header past 64 KiB of metadata: not here)
 
 
-def check_png_chunks(data: bytes, name: str) -> None:
-    """Raise for a PNG chunk cut off by the end of the file or with a bad CRC.
+def check_png_chunks(data: bytes, name: str, allow_truncated: bool = False) -> bool:
+    """Raise for a PNG chunk cut off by the end of the file or with a bad CRC; with
+    ``allow_truncated``, return True for a file cut short instead (a bad CRC still raises).
 
     Pillow does not check the CRC of image data chunks, and reports a cut-off header chunk only
     as "cannot identify image file".
     """
     view = memoryview(data)
     pos = len(PNG_SIGNATURE)
+    hint = "; --allow-truncated accepts that"
     while pos < len(data):
         if pos + 8 > len(data):
-            raise ImageFileError(f"{name}: truncated PNG file (ends inside a chunk header)")
+            if allow_truncated:
+                return True
+            raise ImageFileError(f"{name}: truncated PNG file (ends inside a chunk header)"
+                                 f"{hint}")
         length, chunk_type = struct.unpack_from(">I4s", data, pos)
         kind = chunk_type.decode("latin-1")
         end = pos + 12 + length
         if end > len(data):
-            raise ImageFileError(f"{name}: truncated PNG file ({kind!r} chunk is cut off)")
+            if allow_truncated:
+                return True
+            raise ImageFileError(f"{name}: truncated PNG file ({kind!r} chunk is cut off){hint}")
         (crc,) = struct.unpack_from(">I", data, end - 4)
         if zlib.crc32(view[pos + 4 : end - 4]) != crc:
             raise ImageFileError(f"{name}: corrupt PNG file (bad CRC in {kind!r} chunk)")
         if chunk_type == b"IEND":
-            return
+            return False
         pos = end
+    return allow_truncated  # no IEND: cut off right after a chunk (else left to the decoder)
+
+
+def _complete_png(data: bytes, name: str, limit: int | None) -> bytes:
+    """A PNG cut short, completed so that every decoder (Pillow, OpenCV for 16-bit colour)
+    reads it whole: the chunks before the image data as they are, the image data that arrived
+    inflated as far as it goes, then zero bytes (rows of filter None: black) up to the declared
+    height, in one IDAT. Interlaced files come back as they are, for Pillow's own reading of a
+    truncated file."""
+    pos, head, idat = len(PNG_SIGNATURE), [], bytearray()
+    width = height = 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if kind == b"IHDR" and end <= len(data):
+            width, height, depth, colour, _, _, interlace = struct.unpack_from(
+                ">IIBBBBB", data, pos + 8)
+        if kind == b"IDAT":
+            idat += data[pos + 8 : min(end - 4, len(data))]
+        elif not idat and end <= len(data):
+            head.append(data[pos:end])
+        pos = end
+    if not width or not height or interlace:
+        return data
+    if limit is not None and width * height > limit:
+        raise _over_limit(name, width, height, limit)
+    row = 1 + (width * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1) * depth + 7) // 8
+    inflate, raw = zlib.decompressobj(), bytearray()
+    for i in range(0, len(idat), 1 << 16):  # piece by piece: keep what precedes damage
+        try:
+            raw += inflate.decompress(bytes(idat[i : i + (1 << 16)]), row * height - len(raw))
+        except zlib.error:
+            break
+        if len(raw) >= row * height:
+            break
+    raw += bytes(row * height - len(raw))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    return b"".join([PNG_SIGNATURE, *head, chunk(b"IDAT", zlib.compress(bytes(raw), 1)),
+                     chunk(b"IEND", b"")])
 
 
 # DEFLATE, PNG's compression, packs at most about 1032 bytes into one (a run of one value).
@@ -696,8 +748,10 @@ def _load(im: Image.Image, name: str, allow_truncated: bool = False) -> None:
         ) from None
     except Exception as e:
         # Pillow raises many kinds of exception for corrupt data.
+        hint = "" if allow_truncated or "truncated" not in str(e).lower() else \
+            "; --allow-truncated accepts that"
         raise ImageFileError(
-            f"{name}: corrupt or truncated {im.format} file ({_describe(e)})"
+            f"{name}: corrupt or truncated {im.format} file ({_describe(e)}){hint}"
         ) from None
 
 

@@ -758,3 +758,39 @@ def test_16bit_to_8bit_rounds_every_level():
     assert np.array_equal(_to_8bit(x), ref)
     assert np.array_equal(_to_8bit(np.ascontiguousarray(np.repeat(x, 3, 0).transpose(0, 2, 1))),
                           np.repeat(ref, 3, 0).transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey", "rgb16", "rgba16"])
+def test_png_cut_short_is_refused_or_read_as_far_as_it_goes(tmp_path, kind):
+    """A PNG cut in half is refused, naming --allow-truncated; with allow_truncated the rows
+    that arrived are the file's own and the rest black, as Pillow's LOAD_TRUNCATED_IMAGES
+    gives them for 8 bits (16-bit colour, which Pillow cannot hold, too). It refused such
+    files whatever the option said."""
+    from PIL import ImageFile
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:120, 0:90]
+    base = np.stack([(xx * 2 + yy + 40 * c) % 256 for c in range(4)], -1).astype(np.uint8)
+    base = base + rng.integers(0, 3, base.shape, dtype=np.uint8)
+    a = {"rgb": base[:, :, :3], "grey": base[:, :, 0], "rgb16": base[:, :, :3] * np.uint16(257),
+         "rgba16": base * np.uint16(257)}[kind]
+    full = tmp_path / "full.png"
+    cv2.imwrite(str(full), a if a.ndim == 2 else a[:, :, [2, 1, 0, 3][: a.shape[2]]])
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ImageFileError, match="truncated PNG file .*--allow-truncated accepts"):
+        read_image(cut)
+    got = cio.read_array_with_info(cut, allow_truncated=True)[0]
+    got = got[0] if a.ndim == 2 else got.transpose(1, 2, 0)
+    assert got.shape == a.shape and got.dtype == a.dtype
+    same = [bool(np.array_equal(got[r], a[r])) for r in range(a.shape[0])]
+    arrived = same.index(False)
+    assert 20 <= arrived < a.shape[0], arrived  # about half the rows, each the file's own
+    assert not got[arrived + 1 :].any()  # then black (the row cut through may be partial)
+    if kind in ("rgb", "grey"):
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            pillow = np.asarray(Image.open(cut).convert("RGB" if kind == "rgb" else "L"))
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        np.testing.assert_array_equal(got[:arrived], pillow[:arrived])

@@ -205,23 +205,35 @@ def to_raw(info: PngInfo, rows: np.ndarray) -> np.ndarray:
     return rows.view(np.uint8).reshape(rows.shape[0], info.row_bytes)
 
 
-def iter_bands(path: str | Path, info: PngInfo, rows: int) -> Iterator[np.ndarray]:
-    """Decoded bands of ``rows`` rows (the last one shorter), top to bottom."""
+def iter_bands(path: str | Path, info: PngInfo, rows: int,
+               allow_truncated: bool = False) -> Iterator[np.ndarray]:
+    """Decoded bands of ``rows`` rows (the last one shorter), top to bottom. A file cut short
+    raises ValueError, or with ``allow_truncated`` gives black rows (filter None, zero
+    samples) from where its image data ends."""
     stride = 1 + info.row_bytes
     source = _idat_data(path, info)
     inflate = zlib.decompressobj()
     pending = b""
     prev: np.ndarray | None = None  # the previous band's last row, as raw scanline bytes
     done = 0
+    ended = False
     while done < info.height:
         n = min(rows, info.height - done)
         need = n * stride
         buf = bytearray()
         while len(buf) < need:
-            if not pending:
-                pending = inflate.unconsumed_tail or next(source, b"")
-                if not pending:
-                    raise ValueError(f"{path}: truncated PNG image data")
+            if not pending and not ended:
+                try:
+                    pending = inflate.unconsumed_tail or next(source, b"")
+                except ValueError:  # cut off inside a chunk
+                    pending = b""
+                ended = not pending
+            if ended:
+                if not allow_truncated:
+                    raise ValueError(f"{path}: truncated PNG image data; --allow-truncated "
+                                     "accepts that")
+                buf += bytes(need - len(buf))
+                break
             buf += inflate.decompress(pending, need - len(buf))
             pending = inflate.unconsumed_tail
         if prev is not None:

@@ -942,7 +942,7 @@ class _Loop:
                 from .streaming import stream_png
 
                 done = stream_png(runner.plan, job.src, job.out, max_memory=st.max_memory,
-                                  opts=runner.opts)
+                                  opts=runner.opts, allow_truncated=st.allow_truncated)
                 if done is not None:
                     if self.on_info is not None:
                         self.on_info(f"{job.shown}: streamed in {done['bands']} bands of rows "
@@ -951,7 +951,8 @@ class _Loop:
             from .huge_files import filter_file
 
             filter_file(runner.module, job.src, job.out, max_memory=st.max_memory,
-                        max_pixels=st.max_pixels, quality=st.quality)
+                        max_pixels=st.max_pixels, quality=st.quality,
+                        allow_truncated=st.allow_truncated)
             return _STREAMED, None
         return self.read(job.src, defer_jpeg=st.defer_jpeg, **self.read_kw)
 

@@ -58,7 +58,8 @@ def _header(path: Path, max_pixels: int | None) -> tuple[int, int, str]:
 
 def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.PathLike, *,
                 max_memory: int | str | None = None, max_pixels: int | None = None,
-                quality: int = 95, alpha: bool | None = None) -> dict:
+                quality: int = 95, alpha: bool | None = None,
+                allow_truncated: bool = False) -> dict:
     """Filter one (huge) image file into ``dst`` in bounded memory.
 
     A PNG to PNG (8/16-bit grey, grey+alpha, RGB, RGBA, not interlaced) streams: bands are
@@ -66,7 +67,11 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     (:mod:`convkit.io.pngstream`), so memory does not grow with the image. Other files are decoded
     whole with OpenCV (no Pillow copy), filtered in place band by band (:func:`apply_tiled`
     with ``out=x``) and encoded by OpenCV from the same buffer: about one decoded image of
-    memory. 8- and 16-bit images stay 8/16-bit; a 4-channel image's last channel is alpha. The
+    memory. A JPEG is read by :func:`convkit.io.images.read_array_with_info` instead, as
+    everywhere else in convkit: damaged or cut-short data is refused (OpenCV's decoder fills it
+    with grey and says nothing), the EXIF orientation is applied, and
+    :func:`convkit.io.images.write_image` writes it with its ICC profile and EXIF. 8- and
+    16-bit images stay 8/16-bit; a 4-channel image's last channel is alpha. The
     output is written to a temporary name and renamed, so no partial file is left; ``src`` is
     never modified.
 
@@ -88,6 +93,8 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
             ``Image.MAX_IMAGE_PIXELS``). OpenCV refuses more than 2**30 pixels unless the
             environment sets OPENCV_IO_MAX_IMAGE_PIXELS before it is first used.
         quality: JPEG/WebP quality.
+        allow_truncated: filter what a damaged or cut-short file holds (the rest black, or grey
+            in a JPEG) instead of refusing it, as :func:`convkit.io.images.read_image_with_info`.
 
     Returns:
         A summary: width, height, channels, dtype, bands, working_memory, streamed.
@@ -104,13 +111,24 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     w, h, mode = _header(src, max_pixels)
     png = png_source(src) if dst.suffix.lower() == ".png" else None
     if png is not None and png.orientation != 1:
-        return _filter_with_io(module, src, dst, png, max_memory, max_pixels, quality, alpha)
+        info = png.info
+        channels = 4 if info.colour_type == 3 else info.samples  # palette: RGB(A)
+        decoded = info.width * info.height * channels * (2 if info.bit_depth == 16 else 1)
+        return _filter_with_io(module, src, dst, decoded, max_memory, max_pixels, quality,
+                               alpha, allow_truncated)
     if png is not None:
-        streamed = _stream_png(module, src, dst, png, max_memory, alpha)
+        streamed = _stream_png(module, src, dst, png, max_memory, alpha, allow_truncated)
         if streamed is not None:
             return streamed
     channels = {"L": 1, "LA": 4, "RGBA": 4, "PA": 4}.get(mode, 3)
     itemsize = 2 if mode.startswith("I;16") or mode == "I" else 1
+    with open(src, "rb") as f:
+        jpeg = f.read(3) == b"\xff\xd8\xff"
+    if jpeg:
+        # OpenCV's decoder fills damaged data with grey without a word, and ignores the EXIF
+        # orientation under IMREAD_UNCHANGED: io reads it, as everywhere else
+        return _filter_with_io(module, src, dst, w * h * channels * itemsize, max_memory,
+                               max_pixels, quality, alpha, allow_truncated)
     budget = _file_budget(src, w, h, w * h * channels * itemsize, max_memory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -199,32 +217,35 @@ def _insert_png_metadata(path: Path, png: PngSource, channels: int) -> None:
         raise
 
 
-def _filter_with_io(module: nn.Module, src: Path, dst: Path, png: PngSource, max_memory,
-                    max_pixels: int | None, quality: int, alpha: bool | None) -> dict:
-    """The path of every other image (:mod:`convkit.io.images` reads, turns, writes), for a PNG
-    whose EXIF orientation is not 1: it must be turned before it is filtered, which needs it
-    whole."""
+def _filter_with_io(module: nn.Module, src: Path, dst: Path, decoded: int, max_memory,
+                    max_pixels: int | None, quality: int, alpha: bool | None,
+                    allow_truncated: bool) -> dict:
+    """The path of every other image (:mod:`convkit.io.images` reads, turns, writes), for a
+    JPEG (strict decoding, orientation, metadata) and a PNG whose EXIF orientation is not 1 (it
+    must be turned before it is filtered, which needs it whole). ``decoded``: the bytes the
+    image takes decoded, for the budget."""
     from ..io import images as cio
 
     if any(u.kind != "same" for u in units_of(module)[0]):
         raise ValueError("filter_file needs a chain that keeps the image size; this one pools")
-    info = png.info
-    channels = 4 if info.colour_type == 3 else info.samples  # palette: RGB(A)
-    decoded = info.width * info.height * channels * (2 if info.bit_depth == 16 else 1)
-    budget = _file_budget(src, info.width, info.height, decoded, max_memory)
-    image, meta = cio.read_image_with_info(src, max_pixels=max_pixels)
-    x = image[None]
+    w, h, _ = _header(src, max_pixels)
+    budget = _file_budget(src, w, h, decoded, max_memory)
+    # interleaved: a (C, H, W) view of the decoded (H, W, C) pixels, filtered in place
+    image, meta = cio.read_array_with_info(src, max_pixels=max_pixels, interleaved=True,
+                                           allow_truncated=allow_truncated)
+    x = torch.from_numpy(image)[None]
     if alpha is None:
         alpha = image.shape[0] in (2, 4)
     tp = plan_tiles(module, tuple(x.shape), max_memory=budget, full_width=True)
     with torch.no_grad():
         apply_tiled(module, x, alpha=alpha, max_memory=budget, out=x)
-    cio.write_image(dst, image, quality=quality, info=meta)
+    cio.write_image(dst, image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0),
+                    quality=quality, info=meta)
     return _tiled_summary(x, tp, budget)
 
 
 def _stream_png(module: nn.Module, src: Path, dst: Path, png: PngSource, max_memory,
-                alpha) -> dict | None:
+                alpha, allow_truncated: bool = False) -> dict | None:
     """PNG to PNG band by band; None when the file or the chain do not allow streaming."""
     from ..io import pngstream
 
@@ -245,7 +266,7 @@ def _stream_png(module: nn.Module, src: Path, dst: Path, png: PngSource, max_mem
     negative = negative_of(mod)
     bands = [(r, input_ranges(tp.units, tp.sizes_h, *r, 0, False)) for r in tp.rows]
     step = max(r[1] - r[0] for r, _ in bands)
-    tiles = pngstream.row_ranges(pngstream.iter_bands(src, info, step),
+    tiles = pngstream.row_ranges(pngstream.iter_bands(src, info, step, allow_truncated),
                                  [rr[0] for _, rr in bands])
     # the file's own channels (grey+alpha stays grey+alpha), which are also io's on read
     head = metadata_chunks(png, info.samples, pngstream.header(info))

@@ -82,7 +82,7 @@ def metadata_chunks(png: PngSource, channels: int, head: bytes) -> bytes:
 
 
 def stream_png(plan: Plan, src: str | Path, dst: str | Path, *, max_memory: Any = None,
-               opts: Any = None) -> dict | None:
+               opts: Any = None, allow_truncated: bool = False) -> dict | None:
     """Filter the PNG ``src`` into the PNG ``dst`` band by band with ``plan``, without torch.
 
     Returns a summary, or None when this route cannot take the file or the plan (then
@@ -119,7 +119,8 @@ def stream_png(plan: Plan, src: str | Path, dst: str | Path, *, max_memory: Any 
     head = metadata_chunks(png, info.samples, pngstream.header(info))
     starts = range(0, h, rows)
     ranges = [(max(0, r0 - top), min(h, r0 + rows + bottom)) for r0 in starts]
-    reader = pngstream.row_ranges(pngstream.iter_bands(src, info, rows), ranges)
+    reader = pngstream.row_ranges(pngstream.iter_bands(src, info, rows, allow_truncated),
+                                  ranges)
     with atomic.replacing(dst) as tmp, pngstream.PngWriter(tmp, info, head=head) as writer:
         for r0, (lo, _), band in zip(starts, ranges, reader, strict=True):
             chw = band[None] if band.ndim == 2 else band.transpose(2, 0, 1)

@@ -491,3 +491,67 @@ def test_huge_png_that_cannot_stream_keeps_icc_and_exif(tmp_path, monkeypatch):
         bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
     assert_same(torch.from_numpy(got), torch.from_numpy(_cv_reference(bgr, SHARPEN)))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_filter_file_jpeg_is_read_strictly_and_upright(tmp_path):
+    """filter_file on a JPEG reads it as convkit.io does: a file cut short is refused (OpenCV's
+    decoder filled it with grey and said nothing), or filtered as far as it decodes with
+    allow_truncated; a JPEG stored turned (EXIF orientation 6) comes out upright with its
+    orientation reset (IMREAD_UNCHANGED ignored it, and the output had no EXIF)."""
+    from PIL import Image
+
+    from convkit.io.images import ImageFileError
+
+    yy, xx = np.mgrid[0:180, 0:120]
+    upright = np.stack([(xx * 2 + yy) % 256, (xx * 3) % 256, (yy * 2) % 256], -1).astype(np.uint8)
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # shown upright after a 90° CW turn
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src = tmp_path / "turned.jpg"
+    Image.fromarray(stored).save(src, quality=98, subsampling=0, exif=exif.tobytes())
+    shown = np.asarray(Image.open(src).transpose(Image.Transpose.ROTATE_270))
+    dst = tmp_path / "out.png"
+    info = huge_files.filter_file("sharpen", src, dst, max_memory=(1 << 20) * 40)
+    assert not info["streamed"]
+    with Image.open(dst) as im:
+        assert im.getexif().get(0x0112, 1) == 1
+        got = np.asarray(im)
+    ref = cv2.filter2D(np.ascontiguousarray(shown), -1, np.array(
+        [[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32), borderType=cv2.BORDER_REFLECT_101)
+    assert got.shape == ref.shape and np.abs(got.astype(int) - ref).max() <= 1
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size * 2 // 3])
+    with pytest.raises(ImageFileError, match="cut.jpg: .*truncated.*--allow-truncated"):
+        huge_files.filter_file("sharpen", cut, tmp_path / "cut-out.jpg")
+    assert not (tmp_path / "cut-out.jpg").exists()
+    huge_files.filter_file("sharpen", cut, tmp_path / "cut-out.jpg", allow_truncated=True)
+    assert (tmp_path / "cut-out.jpg").exists()
+
+
+def test_huge_png_cut_short_through_the_command_line(tmp_path, monkeypatch):
+    """A huge PNG (streamed band by band) cut short: refused naming --allow-truncated, or
+    filtered as far as it goes, the rows that arrived as the whole file's, the rest black."""
+    from convkit.pipeline import batches as pipeline
+
+    yy, xx = np.mgrid[0:400, 0:150]
+    img = np.stack([(xx + yy) % 256, (xx * 3) % 256, (yy * 5) % 256], -1).astype(np.uint8)
+    full = tmp_path / "full.png"
+    cv2.imwrite(str(full), img)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    monkeypatch.setattr(pipeline, "HUGE_PIXELS", 100)
+    errors = []
+    s = convkit.run("sharpen", [str(cut)], str(tmp_path / "o.png"), device="cpu",
+                    progress=False, on_error=errors.append, max_memory="1M")
+    assert s.failed == 1 and "--allow-truncated accepts that" in errors[0], errors
+    assert not (tmp_path / "o.png").exists()
+    s = convkit.run("sharpen", [str(cut)], str(tmp_path / "o.png"), device="cpu",
+                    progress=False, max_memory="1M", allow_truncated=True)
+    assert s.written == 1
+    got = cv2.imread(str(tmp_path / "o.png"))
+    ref = cv2.filter2D(img, -1, np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32),
+                       borderType=cv2.BORDER_REFLECT_101)
+    same = [bool(np.array_equal(got[r], ref[r])) for r in range(400)]
+    arrived = same.index(False)
+    assert 50 <= arrived < 400, arrived
+    assert not got[arrived + 2 :].any()

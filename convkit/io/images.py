@@ -304,8 +304,11 @@ def read_array_with_info(
         allow_truncated: Decode what a damaged file holds instead of refusing it: a JPEG
             whose decoder reports missing or corrupt data (libjpeg-turbo's warnings, "premature
             end of data segment" and the like), or a file cut short, gives the pixels that
-            could be decoded, the rest grey (JPEG) or black (others), as Pillow's
-            ``LOAD_TRUNCATED_IMAGES`` does. By default such a file raises ImageFileError.
+            could be decoded, the rest grey (JPEG) or black (others: palette entry 0 in a
+            palette PNG, transparent where there is alpha), as Pillow's
+            ``LOAD_TRUNCATED_IMAGES`` does. A PNG cut inside its header or before any image
+            data, or with a second IHDR, is refused all the same. By default such a file
+            raises ImageFileError.
 
     Returns:
         ``(image, info)``: ``image`` is a contiguous ``(C, H, W)`` array (a view of a
@@ -576,6 +579,10 @@ def check_png_chunks(data: bytes, name: str, allow_truncated: bool = False) -> b
     view = memoryview(data)
     pos = len(PNG_SIGNATURE)
     hint = "; --allow-truncated accepts that"
+    if not b"IHDR".startswith(data[12:16]):  # the first chunk is IHDR (or the file ends)
+        raise ImageFileError(f"{name}: corrupt PNG file (it does not start with IHDR)")
+    if len(data) < 33:  # nothing to read, with or without --allow-truncated
+        raise ImageFileError(f"{name}: truncated PNG file (cut inside its header)")
     while pos < len(data):
         if pos + 8 > len(data):
             if allow_truncated:
@@ -592,52 +599,82 @@ def check_png_chunks(data: bytes, name: str, allow_truncated: bool = False) -> b
         (crc,) = struct.unpack_from(">I", data, end - 4)
         if zlib.crc32(view[pos + 4 : end - 4]) != crc:
             raise ImageFileError(f"{name}: corrupt PNG file (bad CRC in {kind!r} chunk)")
+        if chunk_type == b"IHDR" and pos != len(PNG_SIGNATURE):
+            # decoders differ on which one counts: the size checks read the first
+            raise ImageFileError(f"{name}: corrupt PNG file (a second IHDR chunk)")
         if chunk_type == b"IEND":
             return False
         pos = end
     return allow_truncated  # no IEND: cut off right after a chunk (else left to the decoder)
 
 
+def _png_raw_size(width: int, height: int, bits: int, interlace: int) -> int:
+    """Bytes of a PNG's filtered scanlines (a filter byte a row) once inflated; ``bits`` per
+    pixel. Interlaced (Adam7): the seven passes' sub-images, each row of each pass with its
+    own filter byte."""
+    def size(w: int, h: int) -> int:
+        return h * (1 + (w * bits + 7) // 8) if w and h else 0
+
+    if not interlace:
+        return size(width, height)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+              (1, 0, 2, 2), (0, 1, 1, 2))  # (x0, y0, dx, dy)
+    return sum(size((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy)
+               for x0, y0, dx, dy in passes)
+
+
 def _complete_png(data: bytes, name: str, limit: int | None) -> bytes:
-    """A PNG cut short, completed so that every decoder (Pillow, OpenCV for 16-bit colour)
-    reads it whole: the chunks before the image data as they are, the image data that arrived
-    inflated as far as it goes, then zero bytes (rows of filter None: black) up to the declared
-    height, in one IDAT. Interlaced files come back as they are, for Pillow's own reading of a
-    truncated file."""
-    pos, head, idat = len(PNG_SIGNATURE), [], bytearray()
-    width = height = 0
+    """A PNG cut short, completed so that every decoder (Pillow; OpenCV for 16-bit colour)
+    reads it whole: its complete chunks as they are, the image data that arrived inflated as
+    far as it goes (up to damage in it, if any), then zero bytes up to the declared size (rows
+    of filter None: black, palette entry 0, transparent where there is alpha), in one IDAT.
+    The size is the first IHDR's, which :func:`check_png_chunks` checked is the only one, and
+    the pixel limit and :func:`check_png_size` apply to it before anything is allocated."""
+    head = png_header(data[:26])
+    if head is None:  # cut inside the IHDR: nothing to complete
+        raise ImageFileError(f"{name}: truncated PNG file (cut inside its header)")
+    width, height, depth, colour = head
+    interlace = data[28] if len(data) > 28 else 0
+    if limit is not None and width * height > limit:
+        raise _over_limit(name, width, height, limit)
+    pos, before, after, idat = len(PNG_SIGNATURE), [], [], bytearray()
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         end = pos + 12 + length
-        if kind == b"IHDR" and end <= len(data):
-            width, height, depth, colour, _, _, interlace = struct.unpack_from(
-                ">IIBBBBB", data, pos + 8)
         if kind == b"IDAT":
             idat += data[pos + 8 : min(end - 4, len(data))]
-        elif not idat and end <= len(data):
-            head.append(data[pos:end])
+        elif end <= len(data) and kind != b"IEND":
+            (after if idat else before).append(data[pos:end])  # eXIf may follow the data
         pos = end
-    if not width or not height or interlace:
-        return data
-    if limit is not None and width * height > limit:
-        raise _over_limit(name, width, height, limit)
-    row = 1 + (width * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1) * depth + 7) // 8
+    if not idat:
+        raise ImageFileError(f"{name}: truncated PNG file (no image data)")
+    need = _png_raw_size(width, height, {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1) * depth,
+                         interlace)
     inflate, raw = zlib.decompressobj(), bytearray()
-    for i in range(0, len(idat), 1 << 16):  # piece by piece: keep what precedes damage
+    for i in range(0, len(idat), 1 << 16):
+        piece, saved = bytes(idat[i : i + (1 << 16)]), inflate.copy()
         try:
-            raw += inflate.decompress(bytes(idat[i : i + (1 << 16)]), row * height - len(raw))
-        except zlib.error:
+            raw += inflate.decompress(piece, need - len(raw))
+        except zlib.error:  # damage in this piece: keep what precedes it, 64 bytes at a time
+            inflate = saved
+            for j in range(0, len(piece), 64):
+                try:
+                    raw += inflate.decompress(piece[j : j + 64], need - len(raw))
+                except zlib.error:
+                    break
+                if len(raw) >= need:
+                    break
             break
-        if len(raw) >= row * height:
+        if len(raw) >= need or inflate.eof:
             break
-    raw += bytes(row * height - len(raw))
+    raw += bytes(need - len(raw))
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(
             ">I", zlib.crc32(kind + body))
 
-    return b"".join([PNG_SIGNATURE, *head, chunk(b"IDAT", zlib.compress(bytes(raw), 1)),
-                     chunk(b"IEND", b"")])
+    return b"".join([PNG_SIGNATURE, *before, chunk(b"IDAT", zlib.compress(bytes(raw), 1)),
+                     *after, chunk(b"IEND", b"")])
 
 
 # DEFLATE, PNG's compression, packs at most about 1032 bytes into one (a run of one value).

@@ -77,13 +77,12 @@ class PngInfo:
 
 def _chunks(f) -> Iterator[tuple[bytes, int, int]]:
     """(type, data offset, length) of each chunk, without reading their data, up to IEND or
-    the end of the file (a file cut short inside its image data is caught when it is read)."""
+    the end of the file (a file cut short is caught when its image data is read: an error, or
+    black rows with ``allow_truncated``)."""
     while True:
         head = f.read(8)
-        if not head:
-            return
         if len(head) < 8:
-            raise ValueError("truncated PNG (ends inside a chunk header)")
+            return  # the end, or a file cut inside a chunk header (iter_bands decides)
         length, ctype = struct.unpack(">I4s", head)
         start = f.tell()
         yield ctype, start, length
@@ -103,6 +102,8 @@ def read_info(path: str | Path) -> PngInfo:
         metadata, trns, frames = [], False, 0
         for ctype, start, length in _chunks(f):
             if ctype == b"IHDR":
+                if info is not None:
+                    raise ValueError(f"{path}: corrupt PNG file (a second IHDR chunk)")
                 f.seek(start)
                 w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", f.read(13))
                 info = PngInfo(w, h, depth, colour, interlace, 0)

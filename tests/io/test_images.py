@@ -794,3 +794,80 @@ def test_png_cut_short_is_refused_or_read_as_far_as_it_goes(tmp_path, kind):
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
         np.testing.assert_array_equal(got[:arrived], pillow[:arrived])
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_png_cut_short_guards(tmp_path):
+    """What --allow-truncated must not accept, or must read right: a second IHDR (decoders
+    differ on which counts, and the size checks read the first: 79 bytes declaring 8000x8000
+    16-bit RGBA were completed into a 1 GB image), a file cut inside its header or before any
+    image data (nothing to read), image data damaged as well as cut (the rows before the
+    damage kept, as Pillow keeps them), an eXIf chunk after the image data (kept: the
+    orientation applies) and an interlaced 16-bit colour file."""
+    from PIL import ImageFile
+
+    def ihdr(w, h, depth=8, colour=2, interlace=0):
+        return _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, interlace))
+
+    raw = zlib.compress(b"\0" + bytes(3))
+    bomb = cio.PNG_SIGNATURE + ihdr(1, 1) + ihdr(8000, 8000, 16, 6) + _png_chunk(b"IDAT", raw)
+    for data, allow in ((bomb[:-3], True), (bomb + _png_chunk(b"IEND", b""), True),
+                        (bomb + _png_chunk(b"IEND", b""), False)):
+        (tmp_path / "bomb.png").write_bytes(data)
+        with pytest.raises(ImageFileError, match="a second IHDR"):
+            cio.read_array_with_info(tmp_path / "bomb.png", allow_truncated=allow)
+    a = np.random.default_rng(5).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    full = tmp_path / "full.png"
+    cv2.imwrite(str(full), a[:, :, ::-1])
+    data = full.read_bytes()
+    for cut, message in ((20, "cut inside its header"), (33, "no image data")):
+        (tmp_path / "cut.png").write_bytes(data[:cut])
+        with pytest.raises(ImageFileError, match=message) as caught:
+            cio.read_array_with_info(tmp_path / "cut.png", allow_truncated=True)
+        assert "--allow-truncated" not in str(caught.value)
+    # damaged in the middle of its image data, and cut after it
+    idat = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[idat : idat + 4])[0]
+    body = bytearray(data[idat + 8 : idat + 8 + length])
+    body[len(body) // 2] ^= 0xFF
+    damaged = data[:idat] + _png_chunk(b"IDAT", bytes(body))  # no IEND
+    (tmp_path / "damaged.png").write_bytes(damaged)
+    got = cio.read_array_with_info(tmp_path / "damaged.png", allow_truncated=True)[0]
+    got = got.transpose(1, 2, 0)
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        pillow = np.asarray(Image.open(tmp_path / "damaged.png").convert("RGB"))
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    kept = [bool(np.array_equal(pillow[r], a[r])) for r in range(40)].index(False)
+    assert kept > 5 and np.array_equal(got[:kept], a[:kept]), kept
+    # an eXIf chunk after the image data, the file cut inside IEND
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tiff = exif.tobytes()
+    tiff = tiff[6:] if tiff.startswith(b"Exif\0\0") else tiff
+    whole = data[:-12] + _png_chunk(b"eXIf", tiff) + data[-12:]
+    (tmp_path / "turned.png").write_bytes(whole)
+    (tmp_path / "turned-cut.png").write_bytes(whole[:-6])
+    ref = cio.read_array_with_info(tmp_path / "turned.png")[0]
+    assert ref.shape == (3, 30, 40)  # turned upright
+    got = cio.read_array_with_info(tmp_path / "turned-cut.png", allow_truncated=True)[0]
+    np.testing.assert_array_equal(got, ref)
+    # interlaced 16-bit colour (decoded by OpenCV), written pass by pass (Adam7), cut short
+    a16 = a.astype(np.uint16) * 257
+    scan = b"".join(b"\0" + row.astype(">u2").tobytes()
+                    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
+                                           (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+                    for row in a16[y0::dy, x0::dx] if row.size)
+    inter = (cio.PNG_SIGNATURE + ihdr(30, 40, 16, 2, 1) + _png_chunk(b"IDAT", zlib.compress(scan))
+             + _png_chunk(b"IEND", b""))
+    (tmp_path / "inter.png").write_bytes(inter)
+    np.testing.assert_array_equal(
+        cio.read_array_with_info(tmp_path / "inter.png")[0].transpose(1, 2, 0), a16)
+    (tmp_path / "inter-cut.png").write_bytes(inter[: len(inter) * 2 // 3])
+    got = cio.read_array_with_info(tmp_path / "inter-cut.png", allow_truncated=True)[0]
+    assert got.dtype == np.uint16 and got.shape == (3, 40, 30)
+    np.testing.assert_array_equal(got.transpose(1, 2, 0)[::8, ::8], a16[::8, ::8])  # pass 1

@@ -300,6 +300,9 @@ def test_links_in_a_folder_each_get_their_output_and_in_place_filters_once(tmp_p
     assert names == ["a_link.png", "real.png", "z_link.png"], names
     for name in names:
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), sharp(photo()))
+    res = invoke("--in-place", "--format", "tiff", str(src))  # new files: one a name
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in src.glob("*.tif")) == ["a_link.tif", "real.tif", "z_link.tif"]
     res = invoke("--in-place", str(src), str(src / "real.png"))
     assert res.exit_code == 0, res.stderr
     assert np.array_equal(np.asarray(Image.open(src / "real.png")), sharp(photo()))

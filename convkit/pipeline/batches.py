@@ -349,11 +349,12 @@ def plan(inputs: Sequence[str | os.PathLike] | str | os.PathLike, output: str | 
     pairs, errors, many = _expand(inputs, recursive, exclude)
 
     # the same name given twice (or through a folder and a glob) is processed once; names that
-    # are links to one file each get their output, except in place, where the file is
-    # filtered once whatever the names that reach it
+    # are links to one file each get their output, except in place (in the same format),
+    # where the file is filtered once whatever the names that reach it
+    once = in_place and format is None
     unique: dict[str, tuple[str, str]] = {}
     for f, root in pairs:
-        unique.setdefault(os.path.realpath(f) if in_place else os.path.abspath(f), (f, root))
+        unique.setdefault(os.path.realpath(f) if once else os.path.abspath(f), (f, root))
     items = sorted(unique.values(), key=lambda p: p[0])
     if out is None and not in_place and many and items:
         raise UsageError("a folder or pattern needs -o OUTPUT_FOLDER (or --in-place)")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import atomic
+from ..io.formats import PNG_SIGNATURE
 from ..nn.modules import Filter, flatten
 from .memory import parse_memory
 from .streaming import PngSource, metadata_chunks, png_source
@@ -67,10 +68,12 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     (:mod:`convkit.io.pngstream`), so memory does not grow with the image. Other files are decoded
     whole with OpenCV (no Pillow copy), filtered in place band by band (:func:`apply_tiled`
     with ``out=x``) and encoded by OpenCV from the same buffer: about one decoded image of
-    memory. A JPEG is read by :func:`convkit.io.images.read_array_with_info` instead, as
-    everywhere else in convkit: damaged or cut-short data is refused (OpenCV's decoder fills it
-    with grey and says nothing), the EXIF orientation is applied, and
-    :func:`convkit.io.images.write_image` writes it with its ICC profile and EXIF. 8- and
+    memory. A JPEG (and, with ``allow_truncated``, a PNG that does not stream) is read by
+    :func:`convkit.io.images.read_array_with_info` instead, as everywhere else in convkit:
+    damaged or cut-short data is refused (OpenCV's decoder fills it with grey and says
+    nothing), the EXIF orientation is applied, and :func:`convkit.io.images.write_image` writes
+    it with its ICC profile and EXIF, its encoder taking about one more decoded image of
+    memory (counted in ``max_memory``). 8- and
     16-bit images stay 8/16-bit; a 4-channel image's last channel is alpha. The
     output is written to a temporary name and renamed, so no partial file is left; ``src`` is
     never modified.
@@ -123,10 +126,11 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     channels = {"L": 1, "LA": 4, "RGBA": 4, "PA": 4}.get(mode, 3)
     itemsize = 2 if mode.startswith("I;16") or mode == "I" else 1
     with open(src, "rb") as f:
-        jpeg = f.read(3) == b"\xff\xd8\xff"
-    if jpeg:
-        # OpenCV's decoder fills damaged data with grey without a word, and ignores the EXIF
-        # orientation under IMREAD_UNCHANGED: io reads it, as everywhere else
+        magic = f.read(8)
+    if magic.startswith(b"\xff\xd8\xff") or (allow_truncated and magic == PNG_SIGNATURE):
+        # a JPEG: OpenCV's decoder fills damaged data with grey without a word, and ignores
+        # the EXIF orientation under IMREAD_UNCHANGED; a PNG cut short that did not stream:
+        # OpenCV refuses it. io reads them, as everywhere else
         return _filter_with_io(module, src, dst, w * h * channels * itemsize, max_memory,
                                max_pixels, quality, alpha, allow_truncated)
     budget = _file_budget(src, w, h, w * h * channels * itemsize, max_memory)
@@ -229,7 +233,9 @@ def _filter_with_io(module: nn.Module, src: Path, dst: Path, decoded: int, max_m
     if any(u.kind != "same" for u in units_of(module)[0]):
         raise ValueError("filter_file needs a chain that keeps the image size; this one pools")
     w, h, _ = _header(src, max_pixels)
-    budget = _file_budget(src, w, h, decoded, max_memory)
+    # write_image's encoder takes a converted copy (BGR for OpenCV) and the encoded bytes: the
+    # budget counts two images, so the tiles' working memory keeps the total within it
+    budget = _file_budget(src, w, h, 2 * decoded, max_memory)
     # interleaved: a (C, H, W) view of the decoded (H, W, C) pixels, filtered in place
     image, meta = cio.read_array_with_info(src, max_pixels=max_pixels, interleaved=True,
                                            allow_truncated=allow_truncated)

@@ -414,3 +414,31 @@ def test_process_array_with_a_module_runs_its_plan_on_the_array(rng, monkeypatch
     pil = convkit.process(Image.fromarray(img[:, :, :3]), g, device="cpu")
     assert not calls
     assert max_diff(np.asarray(pil), definition(img[:, :, :3])) <= 1
+
+
+def test_spec_strings_on_tensors_are_built_once_and_files_read_each_time(tmp_path):
+    """process(tensor, spec) keeps the chain of a spec string that names no file (it was built,
+    with its plan, at every call: 0.45 ms of a 1.6 ms 1080p sharpen); a spec that reads a file
+    is built afresh, so an edited kernel file is what runs. Results against cv2.filter2D."""
+    from convkit import api
+
+    rng = np.random.default_rng(11)
+    img = rng.integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    sharpen = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
+    ref = cv2.filter2D(img, -1, sharpen, borderType=cv2.BORDER_REFLECT_101)
+    before = api._cached_chain.cache_info()
+    for _ in range(3):
+        got = convkit.process(x, "sharpen(amount=1)", device="cpu")
+        np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), ref)
+    after = api._cached_chain.cache_info()
+    assert after.hits - before.hits >= 2 and after.misses - before.misses <= 1
+    kernel = tmp_path / "mine.toml"
+    for k in (sharpen, -sharpen + 2 * np.eye(3, dtype=np.float32)):
+        rows = ", ".join("[" + ", ".join(str(v) for v in r) + "]" for r in k.tolist())
+        kernel.write_text(f'name = "mine"\ndescription = "test"\nweights = [{rows}]\n'
+                          "scale = 1\n")
+        for s in (str(kernel), f'kernel(path="{kernel}")'):
+            got = convkit.process(x, s, device="cpu").permute(1, 2, 0).numpy()
+            want = cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT_101)
+            assert np.abs(got.astype(int) - want).max() <= 1, s

@@ -423,8 +423,7 @@ def _straight(src: Any, dst: Any, op: LinearOp, negative: str | None,
     float32."""
     small = method == "separable" or (
         method == "direct" and op.shape[0] * op.shape[1] < FLOAT_DIRECT_MIN_TAPS)
-    padded = op.border == "circular" or (op.border == "constant" and op.value != 0)
-    return small and not padded and src == dst and (negative in ("clip", "offset") or (
+    return small and bandable(op) and src == dst and (negative in ("clip", "offset") or (
         negative is None and src == np.float32))
 
 

@@ -608,6 +608,9 @@ def check_png_chunks(data: bytes, name: str, allow_truncated: bool = False) -> b
     return allow_truncated  # no IEND: cut off right after a chunk (else left to the decoder)
 
 
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel in the file
+
+
 def _png_raw_size(width: int, height: int, bits: int, interlace: int) -> int:
     """Bytes of a PNG's filtered scanlines (a filter byte a row) once inflated; ``bits`` per
     pixel. Interlaced (Adam7): the seven passes' sub-images, each row of each pass with its
@@ -648,8 +651,7 @@ def _complete_png(data: bytes, name: str, limit: int | None) -> bytes:
         pos = end
     if not idat:
         raise ImageFileError(f"{name}: truncated PNG file (no image data)")
-    need = _png_raw_size(width, height, {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1) * depth,
-                         interlace)
+    need = _png_raw_size(width, height, _PNG_SAMPLES.get(colour, 4) * depth, interlace)
     inflate, raw = zlib.decompressobj(), bytearray()
     for i in range(0, len(idat), 1 << 16):
         piece, saved = bytes(idat[i : i + (1 << 16)]), inflate.copy()
@@ -668,13 +670,8 @@ def _complete_png(data: bytes, name: str, limit: int | None) -> bytes:
         if len(raw) >= need or inflate.eof:
             break
     raw += bytes(need - len(raw))
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(
-            ">I", zlib.crc32(kind + body))
-
-    return b"".join([PNG_SIGNATURE, *before, chunk(b"IDAT", zlib.compress(bytes(raw), 1)),
-                     *after, chunk(b"IEND", b"")])
+    return b"".join([PNG_SIGNATURE, *before, _png_chunk(b"IDAT", zlib.compress(bytes(raw), 1)),
+                     *after, _png_chunk(b"IEND", b"")])
 
 
 # DEFLATE, PNG's compression, packs at most about 1032 bytes into one (a run of one value).
@@ -699,8 +696,7 @@ def check_png_size(data: bytes, name: str, size: int | None = None) -> None:
         return
     width, height, depth, colour = png
     size = len(data) if size is None else size
-    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
-    raw = height * (1 + (width * samples * depth + 7) // 8)  # a filter byte per row
+    raw = _png_raw_size(width, height, _PNG_SAMPLES.get(colour, 4) * depth, 0)
     if raw > _MAX_DEFLATE_RATIO * size + (1 << 20):
         raise ImageFileError(
             f"{name}: corrupt PNG file (its header declares {width}x{height}, "

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from ..io import atomic
-from ..io.formats import PNG_SIGNATURE
 from ..nn.modules import Filter, flatten
 from .memory import parse_memory
 from .streaming import PngSource, metadata_chunks, png_source
@@ -114,25 +113,24 @@ def filter_file(module: nn.Module | str, src: str | os.PathLike, dst: str | os.P
     w, h, mode = _header(src, max_pixels)
     png = png_source(src) if dst.suffix.lower() == ".png" else None
     if png is not None and png.orientation != 1:
-        info = png.info
-        channels = 4 if info.colour_type == 3 else info.samples  # palette: RGB(A)
-        decoded = info.width * info.height * channels * (2 if info.bit_depth == 16 else 1)
-        return _filter_with_io(module, src, dst, decoded, max_memory, max_pixels, quality,
-                               alpha, allow_truncated)
+        return _filter_with_io(module, src, dst, w, h, max_memory, max_pixels, quality, alpha,
+                               allow_truncated)
     if png is not None:
         streamed = _stream_png(module, src, dst, png, max_memory, alpha, allow_truncated)
         if streamed is not None:
             return streamed
-    channels = {"L": 1, "LA": 4, "RGBA": 4, "PA": 4}.get(mode, 3)
-    itemsize = 2 if mode.startswith("I;16") or mode == "I" else 1
+    from ..io.images import sniff_format
+
     with open(src, "rb") as f:
-        magic = f.read(8)
-    if magic.startswith(b"\xff\xd8\xff") or (allow_truncated and magic == PNG_SIGNATURE):
+        kind = sniff_format(f.read(12))
+    if kind == "JPEG" or (allow_truncated and kind == "PNG"):
         # a JPEG: OpenCV's decoder fills damaged data with grey without a word, and ignores
         # the EXIF orientation under IMREAD_UNCHANGED; a PNG cut short that did not stream:
         # OpenCV refuses it. io reads them, as everywhere else
-        return _filter_with_io(module, src, dst, w * h * channels * itemsize, max_memory,
-                               max_pixels, quality, alpha, allow_truncated)
+        return _filter_with_io(module, src, dst, w, h, max_memory, max_pixels, quality, alpha,
+                               allow_truncated)
+    channels = {"L": 1, "LA": 4, "RGBA": 4, "PA": 4}.get(mode, 3)
+    itemsize = 2 if mode.startswith("I;16") or mode == "I" else 1
     budget = _file_budget(src, w, h, w * h * channels * itemsize, max_memory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -221,18 +219,19 @@ def _insert_png_metadata(path: Path, png: PngSource, channels: int) -> None:
         raise
 
 
-def _filter_with_io(module: nn.Module, src: Path, dst: Path, decoded: int, max_memory,
+def _filter_with_io(module: nn.Module, src: Path, dst: Path, w: int, h: int, max_memory,
                     max_pixels: int | None, quality: int, alpha: bool | None,
                     allow_truncated: bool) -> dict:
     """The path of every other image (:mod:`convkit.io.images` reads, turns, writes), for a
     JPEG (strict decoding, orientation, metadata) and a PNG whose EXIF orientation is not 1 (it
-    must be turned before it is filtered, which needs it whole). ``decoded``: the bytes the
-    image takes decoded, for the budget."""
+    must be turned before it is filtered, which needs it whole); ``w`` x ``h`` from its
+    header."""
     from ..io import images as cio
 
     if any(u.kind != "same" for u in units_of(module)[0]):
         raise ValueError("filter_file needs a chain that keeps the image size; this one pools")
-    w, h, _ = _header(src, max_pixels)
+    # the bytes read_array_with_info gives (a header that does not tell: 8-bit RGB's)
+    decoded = cio.declared_bytes(src) or w * h * 3
     # write_image's encoder takes a converted copy (BGR for OpenCV) and the encoded bytes: the
     # budget counts two images, so the tiles' working memory keeps the total within it
     budget = _file_budget(src, w, h, 2 * decoded, max_memory)

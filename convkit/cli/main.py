@@ -193,8 +193,10 @@ def _std_streams(inputs: list[str], output: str | None, fmt: str | None, stdout_
                                "would use too")
     if inputs == ["-"] and output is None:
         raise click.UsageError("- reads the image from stdin: give -o FILE, or -o - for stdout")
-    pattern = not os.path.exists(inputs[0]) and any(c in inputs[0] for c in "*?[")
-    if output == "-" and (len(inputs) != 1 or os.path.isdir(inputs[0]) or pattern):
+    from ..pipeline.batches import is_pattern
+
+    if output == "-" and (len(inputs) != 1 or os.path.isdir(inputs[0])
+                          or is_pattern(inputs[0])):
         raise click.UsageError("-o - writes one image to stdout: give one input file")
     import tempfile
 

@@ -47,9 +47,15 @@ from ..io.formats import FORMATS, png_header
 from .memory import FLIGHT_FACTOR, default_budget, parse_memory
 
 __all__ = ["run", "Summary", "plan", "Job", "filter_batch", "filter_image", "FORMATS",
-           "output_name", "file_spec", "cpu_plan", "UsageError"]
+           "output_name", "file_spec", "cpu_plan", "is_pattern", "UsageError"]
 
 _GLOB_MAGIC = set("*?[")
+
+
+def is_pattern(item: str) -> bool:
+    """Whether an input is a glob pattern: a name with ``*``, ``?`` or ``[`` that no file or
+    folder has."""
+    return not os.path.lexists(item) and any(ch in _GLOB_MAGIC for ch in item)
 
 # Images above this many pixels are filtered one at a time (never batched): the hook where a
 # tiled path plugs in for huge images.
@@ -245,7 +251,7 @@ def _expand(inputs: Sequence[str | os.PathLike], recursive: bool, exclude: str |
             pairs.extend((f, item) for f in files)
         elif os.path.lexists(item):
             pairs.append((item, os.path.dirname(item) or "."))
-        elif any(ch in _GLOB_MAGIC for ch in item):
+        elif is_pattern(item):
             many = True
             matches = sorted(glob.glob(item, recursive=recursive or "**" in item))
             if exclude:  # this run's outputs are never its inputs

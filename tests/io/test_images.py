@@ -61,19 +61,19 @@ def exif_bytes(orientation: int | None = None) -> bytes:
     return exif.tobytes()
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk, built by hand: length, type, data, CRC."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_bytes(width: int, height: int, depth: int, colour_type: int, raw: bytes) -> bytes:
     """A minimal PNG built by hand: signature, IHDR, one IDAT of ``raw`` scanlines, IEND."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body)
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -712,23 +712,15 @@ def test_supported_extensions_and_is_image_path():
 def test_pixel_limit_holds_while_another_thread_parses_a_header(tmp_path):
     # io switches Pillow's global limit off for a moment while it parses a header; a reader in
     # another thread must still see the real limit, not that moment's None.
-    import struct
     import threading
     import time
-    import zlib
 
     from PIL import Image
 
     from convkit.io import images as cio
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n"
-                     + chunk(b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    bomb.write_bytes(png_bytes(50_000, 50_000, 8, 2, b"\x00" * 64))
     result: list[BaseException | None] = []
 
     def reader() -> None:
@@ -796,10 +788,6 @@ def test_png_cut_short_is_refused_or_read_as_far_as_it_goes(tmp_path, kind):
         np.testing.assert_array_equal(got[:arrived], pillow[:arrived])
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def test_png_cut_short_guards(tmp_path):
     """What --allow-truncated must not accept, or must read right: a second IHDR (decoders
     differ on which counts, and the size checks read the first: 79 bytes declaring 8000x8000
@@ -810,12 +798,12 @@ def test_png_cut_short_guards(tmp_path):
     from PIL import ImageFile
 
     def ihdr(w, h, depth=8, colour=2, interlace=0):
-        return _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, interlace))
+        return png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, interlace))
 
     raw = zlib.compress(b"\0" + bytes(3))
-    bomb = cio.PNG_SIGNATURE + ihdr(1, 1) + ihdr(8000, 8000, 16, 6) + _png_chunk(b"IDAT", raw)
-    for data, allow in ((bomb[:-3], True), (bomb + _png_chunk(b"IEND", b""), True),
-                        (bomb + _png_chunk(b"IEND", b""), False)):
+    bomb = cio.PNG_SIGNATURE + ihdr(1, 1) + ihdr(8000, 8000, 16, 6) + png_chunk(b"IDAT", raw)
+    for data, allow in ((bomb[:-3], True), (bomb + png_chunk(b"IEND", b""), True),
+                        (bomb + png_chunk(b"IEND", b""), False)):
         (tmp_path / "bomb.png").write_bytes(data)
         with pytest.raises(ImageFileError, match="a second IHDR"):
             cio.read_array_with_info(tmp_path / "bomb.png", allow_truncated=allow)
@@ -833,7 +821,7 @@ def test_png_cut_short_guards(tmp_path):
     length = struct.unpack(">I", data[idat : idat + 4])[0]
     body = bytearray(data[idat + 8 : idat + 8 + length])
     body[len(body) // 2] ^= 0xFF
-    damaged = data[:idat] + _png_chunk(b"IDAT", bytes(body))  # no IEND
+    damaged = data[:idat] + png_chunk(b"IDAT", bytes(body))  # no IEND
     (tmp_path / "damaged.png").write_bytes(damaged)
     got = cio.read_array_with_info(tmp_path / "damaged.png", allow_truncated=True)[0]
     got = got.transpose(1, 2, 0)
@@ -849,7 +837,7 @@ def test_png_cut_short_guards(tmp_path):
     exif[0x0112] = 6
     tiff = exif.tobytes()
     tiff = tiff[6:] if tiff.startswith(b"Exif\0\0") else tiff
-    whole = data[:-12] + _png_chunk(b"eXIf", tiff) + data[-12:]
+    whole = data[:-12] + png_chunk(b"eXIf", tiff) + data[-12:]
     (tmp_path / "turned.png").write_bytes(whole)
     (tmp_path / "turned-cut.png").write_bytes(whole[:-6])
     ref = cio.read_array_with_info(tmp_path / "turned.png")[0]
@@ -862,8 +850,8 @@ def test_png_cut_short_guards(tmp_path):
                     for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
                                            (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
                     for row in a16[y0::dy, x0::dx] if row.size)
-    inter = (cio.PNG_SIGNATURE + ihdr(30, 40, 16, 2, 1) + _png_chunk(b"IDAT", zlib.compress(scan))
-             + _png_chunk(b"IEND", b""))
+    inter = (cio.PNG_SIGNATURE + ihdr(30, 40, 16, 2, 1) + png_chunk(b"IDAT", zlib.compress(scan))
+             + png_chunk(b"IEND", b""))
     (tmp_path / "inter.png").write_bytes(inter)
     np.testing.assert_array_equal(
         cio.read_array_with_info(tmp_path / "inter.png")[0].transpose(1, 2, 0), a16)

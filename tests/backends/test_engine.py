@@ -115,6 +115,22 @@ def worker_threads(monkeypatch):
     monkeypatch.setattr(opencv_backend, "SERIAL_MAX_SAMPLES", 0)
 
 
+def spy_opencv(monkeypatch, *names: str) -> list[tuple[str, tuple]]:
+    """Record (thread name, source shape) of every call the OpenCV backend makes to these cv2
+    functions, into the list returned."""
+    calls: list[tuple[str, tuple]] = []
+
+    def spy(fn):
+        def call(src, *args, **kwargs):
+            calls.append((threading.current_thread().name, src.shape))
+            return fn(src, *args, **kwargs)
+        return call
+
+    for name in names:
+        monkeypatch.setattr(opencv_backend.cv2, name, spy(getattr(cv2, name)))
+    return calls
+
+
 @pytest.mark.parametrize("h", [1, 2, 3, 5, 40])
 @pytest.mark.parametrize("spec", ["box(size=[3, 2])", "kernel(weights=[[1, 2], [3, 4]])",
                                   "erode(size=4)", "opening(size=2, border=reflect)",
@@ -180,19 +196,8 @@ def test_interleaved_images_run_whole_on_opencv_threads(dtype, spec, whole, monk
     filter (which OpenCV runs on one thread) cuts them into bands for the workers, as planes
     are; images that share out evenly go whole to the workers. Either way the result is the
     module's definition on the whole image."""
-    import threading
-
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
-    calls = []
-
-    def spy(fn):
-        def call(src, *args, **kwargs):
-            calls.append((threading.current_thread().name, src.shape))
-            return fn(src, *args, **kwargs)
-        return call
-
-    for name in ("filter2D", "sepFilter2D", "boxFilter", "morphologyEx"):
-        monkeypatch.setattr(opencv_backend.cv2, name, spy(getattr(cv2, name)))
+    calls = spy_opencv(monkeypatch, "filter2D", "sepFilter2D", "boxFilter", "morphologyEx")
     m = convkit.chain(spec)
     for b in (1, 2, 3, 8):
         # images that share out evenly (2, or 8 on 2 workers) go whole to the workers
@@ -221,21 +226,12 @@ def test_float_planes_through_separable_passes_go_in_bands(own, border, monkeypa
     instead of sharing it with its own threads); with own_threads, or a circular border (which
     a band cannot wrap on its own), whole planes. Either way the result is the module's
     definition, the image's first and last rows included."""
-    import threading
-
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)
     if own:
         monkeypatch.setattr(opencv_backend, "_OWN_THREADS", 2)
     monkeypatch.setattr(opencv_backend, "BAND_FLOATS", 90 * 40)  # 40 rows of 90
     monkeypatch.setattr(opencv_backend, "STACK_MAX_PIXELS", 0)  # planes as large as 1080p's
-    calls = []
-    real = cv2.sepFilter2D
-
-    def spy(src, *args, **kwargs):
-        calls.append((threading.current_thread().name, src.shape))
-        return real(src, *args, **kwargs)
-
-    monkeypatch.setattr(opencv_backend.cv2, "sepFilter2D", spy)
+    calls = spy_opencv(monkeypatch, "sepFilter2D")
     m = convkit.chain(f"gaussian(sigma=2, border={border})")
     x = _image((200, 90), torch.float32, b=2)  # 6 planes
     out = engine.apply(m, x)
@@ -802,25 +798,16 @@ def test_small_images_run_in_the_calling_thread(spec, monkeypatch):
     workers (with :func:`own_threads`: with OpenCV's threads on, a direct kernel runs in the
     calling thread on stacked planes, see the stacked test). Either way the result is the
     module's."""
-    import threading
-
     opencv_backend.own_threads(2)  # restored by the conftest
-    threads = set()
-
-    def spy(fn):
-        def call(*args, **kwargs):
-            threads.add(threading.current_thread().name)
-            return fn(*args, **kwargs)
-        return call
-
-    for name in ("filter2D", "sepFilter2D", "boxFilter", "medianBlur", "magnitude"):
-        monkeypatch.setattr(opencv_backend.cv2, name, spy(getattr(cv2, name)))
+    calls = spy_opencv(monkeypatch, "filter2D", "sepFilter2D", "boxFilter", "medianBlur",
+                       "magnitude")
     m = convkit.chain(spec)
     limit = opencv_backend.SERIAL_MAX_SAMPLES
     for shape, calling in (((60, 70), True), ((limit // 3 // 120 + 1, 120), False)):
         x = _image(shape, torch.uint8, b=1)
-        threads.clear()
+        calls.clear()
         out = engine.apply(m, x)
+        threads = {name for name, _ in calls}
         assert engine.explain(m, x)[0][1] == "opencv"
         assert_close(out, module_reference(m, x), what=f"{spec} {shape}")
         assert (threads == {threading.current_thread().name}) == calling, (spec, threads)

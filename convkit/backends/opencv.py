@@ -148,10 +148,14 @@ def small(arrays: Sequence[np.ndarray]) -> bool:
     return sum(a.size for a in arrays) <= SERIAL_MAX_SAMPLES
 
 
-def parallel(fn: Callable[..., object], jobs: Sequence[tuple], serial: bool = False) -> None:
+def parallel(fn: Callable[..., object], jobs: Sequence[tuple], serial: bool = False,
+             caller: bool = False) -> None:
     """``fn(*job)`` for every job, shared among :func:`workers` threads (OpenCV releases the
     GIL), or all in the calling thread when ``serial``; the first exception is raised after all
-    jobs have finished."""
+    jobs have finished. With ``caller``, the calling thread runs the first job itself instead
+    of waiting idle (one thread fewer to wake: about 0.05 ms a call on the 2-core VM), and an
+    exception there is raised at once; give it only jobs that return to Python often (bands),
+    so that Ctrl-C is not held up."""
     n = workers()
     if (serial or n <= 1 or len(jobs) <= 1
             or threading.current_thread().name.startswith("convkit-cv")):
@@ -159,7 +163,9 @@ def parallel(fn: Callable[..., object], jobs: Sequence[tuple], serial: bool = Fa
             fn(*job)
         return
     pool = _pool(n)
-    futures = [pool.submit(fn, *job) for job in jobs]
+    futures = [pool.submit(fn, *job) for job in jobs[1 if caller else 0:]]
+    if caller:
+        fn(*jobs[0])  # (the workers finish theirs on their own if this raises)
     errors = [f.exception() for f in futures]
     for e in errors:
         if e is not None:
@@ -322,21 +328,11 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
     if small(srcs):
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
         return out
-    if block is not None and _OWN_THREADS is None and workers() > 1 and \
-            method in OPENCV_THREADED and _stackable(block[0], op, any_planes=True) and \
-            _straight(block[0].dtype, block[1].dtype, op, negative):
-        # OpenCV's threads on (a library caller's default): filter2D on the planes stacked
-        # into one tall plane, shared among OpenCV's threads, instead of convkit's workers
-        # each calling a threaded filter2D (three threads on two cores). Measured 2026-12-06
-        # on the 2-core VM, 1080p RGB, stacked against shared out: sharpen uint8 1.70 / 2.13
-        # ms, float32 1.87 / 2.15 ms. sepFilter2D (separable) measured even either way and
-        # boxFilter worse stacked (4.3 / 2.6 ms), so they stay with the workers
-        _stacked(block[0], block[1], op, run)
-        return out
     if block is not None and _stackable(block[0], op):
-        # one tall plane per worker, each a run of whole planes; where the run is filtered
-        # through a float32 copy (see _straight), runs of at most STACK_MAX_PIXELS, so that
-        # the copies stay the size of one large plane instead of half the batch
+        # many small planes: one tall plane per worker, each a run of whole planes; where the
+        # run is filtered through a float32 copy (see _straight), runs of at most
+        # STACK_MAX_PIXELS, so that the copies stay the size of one large plane instead of
+        # half the batch
         n, h, w = block[0].shape
         runs = min(workers(), n // STACK_MIN_PLANES)
         if not _straight(block[0].dtype, block[1].dtype, op, negative, method):
@@ -345,34 +341,19 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
         parallel(lambda a, b: _stacked(block[0][a:b], block[1][a:b], op, run),
                  list(zip(cuts[:-1], cuts[1:], strict=False)))
         return out
-    # planes that do not share out evenly among the workers (3 planes, 2 workers) are cut into
-    # one band per worker, so that no worker is left with a whole plane to do alone; one
-    # interleaved image, which OpenCV's own threads share well, goes to them whole
-    n = workers()
-    if _uneven(srcs, n) and _whole_calls(srcs[0], dsts[0], op, method, negative):
+    if _uneven(srcs, workers()) and _whole_calls(srcs[0], dsts[0], op, method, negative):
+        # one interleaved image (or 3 on 2 workers): one call each, shared among OpenCV's
+        # own threads
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
-    elif _uneven(srcs, n) and bandable(op):
-        _share_out(srcs, dsts, op.pads[0], op.pads[1], lambda a, b: _chain(a, b, [one]))
+    elif op.border != "circular":  # (a band pre-padded with a constant is the plane's)
+        top, bottom = op.pads[0], op.pads[1]
+        cached = 4 if srcs[0].dtype == np.float32 else 0
+        pad = 1 if bandable(op) else 2  # (a constant fill pads each band by the pads again)
+        rows = band_rows(srcs[0], pad * top, pad * bottom, cached)
+        _runs(srcs, dsts, top, bottom, rows, run)
     else:
-        _in_bands(srcs, dsts, [one], None if _contended(srcs[0], op, method) else 1)
+        parallel(run, list(zip(srcs, dsts, strict=True)))  # a wrapping border: whole planes
     return out
-
-
-def _contended(src: np.ndarray, op: LinearOp, method: str) -> bool:
-    """Whether whole planes of ``src`` through ``op`` by ``method`` on the workers contend with
-    OpenCV's own threads, and bands would do: float32 planes through separable passes while
-    those threads are on, on a border that a band can keep (not ``circular``: a band pre-padded
-    on its own would wrap round itself instead of the plane; a constant fill is right, since
-    the rows it reaches at a cut are the band's halo, dropped afterwards). OpenCV
-    shares a whole-plane sepFilter2D among its threads (a 1080p float32 plane, 19 taps: 3.99 ms
-    on one thread, 2.20 on two) but runs a band of 154 rows on the calling thread alone (0.56
-    ms either way), so bands of BAND_FLOATS keep each worker's calls to itself. Measured
-    2026-12-06 on the 2-core VM, a float32 (2, 3, 1080, 1920) batch, gaussian sigma 3, whole
-    planes against bands: 25.9 / 21.8 ms (16.5 with own_threads); sigma 8 even (49.3 / 49.3);
-    uint8 planes and interleaved images were slower in bands (7.7 / 9.9 ms, gaussian sigma 2),
-    as was everything with own_threads."""
-    return (src.ndim == 2 and src.dtype == np.float32 and method == "separable"
-            and op.border != "circular" and _OWN_THREADS is None and workers() > 1)
 
 
 def _uneven(srcs: list, n: int) -> bool:
@@ -387,9 +368,6 @@ def _uneven(srcs: list, n: int) -> bool:
 STACK_MAX_PIXELS = 1 << 20
 STACK_MIN_PLANES = 4
 
-
-# The methods run on stacked planes by OpenCV's own threads when those are on (see linear)
-OPENCV_THREADED = ("direct",)
 
 # The methods that OpenCV shares among its own threads well on an interleaved image: with
 # those threads on (a library caller's default), one call per image beats two bands on
@@ -427,14 +405,14 @@ def _straight(src: Any, dst: Any, op: LinearOp, negative: str | None,
         negative is None and src == np.float32))
 
 
-def _stackable(src3: np.ndarray, op: LinearOp, any_planes: bool = False) -> bool:
-    """Whether :func:`_stacked` runs ``op`` on the (N, H, W) planes ``src3``: a border it
-    spells out row by row, planes taller than the rows it redoes and, unless ``any_planes``,
-    many small planes (where stacking pays for itself even with convkit's workers)."""
+def _stackable(src3: np.ndarray, op: LinearOp) -> bool:
+    """Whether :func:`_stacked` runs ``op`` on the (N, H, W) planes ``src3``: many small
+    planes (where stacking pays for itself), taller than the rows it redoes, on a border it
+    spells out row by row."""
     n, h, w = src3.shape
     t, b = op.pads[0], op.pads[1]
-    return ((any_planes or (n >= STACK_MIN_PLANES and h * w <= STACK_MAX_PIXELS))
-            and h >= 2 * (t + b) + 1 and op.border in ("reflect", "symmetric", "replicate"))
+    return (n >= STACK_MIN_PLANES and h * w <= STACK_MAX_PIXELS and h >= 2 * (t + b) + 1
+            and op.border in ("reflect", "symmetric", "replicate"))
 
 
 def _stacked(src3: np.ndarray, dst3: np.ndarray, op: LinearOp, run) -> None:
@@ -531,26 +509,14 @@ def median(x: Any, op: MedianOp, in_max: float, out_dtype: Any, out_max: float,
             _store(med.astype(np.float32) if med.dtype != np.float32 else med, dst,
                    negative, alpha=s, delta=delta)
 
-    n = workers()
-    if not small(srcs) and op.border != "circular" and _uneven(srcs, n):
-        # medianBlur runs on one thread: one interleaved image, or 3 planes on 2 workers,
-        # is cut into bands so that every worker has a share (a 1080p RGB array 7.5 ->
-        # 3.9 ms measured with OpenCV's calls alone); a wrapping border needs whole planes
-        _share_out(srcs, dsts, p, p, run)
-        return out
-    parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+    if small(srcs) or op.border == "circular":  # (a wrapping border needs whole planes)
+        parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+    else:
+        # medianBlur runs on one thread: one interleaved image, or 3 planes on 2 workers, is
+        # shared out in bands so that every worker has a share (a 1080p RGB array 7.5 ->
+        # 3.9 ms measured with OpenCV's calls alone)
+        _runs(srcs, dsts, p, p, band_rows(srcs[0], p, p, cached=srcs[0].itemsize), run)
     return out
-
-
-# Morphology of planes while OpenCV's threads are on goes to the workers in bands of about
-# this many pixels (270 rows of a 1080p plane), each of which OpenCV runs on its worker alone.
-# The planes stacked into one tall plane for OpenCV's threads measured 2026-12-06 on the
-# 2-core VM, a planar 1080p RGB tensor, stacked against bands: uint8 erode 5 1.24-1.32 /
-# 0.90-0.97 ms (cv2.erode on the interleaved image 0.97-1.13 in the same runs), opening 5
-# 2.6-3.0 / 1.14-1.18 ms, two images 9.3-9.8 / 1.9-2.0 ms; uint16 and float32 erode even
-# (1.46 / 1.52, 2.76 / 2.87 ms), their openings 4.65 / 1.95 and 8.21 / 4.37 ms. Bands of
-# half this size were slower (erode 1.02-1.07 ms).
-MORPH_BAND_PIXELS = 1 << 19
 
 
 def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: float,
@@ -582,26 +548,16 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
             tmp = res.astype(np.float32) if res.dtype != np.float32 else res
             _store(tmp.reshape(dst.shape), dst, negative, alpha=s, delta=delta)
 
-    n = workers()
     top, bottom, _, _ = morph_reach(op.fp, op.op, op.iterations)
-    if (not small(srcs) and _OWN_THREADS is None and n > 1 and srcs[0].ndim == 2
-            and op.border != "circular"):
-        # planes with OpenCV's threads on: bands of about MORPH_BAND_PIXELS go to the workers,
-        # and OpenCV runs each band's call on its worker alone (see MORPH_BAND_PIXELS)
-        h, w = srcs[0].shape
-        _bands(srcs, dsts, top, bottom, max(1, -(-h * w // MORPH_BAND_PIXELS)), run)
-        return out
-    if small(srcs) or op.border == "circular" or not _uneven(srcs, n):
+    if small(srcs) or op.border == "circular":  # (a wrapping border needs whole planes)
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
-        return out
-    if srcs[0].ndim == 3 and _OWN_THREADS is None:
+    elif srcs[0].ndim == 3 and _OWN_THREADS is None and workers() > 1 and \
+            _uneven(srcs, workers()):
         # interleaved images with OpenCV's threads on: one call each, shared among those
         # threads (see OPENCV_THREADED_HWC; erode 5 on a 1080p RGB array 1.40 -> 0.89 ms)
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
-        return out
-    # 3 planes on 2 workers left one worker a whole plane alone (1.1 ms against cv2.erode's
-    # 0.65 ms for erode 5 on 1080p RGB) (a wrapping border needs the whole plane)
-    _share_out(srcs, dsts, top, bottom, run)
+    else:
+        _runs(srcs, dsts, top, bottom, band_rows(srcs[0], top, bottom), run)
     return out
 
 
@@ -626,17 +582,12 @@ def gradient(x: Any, op: GradientOp, in_max: float, out_dtype: Any, out_max: flo
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=serial)
         return out
     # in bands: the two float32 derivatives and their magnitude stay in the cache
-    _bands(srcs, dsts, max(op.gx.pads[0], op.gy.pads[0]), max(op.gx.pads[1], op.gy.pads[1]),
-           None, run)
+    top, bottom = max(op.gx.pads[0], op.gy.pads[0]), max(op.gx.pads[1], op.gy.pads[1])
+    _runs(srcs, dsts, top, bottom, band_rows(srcs[0], top, bottom, cached=4), run)
     return out
 
 
 # --- chains of linear kernels, in bands of rows ------------------------------------------------
-# A chain's float32 intermediates are 4x the size of a uint8 image: written to and read back
-# from memory they cost more than the filters themselves (measured on 1080p RGB: 21 ms against
-# 8 ms, gaussian*box then a sparse 5x5). In bands of about this many floats the intermediates
-# stay in a core's L2 cache.
-BAND_FLOATS = 1 << 18
 BANDABLE_BORDERS = ("reflect", "symmetric", "replicate", "constant")
 
 # One step of a chain: (op, method, scale, delta, fill, negative), as _linear_unit takes them.
@@ -663,82 +614,115 @@ def linear_chain(x: Any, steps: list[Step], out_dtype: Any) -> Any:
     ``sum(bottom pads)`` below (fewer at the plane's edges, where the border rule applies as on
     the whole plane), run through every step with float32 intermediates, and its own rows are
     kept: every kept row reads only rows that the whole-plane computation would read, so the
-    result is the same. Bands go to the worker threads in runs of consecutive bands.
+    result is the same. Bands go to the worker threads in runs of consecutive bands; they are
+    sized for the float32 intermediates (see :func:`band_rows`).
     """
     srcs, out, dsts, _ = _units(x, out_dtype)
     if small(srcs):
         parallel(lambda src, dst: _chain(src, dst, steps), list(zip(srcs, dsts, strict=True)),
                  serial=True)
         return out
-    _in_bands(srcs, dsts, steps, None)
+    top = sum(op.pads[0] for op, *_ in steps)
+    bottom = sum(op.pads[1] for op, *_ in steps)
+    _runs(srcs, dsts, top, bottom, band_rows(srcs[0], top, bottom, cached=4),
+          lambda src, dst: _chain(src, dst, steps))
     return out
 
 
-def _in_bands(srcs: list, dsts: list, steps: list[Step], per_plane: int | None) -> None:
-    """Every plane through ``steps``, cut into ``per_plane`` bands of rows (None: bands of about
-    :data:`BAND_FLOATS` floats), the bands shared among the workers."""
-    top = sum(op.pads[0] for op, *_ in steps)
-    bottom = sum(op.pads[1] for op, *_ in steps)
-    _bands(srcs, dsts, top, bottom, per_plane, lambda src, dst: _chain(src, dst, steps))
+# --- sharing rows out among the workers ---------------------------------------------------------
+# OpenCV shares a call among its own threads when the image has more than this many pixels
+# (rows x columns, whatever the channels and dtype; measured with OpenCV 5.1 on filter2D,
+# sepFilter2D and erode: 546 rows of 1920 run on the calling thread alone, 547 on two). A band
+# on one of convkit's workers must stay under it while those threads are on: over it, every
+# worker's call wakes OpenCV's threads too, four threads on two cores. Measured 2026-12-06 on
+# the 2-core VM, erode 5 on one 1080p plane: 0.19 ms alone, 0.24 ms shared among OpenCV's
+# threads (an interleaved image gains from them: 0.66 -> 0.45 ms for 1080p RGB).
+OPENCV_SPLITS_PIXELS = 1 << 20
+# Where a band's data (a chain's or gradient's float32 intermediates, float32 planes, the
+# median's input) should stay in a core's cache, a band holds at most this many bytes of it: a
+# chain's float32 intermediates written to and read back from memory cost more than the
+# filters themselves (1080p RGB: 21 ms against 8 ms, gaussian*box then a sparse 5x5).
+# Measured 2026-12-06 on the 2-core VM: module(x) on a float32 (2, 3, 1080, 1920) batch,
+# gaussian sigma 3, 17.7 ms in bands of this size against 19.4 in bands of 2**20 pixels;
+# median 5 on a 1080p RGB array 2.9 against 5.4-7.0 ms in one band per worker. A linear
+# kernel on integer images was faster in bands as large as allowed (box 31 on a 1080p RGB
+# array with own_threads: 2.2-2.35 against 2.5 ms).
+BAND_BYTES = 1 << 20
 
 
-def _bands(srcs: list, dsts: list, top: int, bottom: int, per_plane: int | None,
-           fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
-    """``fn(src, dst)`` filters whole arrays of rows; run it band by band on every plane, each
-    band with the ``top`` rows above it and ``bottom`` below that it reads (see :func:`_band`),
-    the bands shared among the workers in runs of consecutive bands."""
+def band_rows(src: np.ndarray, top: int, bottom: int, cached: int = 0) -> int:
+    """How many rows of ``src`` (a plane, or an interleaved image) one band has for the
+    workers: with ``cached`` (the bytes per sample of the data that should stay in the cache),
+    at most :data:`BAND_BYTES` of it; while OpenCV's threads are on, under
+    :data:`OPENCV_SPLITS_PIXELS` with the ``top`` and ``bottom`` rows that the band reads."""
+    rows = src.shape[0]
+    if cached:
+        rows = min(rows, BAND_BYTES // (int(np.prod(src.shape[1:])) * cached))
+    if _OWN_THREADS is None and workers() > 1:
+        rows = min(rows, OPENCV_SPLITS_PIXELS // src.shape[1] - top - bottom)
+    return max(1, rows)
+
+
+def _runs(srcs: list, dsts: list, top: int, bottom: int, rows: int,
+          fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """``fn(src, dst)`` on every plane (or image), which filters whole arrays of rows: the
+    planes' rows are shared evenly among the workers, one run of consecutive rows each (which
+    may cross from one plane into the next), and each run is filtered in bands of at most
+    ``rows`` rows, written straight into the output (no copy).
+
+    A band is filtered together with the ``top`` rows above it and ``bottom`` below that it
+    reads (fewer at the plane's edges, where the plane's border rule applies), and its call
+    writes those rows too, with values of the wrong border. Above a band lie rows of the
+    worker's previous band: they are kept aside and put back. Below it lie rows that the
+    worker's next band writes again. Where two workers' runs meet inside a plane, each one's
+    call writes a few of the other's rows: those are filtered again, through a buffer, once
+    both are done (see :func:`_band`). Every kept row reads only rows that the whole-plane
+    computation reads, so the result is the same."""
     if not srcs:
         return  # an empty batch
     h = srcs[0].shape[0]
-    if per_plane is None:
-        rows = max(BAND_FLOATS // int(np.prod(srcs[0].shape[1:])), 4 * (top + bottom), 16)
-    else:
-        rows = max(-(-h // per_plane), 4 * (top + bottom), 16)
-    cuts = list(range(0, h, rows)) + [h]
-    if len(cuts) > 2 and cuts[-1] - cuts[-2] <= top + bottom:
-        # the bottom border rule of each step reads up to its bottom pad rows above the last
-        # row, which must be rows that the earlier steps computed right
-        del cuts[-2]
-    jobs = [(src, dst, r0, r1) for src, dst in zip(srcs, dsts, strict=True)
-            for r0, r1 in zip(cuts[:-1], cuts[1:], strict=False)]
-
-    def run(chunk) -> None:
-        for src, dst, r0, r1 in chunk:
-            _band(src, dst, r0, r1, top, bottom, fn)
-
-    n = max(1, min(workers(), len(jobs)))
-    parallel(run, [(jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n],) for i in range(n)])
-
-
-def _share_out(srcs: list, dsts: list, top: int, bottom: int,
-               fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
-    """``fn(src, dst)`` on planes that do not share out evenly among the workers (3 planes,
-    2 workers): whole planes go round the workers, and each plane left over is cut into one
-    band of rows per worker (with the ``top`` and ``bottom`` rows it reads, see
-    :func:`_band`). A whole plane is filtered straight into its output; a band through a
-    buffer, so cutting every plane (as :func:`_bands` does) copied the whole image once more:
-    erode 5 on a 1080p RGB tensor 1.02 -> 0.91 ms."""
     n = workers()
-    chunks: list[list] = [[] for _ in range(n)]
-    whole = len(srcs) - len(srcs) % n
-    for i in range(whole):
-        chunks[i % n].append((srcs[i], dsts[i], 0, srcs[i].shape[0]))
-    # bands no shorter than _bands makes them: a band of a row or two, filtered on its own
-    # with its border rows, is not the plane's (OpenCV's rule for images shorter than the
-    # kernel differs)
-    shortest = max(16, 4 * (top + bottom))
-    for i, (src, dst) in enumerate(zip(srcs[whole:], dsts[whole:], strict=True)):
-        h = src.shape[0]
-        k = max(1, min(n, h // shortest))
-        cuts = np.linspace(0, h, k + 1).astype(int)
-        for j in range(k):
-            chunks[(i + j) % n].append((src, dst, int(cuts[j]), int(cuts[j + 1])))
+    # no band shorter than this: a band of a row or two, filtered on its own with its border
+    # rows, is not the plane's (OpenCV's rule for images shorter than the kernel differs), and
+    # a chain's bottom border rule reads rows that its earlier steps computed right
+    shortest = max(16, 2 * (top + bottom))
+    rows = max(rows, shortest)
+    total = len(srcs) * h
+    bounds = [i * total // n for i in range(n + 1)]
+    for i in range(1, n):  # no run starts or ends a few rows from a plane's edge
+        r = bounds[i] % h
+        if 0 < r < shortest or 0 < h - r < shortest:
+            bounds[i] += -r if r < h / 2 else h - r
+    bounds = sorted(set(bounds))
+    jobs = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+        bands = []
+        while a < b:  # the run's share of each plane it crosses, cut into bands
+            p, r0 = divmod(a, h)
+            r1 = min(h, r0 + b - a)
+            a += r1 - r0
+            k = max(1, min(-(-(r1 - r0) // rows), (r1 - r0) // shortest))
+            for j in range(k):
+                lo, hi = r0 + (r1 - r0) * j // k, r0 + (r1 - r0) * (j + 1) // k
+                s0, s1 = max(0, lo - top), min(h, hi + bottom)
+                # (the rows above a band are its run's own only after its first band)
+                bands.append((srcs[p][s0:s1], dsts[p][s0:s1], lo - s0 if j else 0))
+        jobs.append((bands,))
 
-    def run(chunk) -> None:
-        for src, dst, r0, r1 in chunk:
-            _band(src, dst, r0, r1, top, bottom, fn)
+    def run(bands) -> None:
+        for src, dst, above in bands:
+            kept = dst[:above].copy() if above else None
+            fn(src, dst)
+            if above:
+                dst[:above] = kept
 
-    parallel(run, [(c,) for c in chunks if c])
+    parallel(run, jobs, caller=True)
+    if top + bottom:
+        for b in bounds[1:-1]:  # where two runs meet inside a plane
+            p, r = divmod(b, h)
+            if r:
+                _band(srcs[p], dsts[p], max(0, r - max(top, shortest // 2)),
+                      min(h, r + max(bottom, shortest // 2)), top, bottom, fn)
 
 
 def _band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int, top: int, bottom: int,

@@ -71,13 +71,12 @@ def test_every_operation_equals_opencv(name, dtype):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_images_filtered_in_bands_equal_opencv(dtype, monkeypatch):
-    """Images large enough to be shared out. With own_threads: an interleaved (H, W, C) image
-    cut into one band of rows per worker (each with the rows it reaches above and below), the
-    planes of a planar (1, C, H, W) tensor shared among the workers. With OpenCV's threads on:
-    the interleaved image in one call, the planes cut into bands (here of 40 rows, so that a
-    composite operation's reach crosses band edges). Each the same as OpenCV on the whole
-    image."""
-    monkeypatch.setattr(opencv, "MORPH_BAND_PIXELS", 203 * 40)
+    """Images large enough to be shared out: the rows of an interleaved (H, W, C) image, or of
+    the planes of a planar (1, C, H, W) tensor, shared among the workers, whose shares meet
+    inside a plane. With OpenCV's threads on: the interleaved image in one call, the planes in
+    bands (here of at most 60 rows with the rows they reach, so that a composite operation's
+    reach crosses band edges). Each the same as OpenCV on the whole image."""
+    monkeypatch.setattr(opencv, "OPENCV_SPLITS_PIXELS", 203 * 60)
     rows = []
     real = cv2.morphologyEx
     monkeypatch.setattr(opencv.cv2, "morphologyEx",

@@ -35,6 +35,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import cv2
@@ -349,7 +350,7 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
         top, bottom = op.pads[0], op.pads[1]
         cached = 4 if srcs[0].dtype == np.float32 else 0
         pad = 1 if bandable(op) else 2  # (a constant fill pads each band by the pads again)
-        rows = band_rows(srcs[0], pad * top, pad * bottom, cached)
+        rows = band_rows(srcs[0], pad * top, pad * bottom, cached, splits=method != "box")
         _runs(srcs, dsts, top, bottom, rows, run)
     else:
         parallel(run, list(zip(srcs, dsts, strict=True)))  # a wrapping border: whole planes
@@ -515,7 +516,8 @@ def median(x: Any, op: MedianOp, in_max: float, out_dtype: Any, out_max: float,
         # medianBlur runs on one thread: one interleaved image, or 3 planes on 2 workers, is
         # shared out in bands so that every worker has a share (a 1080p RGB array 7.5 ->
         # 3.9 ms measured with OpenCV's calls alone)
-        _runs(srcs, dsts, p, p, band_rows(srcs[0], p, p, cached=srcs[0].itemsize), run)
+        rows = band_rows(srcs[0], p, p, cached=srcs[0].itemsize, splits=False)
+        _runs(srcs, dsts, p, p, rows, run)
     return out
 
 
@@ -648,17 +650,30 @@ OPENCV_SPLITS_PIXELS = 1 << 20
 # kernel on integer images was faster in bands as large as allowed (box 31 on a 1080p RGB
 # array with own_threads: 2.2-2.35 against 2.5 ms).
 BAND_BYTES = 1 << 20
+# Where two workers' shares meet inside a plane, an operation that reads at least this many
+# rows above and below (top + bottom) filters the bands on either side of the meeting through
+# a buffer, copying their output once, in parallel; one that reads fewer lets both bands
+# write straight and filters the few rows they both wrote again afterwards, on one thread.
+# Measured 2026-12-06 on the 2-core VM, 1080p RGB, fixed again against buffered: box 101
+# 2.6-3.3 / 2.3-2.4 ms, box 31 2.1-2.2 / 2.0-2.2; erode 5 0.45-0.51 / 0.48-0.64, sharpen
+# 1.26-1.40 / 1.30-1.45, gaussian sigma 2 on the array 2.89-2.93 / 2.95-3.15.
+MEET_BUFFER_ROWS = 16
 
 
-def band_rows(src: np.ndarray, top: int, bottom: int, cached: int = 0) -> int:
+def band_rows(src: np.ndarray, top: int, bottom: int, cached: int = 0,
+              splits: bool = True) -> int:
     """How many rows of ``src`` (a plane, or an interleaved image) one band has for the
     workers: with ``cached`` (the bytes per sample of the data that should stay in the cache),
-    at most :data:`BAND_BYTES` of it; while OpenCV's threads are on, under
-    :data:`OPENCV_SPLITS_PIXELS` with the ``top`` and ``bottom`` rows that the band reads."""
+    at most :data:`BAND_BYTES` of it; for OpenCV functions that share a call among OpenCV's
+    threads (``splits``: not ``boxFilter`` and ``medianBlur``, which run on one thread),
+    while those threads are on, under :data:`OPENCV_SPLITS_PIXELS` with the ``top`` and
+    ``bottom`` rows that the band reads. Otherwise a band is a worker's whole share of a plane:
+    each band's call reads its ``top`` and ``bottom`` rows again (box 101 on a 1080p plane in
+    bands of 2**20 pixels cost 1.5x-1.7x box 11, in whole shares 1.2x)."""
     rows = src.shape[0]
     if cached:
         rows = min(rows, BAND_BYTES // (int(np.prod(src.shape[1:])) * cached))
-    if _OWN_THREADS is None and workers() > 1:
+    if splits and _OWN_THREADS is None and workers() > 1:
         rows = min(rows, OPENCV_SPLITS_PIXELS // src.shape[1] - top - bottom)
     return max(1, rows)
 
@@ -668,15 +683,17 @@ def _runs(srcs: list, dsts: list, top: int, bottom: int, rows: int,
     """``fn(src, dst)`` on every plane (or image), which filters whole arrays of rows: the
     planes' rows are shared evenly among the workers, one run of consecutive rows each (which
     may cross from one plane into the next), and each run is filtered in bands of at most
-    ``rows`` rows, written straight into the output (no copy).
+    ``rows`` rows, written straight into the output (no copy). The calling thread takes the
+    first run.
 
     A band is filtered together with the ``top`` rows above it and ``bottom`` below that it
     reads (fewer at the plane's edges, where the plane's border rule applies), and its call
     writes those rows too, with values of the wrong border. Above a band lie rows of the
     worker's previous band: they are kept aside and put back. Below it lie rows that the
-    worker's next band writes again. Where two workers' runs meet inside a plane, each one's
-    call writes a few of the other's rows: those are filtered again, through a buffer, once
-    both are done (see :func:`_band`). Every kept row reads only rows that the whole-plane
+    worker's next band writes again. Where two workers' runs meet inside a plane, the bands
+    on either side go through a buffer (:func:`_band`), or, for an operation that reads few
+    rows, write straight and the rows that both wrote are filtered again once both are done
+    (see :data:`MEET_BUFFER_ROWS`). Every kept row reads only rows that the whole-plane
     computation reads, so the result is the same."""
     if not srcs:
         return  # an empty batch
@@ -694,6 +711,7 @@ def _runs(srcs: list, dsts: list, top: int, bottom: int, rows: int,
         if 0 < r < shortest or 0 < h - r < shortest:
             bounds[i] += -r if r < h / 2 else h - r
     bounds = sorted(set(bounds))
+    buffered = top + bottom >= MEET_BUFFER_ROWS
     jobs = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=False):
         bands = []
@@ -705,24 +723,34 @@ def _runs(srcs: list, dsts: list, top: int, bottom: int, rows: int,
             for j in range(k):
                 lo, hi = r0 + (r1 - r0) * j // k, r0 + (r1 - r0) * (j + 1) // k
                 s0, s1 = max(0, lo - top), min(h, hi + bottom)
-                # (the rows above a band are its run's own only after its first band)
-                bands.append((srcs[p][s0:s1], dsts[p][s0:s1], lo - s0 if j else 0))
+                if buffered and ((j == 0 and r0 > 0) or (j == k - 1 and r1 < h)):
+                    bands.append(partial(_band, srcs[p], dsts[p], lo, hi, top, bottom, fn))
+                else:  # (the rows above a band are its run's own after its first band)
+                    bands.append(partial(_straight_band, srcs[p][s0:s1], dsts[p][s0:s1],
+                                         lo - s0 if j else 0, fn))
         jobs.append((bands,))
 
-    def run(bands) -> None:
-        for src, dst, above in bands:
-            kept = dst[:above].copy() if above else None
-            fn(src, dst)
-            if above:
-                dst[:above] = kept
+    def run(bands: list) -> None:
+        for band in bands:
+            band()
 
     parallel(run, jobs, caller=True)
-    if top + bottom:
+    if top + bottom and not buffered:
         for b in bounds[1:-1]:  # where two runs meet inside a plane
             p, r = divmod(b, h)
             if r:
                 _band(srcs[p], dsts[p], max(0, r - max(top, shortest // 2)),
                       min(h, r + max(bottom, shortest // 2)), top, bottom, fn)
+
+
+def _straight_band(src: np.ndarray, dst: np.ndarray, above: int,
+                   fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """``fn(src, dst)`` on a band with the rows it reads, written straight into the output;
+    the first ``above`` rows of ``dst``, another band's, are kept as they were."""
+    kept = dst[:above].copy() if above else None
+    fn(src, dst)
+    if above:
+        dst[:above] = kept
 
 
 def _band(src: np.ndarray, dst: np.ndarray, r0: int, r1: int, top: int, bottom: int,

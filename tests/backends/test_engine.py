@@ -1145,7 +1145,7 @@ def test_every_route_every_border_equals_the_definition(spec, border, monkeypatc
     calling thread, planes stacked. With every band size forced small, each route and border
     gives the module's definition (float64, the whole image padded by torch), the image's edge
     rows included: a route that pads a band by the border rule (wrapping a band round itself)
-    is caught here."""
+    or leaves a wrong row where two workers' shares meet is caught here."""
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
     monkeypatch.setattr(opencv_backend, "BAND_BYTES", 47 * 24)
     monkeypatch.setattr(opencv_backend, "OPENCV_SPLITS_PIXELS", 47 * 30)
@@ -1153,6 +1153,9 @@ def test_every_route_every_border_equals_the_definition(spec, border, monkeypatc
     for own in (False, True):
         if own:
             monkeypatch.setattr(opencv_backend, "_OWN_THREADS", 2)
+            # where the workers' shares meet: the bands either side through buffers, instead
+            # of the rows both wrote filtered again (the default for these kernels' reach)
+            monkeypatch.setattr(opencv_backend, "MEET_BUFFER_ROWS", 1)
         for dtype in (torch.uint8, torch.uint16, torch.float32):
             for b, c, layout in [(1, 3, "planar"), (2, 3, "planar"), (1, 1, "planar"),
                                  (1, 3, "hwc"), (3, 3, "hwc"), (2, 3, "slice")]:

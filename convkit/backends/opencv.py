@@ -19,12 +19,13 @@ Semantics are the core's (see :mod:`convkit.nn.functional`), not OpenCV's defaul
 * medianBlur always replicates: other borders pre-pad. It takes uint8 at any odd size, uint16
   and float32 at sizes 3 and 5 only.
 
-Threads: the planes of a batch (or bands of rows of a plane) are shared among
-``cv2.getNumThreads()`` worker threads (at most :data:`MAX_WORKERS`); ``cv2.setNumThreads(1)``
-makes the fast path single-threaded. :func:`own_threads` sets the worker count itself and
-gives the workers the cores alone (OpenCV's own threading off, process-wide), as the command
-line does; ``own_threads(0)`` undoes it. Each plane or band is
-written by exactly one worker, so the result does not depend on the scheduling.
+Threads: the rows of the planes of a batch are shared among ``cv2.getNumThreads()`` worker
+threads (at most :data:`MAX_WORKERS`, the calling thread one of them) in bands (see
+:func:`_runs`); ``cv2.setNumThreads(1)`` makes the fast path single-threaded. :func:`own_threads`
+sets the worker count itself and gives the workers the cores alone (OpenCV's own threading off,
+process-wide), as the command line does; ``own_threads(0)`` undoes it. Every output row is
+final once written by the one band it belongs to (rows that two workers' bands both wrote are
+written again after both are done), so the result does not depend on the scheduling.
 
 Results equal the torch path's up to float rounding (at most 1 grey level on integer images).
 """
@@ -370,15 +371,15 @@ STACK_MAX_PIXELS = 1 << 20
 STACK_MIN_PLANES = 4
 
 
-# The methods that OpenCV shares among its own threads well on an interleaved image: with
-# those threads on (a library caller's default), one call per image beats two bands on
-# convkit's workers, each call of which also wakes OpenCV's threads. Measured 2026-12-06 on
-# the 2-core VM, a 1080p RGB array, one call against two bands: filter2D 3x3 uint8 1.72 /
-# 2.33 ms, float32 1.50 / 2.70; sepFilter2D 13 taps 3.97 / 5.16, 5.66 / 6.05; erode 5
-# 0.89 / 1.40, 2.10 / 5.77. boxFilter and medianBlur run on one thread (3.94 / 2.61 and
-# 7.52 / 3.90 ms), so they stay in bands. Only where the images would be cut into bands
-# (see _uneven): many images go whole to the workers, faster than one after the other on
-# OpenCV's threads (16 RGB images of 512x512 through sharpen 5.5 against 9.0 ms).
+# The linear methods that OpenCV shares among its own threads well on an interleaved image:
+# with those threads on (a library caller's default), one call per image beats bands on
+# convkit's workers. Measured 2026-12-06 on the 2-core VM (AMD EPYC), a 1080p RGB array, one
+# call against the bands of _runs: sharpen uint8 1.29 / 1.36 ms, float32 2.09-2.24 / 2.12;
+# gaussian sigma 2 2.91 / 3.40, float32 5.10 / 6.28; sigma [3, 1] 3.08 / 3.23. (erode 5 went
+# the other way, 0.62-0.64 / 0.52 ms, so morphology stays in bands; boxFilter and medianBlur
+# run on one thread.) Only where the images would be cut into bands (see _uneven): many images
+# go whole to the workers, faster than one after the other on OpenCV's threads (16 RGB images
+# of 512x512 through sharpen 5.5 against 9.0 ms).
 OPENCV_THREADED_HWC = ("direct", "separable")
 
 
@@ -553,12 +554,9 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
     top, bottom, _, _ = morph_reach(op.fp, op.op, op.iterations)
     if small(srcs) or op.border == "circular":  # (a wrapping border needs whole planes)
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
-    elif srcs[0].ndim == 3 and _OWN_THREADS is None and workers() > 1 and \
-            _uneven(srcs, workers()):
-        # interleaved images with OpenCV's threads on: one call each, shared among those
-        # threads (see OPENCV_THREADED_HWC; erode 5 on a 1080p RGB array 1.40 -> 0.89 ms)
-        parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
     else:
+        # (interleaved images too: erode 5 on a 1080p RGB array in bands 0.52 ms, in one call
+        # shared among OpenCV's threads 0.62-0.64 ms; float32 2.1-2.2 against 2.7 ms)
         _runs(srcs, dsts, top, bottom, band_rows(srcs[0], top, bottom), run)
     return out
 

@@ -233,7 +233,7 @@ def test_planes_go_to_the_workers_in_bands(own, border, dtype, monkeypatch, work
         monkeypatch.setattr(opencv_backend, "_OWN_THREADS", 2)
     monkeypatch.setattr(opencv_backend, "BAND_BYTES", 90 * 60)  # 60 rows of uint8
     monkeypatch.setattr(opencv_backend, "OPENCV_SPLITS_PIXELS", 90 * 80)  # 80 rows
-    monkeypatch.setattr(opencv_backend, "STACK_MAX_PIXELS", 0)  # planes as large as 1080p's
+    monkeypatch.setattr(opencv_backend, "STACK_PLANE_PIXELS", 0)  # planes as large as 1080p's
     calls = spy_opencv(monkeypatch, "sepFilter2D")
     m = convkit.chain(f"gaussian(sigma=2, border={border})")
     for b in (1, 2):
@@ -262,8 +262,8 @@ def test_stacked_route_makes_no_copy_of_the_batch(monkeypatch, worker_threads):
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)
     rng = np.random.default_rng(0)
     k = np.round(rng.normal(size=(11, 11)), 2).tolist()
-    h, w = 1024, 1100  # over STACK_MAX_PIXELS
-    assert h * w > opencv_backend.STACK_MAX_PIXELS
+    h, w = 1024, 1100  # over STACK_PLANE_PIXELS
+    assert h * w > opencv_backend.STACK_PLANE_PIXELS
     x = torch.from_numpy(rng.integers(0, 256, (2, 3, h, w), dtype=np.uint8))
     spec = f"kernel({k}, scale=1, border=reflect)"
     convkit.process(x[:, :, :64], spec)  # plans and kernels made

@@ -158,10 +158,9 @@ def test_planes_shared_unevenly_equal_the_definition(spec, h, worker_threads):
 @pytest.mark.parametrize("h", [9, 10, 64])
 def test_planes_stacked_for_opencv_threads_equal_opencv(dtype, border, cv_border, h,
                                                          monkeypatch, worker_threads):
-    """With OpenCV's threads on, a direct kernel runs once on the planes stacked into one tall
-    plane and the rows next to each plane's edges are redone: the same as cv2.filter2D on
-    each plane alone, down to the shortest planes stacked (a 5x5 kernel: 9 rows, twice its
-    reach and one)."""
+    """Many small planes (6 here) are stacked into one tall plane per worker, and the rows next
+    to each plane's edges are redone: the same as cv2.filter2D on each plane alone, down to the
+    shortest planes stacked (a 5x5 kernel: 9 rows, twice its reach and one)."""
     monkeypatch.setattr(opencv_backend, "workers", lambda: 2)  # whatever this machine has
     stacked = []
     real = opencv_backend._stacked
@@ -800,10 +799,8 @@ def test_own_threads_gives_the_workers_the_cores(monkeypatch):
                                   "median(size=5)", "gaussian(sigma=1) | sharpen | emboss"])
 def test_small_images_run_in_the_calling_thread(spec, monkeypatch):
     """Up to SERIAL_MAX_SAMPLES samples the OpenCV path runs in the calling thread (handing
-    jobs to the workers costs more than such an image takes); larger images go to the
-    workers (with :func:`own_threads`: with OpenCV's threads on, a direct kernel runs in the
-    calling thread on stacked planes, see the stacked test). Either way the result is the
-    module's."""
+    jobs to the workers costs more than such an image takes); larger images are shared
+    among the workers and the calling thread. Either way the result is the module's."""
     opencv_backend.own_threads(2)  # restored by the conftest
     calls = spy_opencv(monkeypatch, "filter2D", "sepFilter2D", "boxFilter", "medianBlur",
                        "magnitude")

@@ -347,14 +347,9 @@ def linear(x: Any, op: LinearOp, method: str, in_max: float, out_dtype: Any, out
         # one interleaved image (or 3 on 2 workers): one call each, shared among OpenCV's
         # own threads
         parallel(run, list(zip(srcs, dsts, strict=True)), serial=True)
-    elif op.border != "circular":  # (a band pre-padded with a constant is the plane's)
-        top, bottom = op.pads[0], op.pads[1]
-        cached = 4 if srcs[0].dtype == np.float32 else 0
-        pad = 1 if bandable(op) else 2  # (a constant fill pads each band by the pads again)
-        rows = band_rows(srcs[0], pad * top, pad * bottom, cached, splits=method != "box")
-        _runs(srcs, dsts, top, bottom, rows, run)
-    else:
-        parallel(run, list(zip(srcs, dsts, strict=True)))  # a wrapping border: whole planes
+    else:  # (a band pre-padded with a constant fill is the plane's; a wrapping one is not)
+        _runs(srcs, dsts, op.pads[0], op.pads[1], run, cached=4 * (srcs[0].dtype == np.float32),
+              splits=method != "box", padded=not bandable(op), cut=op.border != "circular")
     return out
 
 
@@ -517,14 +512,11 @@ def median(x: Any, op: MedianOp, in_max: float, out_dtype: Any, out_max: float,
             _store(med.astype(np.float32) if med.dtype != np.float32 else med, dst,
                    negative, alpha=s, delta=delta)
 
-    if small(srcs) or op.border == "circular":  # (a wrapping border needs whole planes)
-        parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
-    else:
-        # medianBlur runs on one thread: one interleaved image, or 3 planes on 2 workers, is
-        # shared out in bands so that every worker has a share (a 1080p RGB array 7.5 ->
-        # 3.9 ms measured with OpenCV's calls alone)
-        rows = band_rows(srcs[0], p, p, cached=srcs[0].itemsize, splits=False)
-        _runs(srcs, dsts, p, p, rows, run)
+    # medianBlur runs on one thread: one interleaved image, or 3 planes on 2 workers, is shared
+    # out in bands so that every worker has a share (a 1080p RGB array 7.5 -> 3.9 ms measured
+    # with OpenCV's calls alone)
+    _runs(srcs, dsts, p, p, run, cached=srcs[0].itemsize if srcs else 0, splits=False,
+          cut=op.border != "circular")
     return out
 
 
@@ -558,12 +550,9 @@ def morphology(x: Any, op: MorphOp, in_max: float, out_dtype: Any, out_max: floa
             _store(tmp.reshape(dst.shape), dst, negative, alpha=s, delta=delta)
 
     top, bottom, _, _ = morph_reach(op.fp, op.op, op.iterations)
-    if small(srcs) or op.border == "circular":  # (a wrapping border needs whole planes)
-        parallel(run, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
-    else:
-        # (interleaved images too: erode 5 on a 1080p RGB array in bands 0.52 ms, in one call
-        # shared among OpenCV's threads 0.62-0.64 ms; float32 2.1-2.2 against 2.7 ms)
-        _runs(srcs, dsts, top, bottom, band_rows(srcs[0], top, bottom), run)
+    # (interleaved images too: erode 5 on a 1080p RGB array in bands 0.52 ms, in one call shared
+    # among OpenCV's threads 0.62-0.64 ms; float32 2.1-2.2 against 2.7 ms)
+    _runs(srcs, dsts, top, bottom, run, cut=op.border != "circular")
     return out
 
 
@@ -583,13 +572,9 @@ def gradient(x: Any, op: GradientOp, in_max: float, out_dtype: Any, out_max: flo
         mag = cv2.magnitude(np.ascontiguousarray(g[0]), np.ascontiguousarray(g[1]))
         _store(mag, dst, negative, delta=delta)
 
-    serial = small(srcs)
-    if serial or not (bandable(op.gx) and bandable(op.gy)):
-        parallel(run, list(zip(srcs, dsts, strict=True)), serial=serial)
-        return out
     # in bands: the two float32 derivatives and their magnitude stay in the cache
     top, bottom = max(op.gx.pads[0], op.gy.pads[0]), max(op.gx.pads[1], op.gy.pads[1])
-    _runs(srcs, dsts, top, bottom, band_rows(srcs[0], top, bottom, cached=4), run)
+    _runs(srcs, dsts, top, bottom, run, cached=4, cut=bandable(op.gx) and bandable(op.gy))
     return out
 
 
@@ -621,17 +606,12 @@ def linear_chain(x: Any, steps: list[Step], out_dtype: Any) -> Any:
     the whole plane), run through every step with float32 intermediates, and its own rows are
     kept: every kept row reads only rows that the whole-plane computation would read, so the
     result is the same. Bands go to the worker threads in runs of consecutive bands; they are
-    sized for the float32 intermediates (see :func:`band_rows`).
+    sized for the float32 intermediates (see :func:`_band_rows`).
     """
     srcs, out, dsts, _ = _units(x, out_dtype)
-    if small(srcs):
-        parallel(lambda src, dst: _chain(src, dst, steps), list(zip(srcs, dsts, strict=True)),
-                 serial=True)
-        return out
     top = sum(op.pads[0] for op, *_ in steps)
     bottom = sum(op.pads[1] for op, *_ in steps)
-    _runs(srcs, dsts, top, bottom, band_rows(srcs[0], top, bottom, cached=4),
-          lambda src, dst: _chain(src, dst, steps))
+    _runs(srcs, dsts, top, bottom, lambda src, dst: _chain(src, dst, steps), cached=4)
     return out
 
 
@@ -664,31 +644,34 @@ BAND_BYTES = 1 << 20
 MEET_BUFFER_ROWS = 16
 
 
-def band_rows(src: np.ndarray, top: int, bottom: int, cached: int = 0,
-              splits: bool = True) -> int:
+def _band_rows(src: np.ndarray, reach: int, cached: int, splits: bool) -> int:
     """How many rows of ``src`` (a plane, or an interleaved image) one band has for the
     workers: with ``cached`` (the bytes per sample of the data that should stay in the cache),
     at most :data:`BAND_BYTES` of it; for OpenCV functions that share a call among OpenCV's
     threads (``splits``: not ``boxFilter`` and ``medianBlur``, which run on one thread),
-    while those threads are on, under :data:`OPENCV_SPLITS_PIXELS` with the ``top`` and
-    ``bottom`` rows that the band reads. Otherwise a band is a worker's whole share of a plane:
-    each band's call reads its ``top`` and ``bottom`` rows again (box 101 on a 1080p plane in
-    bands of 2**20 pixels cost 1.5x-1.7x box 11, in whole shares 1.2x)."""
+    while those threads are on, under :data:`OPENCV_SPLITS_PIXELS` with the ``reach`` rows
+    that the band's call reads besides its own. Otherwise a band is a worker's whole share of a
+    plane: each band's call reads its ``reach`` again (box 101 on a 1080p plane in bands of
+    2**20 pixels cost 1.5x-1.7x box 11, in whole shares 1.2x)."""
     rows = src.shape[0]
     if cached:
         rows = min(rows, BAND_BYTES // (int(np.prod(src.shape[1:])) * cached))
     if splits and _OWN_THREADS is None and workers() > 1:
-        rows = min(rows, OPENCV_SPLITS_PIXELS // src.shape[1] - top - bottom)
+        rows = min(rows, OPENCV_SPLITS_PIXELS // src.shape[1] - reach)
     return max(1, rows)
 
 
-def _runs(srcs: list, dsts: list, top: int, bottom: int, rows: int,
-          fn: Callable[[np.ndarray, np.ndarray], None]) -> None:
+def _runs(srcs: list, dsts: list, top: int, bottom: int,
+          fn: Callable[[np.ndarray, np.ndarray], None], *, cached: int = 0, splits: bool = True,
+          padded: bool = False, cut: bool = True) -> None:
     """``fn(src, dst)`` on every plane (or image), which filters whole arrays of rows: the
     planes' rows are shared evenly among the workers, one run of consecutive rows each (which
-    may cross from one plane into the next), and each run is filtered in bands of at most
-    ``rows`` rows, written straight into the output (no copy). The calling thread takes the
-    first run.
+    may cross from one plane into the next), and each run is filtered in bands written
+    straight into the output (no copy), of :func:`_band_rows` rows (``cached`` and ``splits``
+    as there; ``padded``: ``fn`` pads a band by ``top`` and ``bottom`` rows once more). The
+    calling thread takes the first run. Too little work to share out (see :func:`small`) runs
+    in the calling thread; without ``cut`` (a border that a band cannot keep: a circular one
+    would wrap round the band), whole planes go to the workers.
 
     A band is filtered together with the ``top`` rows above it and ``bottom`` below that it
     reads (fewer at the plane's edges, where the plane's border rule applies), and its call
@@ -699,15 +682,17 @@ def _runs(srcs: list, dsts: list, top: int, bottom: int, rows: int,
     rows, write straight and the rows that both wrote are filtered again once both are done
     (see :data:`MEET_BUFFER_ROWS`). Every kept row reads only rows that the whole-plane
     computation reads, so the result is the same."""
-    if not srcs:
-        return  # an empty batch
+    if small(srcs) or not cut:
+        parallel(fn, list(zip(srcs, dsts, strict=True)), serial=small(srcs))
+        return
     h = srcs[0].shape[0]
     n = workers()
     # no band shorter than this: a band of a row or two, filtered on its own with its border
     # rows, is not the plane's (OpenCV's rule for images shorter than the kernel differs), and
     # a chain's bottom border rule reads rows that its earlier steps computed right
     shortest = max(16, 2 * (top + bottom))
-    rows = max(rows, shortest)
+    rows = max(_band_rows(srcs[0], (top + bottom) * (2 if padded else 1), cached, splits),
+               shortest)
     total = len(srcs) * h
     bounds = [i * total // n for i in range(n + 1)]
     for i in range(1, n):  # no run starts or ends a few rows from a plane's edge
